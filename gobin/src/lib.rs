@@ -1,1 +1,435 @@
-//! Go binary analysis.
+//! Go binary analysis for tracing: everything an allocation tracer must know about a Go ELF
+//! binary, answered from the file alone, without root and without running it.
+//!
+//! - build facts: Go version and modules (`.go.buildinfo`), architecture, PIE, dynamic
+//!   linking and cgo, which of `.symtab`, DWARF and `.gopclntab` are present;
+//! - functions by name with address ranges, from `.symtab` or, in stripped binaries, from
+//!   `.gopclntab`;
+//! - the allocation entry points of the binary's Go version, with the probe address after the
+//!   stack-bound check, the argument registers and where the return address is
+//!   ([`GoBinary::probe_points`], with the rule in [`COUNTING_RULE`]);
+//! - symbolization of program counters with inlined frames expanded, from DWARF or the
+//!   `.gopclntab` inline tree;
+//! - type names of runtime type descriptors, from DWARF or the descriptors themselves;
+//! - for running processes, translation of addresses through `/proc/PID/maps`.
+//!
+//! ```no_run
+//! let data = std::fs::read("/usr/local/bin/app")?;
+//! let binary = gobin::GoBinary::parse(&data)?;
+//! for probe in binary.probe_points()? {
+//!     println!("{} at file offset {:#x}", probe.function, probe.file_offset);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! All parsing is bounds-checked; corrupt input is an [`Error`], never a panic.
+
+mod arch;
+mod buildinfo;
+mod dwarf;
+mod elf;
+mod entrypoints;
+mod error;
+mod functions;
+mod moduledata;
+mod pclntab;
+pub mod procmaps;
+pub mod prologue;
+mod types;
+mod version;
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use serde::Serialize;
+
+pub use crate::arch::{Arch, Register};
+pub use crate::buildinfo::{BuildInfo, Module};
+pub use crate::elf::LoadSegment;
+pub use crate::entrypoints::{
+    ArgLocation, ArgRole, ArgSource, COUNTING_RULE, ProbePoint, ProbeRole, ReturnAddress, table_registers,
+};
+pub use crate::error::{Error, Result};
+pub use crate::functions::{Function, FunctionSource, FunctionTable};
+pub use crate::moduledata::ModuleData;
+pub use crate::prologue::StackCheck;
+pub use crate::version::GoVersion;
+
+use crate::dwarf::DwarfInfo;
+use crate::elf::Elf;
+use crate::pclntab::Pclntab;
+
+/// The oldest Go release gotrace understands: the first with the register ABI on arm64 (amd64
+/// had it from 1.17) and with the pclntab layout parsed here.
+pub const MIN_GO_MINOR: u32 = 18;
+
+/// Which debug information a binary carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DebugSections {
+    /// `.symtab` (removed by `-ldflags=-s`).
+    pub symtab: bool,
+    /// DWARF `.debug_*` sections (removed by `-ldflags=-w`).
+    pub dwarf: bool,
+    /// `.gopclntab`, always present in Go binaries.
+    pub pclntab: bool,
+}
+
+/// How the binary is linked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Linkage {
+    /// Position-independent (`ET_DYN`); its addresses are relative to a random load base.
+    pub pie: bool,
+    /// Needs the dynamic loader (`PT_INTERP`): true for cgo binaries and Go's PIE binaries.
+    pub dynamic: bool,
+    /// The dynamic loader, if any.
+    pub interpreter: Option<String>,
+    /// Shared libraries it links against (`DT_NEEDED`).
+    pub needed: Vec<String>,
+    /// Built with cgo and linked with the C library.
+    pub cgo: bool,
+}
+
+/// Where a symbolized frame came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SymbolSource {
+    /// DWARF line tables and `DW_TAG_inlined_subroutine`.
+    Dwarf,
+    /// The runtime's own `.gopclntab` tables and inline tree.
+    Pclntab,
+}
+
+/// One logical frame of a program counter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Frame {
+    /// Fully qualified function name.
+    pub function: String,
+    /// Absolute source path, as recorded at build time.
+    pub file: String,
+    /// Line number (0 when unknown).
+    pub line: u32,
+    /// Whether this frame was inlined into the next one.
+    pub inlined: bool,
+}
+
+/// Where a type name came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TypeSource {
+    /// `DW_AT_go_runtime_type` of a DWARF type.
+    Dwarf,
+    /// The runtime type descriptor's name.
+    Descriptor,
+}
+
+/// A parsed Go binary.
+pub struct GoBinary<'data> {
+    elf: Elf<'data>,
+    build_info: BuildInfo,
+    version: GoVersion,
+    pclntab: Pclntab<'data>,
+    moduledata: Option<ModuleData>,
+    functions: FunctionTable,
+    dwarf: Option<DwarfInfo>,
+    dwarf_types: OnceLock<HashMap<u64, String>>,
+}
+
+impl std::fmt::Debug for GoBinary<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GoBinary")
+            .field("arch", &self.elf.arch)
+            .field("version", &self.build_info.go_version)
+            .field("functions", &self.functions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'data> GoBinary<'data> {
+    /// Parses a Go binary from its bytes.
+    ///
+    /// # Errors
+    /// When the bytes are not a 64-bit little-endian x86-64 or aarch64 ELF file, not a Go
+    /// binary, a Go release older than 1.18, or when the Go tables are corrupt.
+    pub fn parse(data: &'data [u8]) -> Result<Self> {
+        let elf = Elf::parse(data)?;
+        let pclntab_location = pclntab::locate(&elf);
+        let build_info = match buildinfo::read(&elf)? {
+            Some(info) => info,
+            None if pclntab_location.is_some() => {
+                return Err(Error::corrupt(
+                    ".go.buildinfo",
+                    "missing, so the Go version cannot be known",
+                ));
+            }
+            None => return Err(Error::NotGo),
+        };
+        let version = GoVersion::parse(&build_info.go_version).ok_or_else(|| {
+            Error::corrupt(
+                ".go.buildinfo",
+                format!("unrecognised Go version {:?}", build_info.go_version),
+            )
+        })?;
+        if !version.at_least(MIN_GO_MINOR) {
+            return Err(Error::GoTooOld {
+                version: build_info.go_version,
+            });
+        }
+        let (pclntab_address, pclntab_data) =
+            pclntab_location.ok_or_else(|| Error::corrupt(".gopclntab", "missing"))?;
+        let mut pclntab = Pclntab::parse(&elf, pclntab_address, pclntab_data, version)?;
+        let moduledata = moduledata::find(&elf, &pclntab, version);
+        // Entry offsets are relative to moduledata.text; Go 1.26 stopped storing it in the
+        // pclntab header (src/runtime/symtab.go, pcHeader). A runtime.text symbol, and then
+        // the .text section, are fallbacks for damaged binaries.
+        let text_start = moduledata
+            .map(|md| md.text)
+            .filter(|&t| t != 0)
+            .or_else(|| (pclntab.header_text_start != 0).then_some(pclntab.header_text_start))
+            .or_else(|| elf.symbol("runtime.text").map(|s| s.address))
+            .or_else(|| elf.section(".text").map(|(addr, _)| addr))
+            .ok_or_else(|| Error::corrupt(".gopclntab", "cannot find the start of the text"))?;
+        pclntab.text_start = text_start;
+        pclntab.gofunc = moduledata
+            .map(|md| md.gofunc)
+            .or_else(|| elf.symbol("go:func.*").map(|s| s.address))
+            .or_else(|| elf.symbol("go.func.*").map(|s| s.address));
+        let functions = if elf.has_symtab() {
+            FunctionTable::from_symtab(&elf)
+        } else {
+            FunctionTable::from_pclntab(&pclntab)
+        };
+        if functions.is_empty() {
+            return Err(Error::corrupt(".gopclntab", "no functions"));
+        }
+        let dwarf = DwarfInfo::load(&elf)?;
+        Ok(Self {
+            elf,
+            build_info,
+            version,
+            pclntab,
+            moduledata,
+            functions,
+            dwarf,
+            dwarf_types: OnceLock::new(),
+        })
+    }
+
+    /// The architecture.
+    #[must_use]
+    pub fn arch(&self) -> Arch {
+        self.elf.arch
+    }
+
+    /// The Go release that built the binary.
+    #[must_use]
+    pub fn go_version(&self) -> GoVersion {
+        self.version
+    }
+
+    /// Version and module information.
+    #[must_use]
+    pub fn build_info(&self) -> &BuildInfo {
+        &self.build_info
+    }
+
+    /// Which debug information is present.
+    #[must_use]
+    pub fn debug_sections(&self) -> DebugSections {
+        DebugSections {
+            symtab: self.elf.has_symtab(),
+            dwarf: self.dwarf.is_some(),
+            pclntab: true,
+        }
+    }
+
+    /// PIE, dynamic linking and cgo.
+    #[must_use]
+    pub fn linkage(&self) -> Linkage {
+        let interpreter = self.elf.interpreter();
+        let needed = self.elf.needed_libraries();
+        // runtime/cgo brings the C function x_cgo_init and links the C library dynamically;
+        // pure Go binaries, PIE ones included, list no libraries at all. `_cgo_init` is no
+        // evidence: it is a runtime variable present in every binary.
+        let cgo = self.elf.symbol("x_cgo_init").is_some() || needed.iter().any(|lib| lib.starts_with("libc."));
+        Linkage {
+            pie: self.elf.is_pie(),
+            dynamic: interpreter.is_some() || !needed.is_empty(),
+            interpreter,
+            needed,
+            cgo,
+        }
+    }
+
+    /// `PT_LOAD` segments, for translating addresses of a running process.
+    #[must_use]
+    pub fn load_segments(&self) -> &[LoadSegment] {
+        &self.elf.loads
+    }
+
+    /// `runtime.firstmoduledata`, when it could be located.
+    #[must_use]
+    pub fn moduledata(&self) -> Option<&ModuleData> {
+        self.moduledata.as_ref()
+    }
+
+    /// Functions by name and address.
+    #[must_use]
+    pub fn functions(&self) -> &FunctionTable {
+        &self.functions
+    }
+
+    /// File offset of a link-time address, as uprobes take it.
+    #[must_use]
+    pub fn file_offset(&self, addr: u64) -> Option<u64> {
+        self.elf.vaddr_to_offset(addr)
+    }
+
+    /// The bytes of a function's code.
+    #[must_use]
+    pub fn code(&self, function: &Function) -> Option<&'data [u8]> {
+        let len = usize::try_from(function.end.checked_sub(function.start)?).ok()?;
+        self.elf.read(function.start, len)
+    }
+
+    /// The allocation entry points of this binary, with probe addresses, argument registers
+    /// and the counting rule applied (see [`COUNTING_RULE`]).
+    ///
+    /// # Errors
+    /// When the DWARF describing the entry points' parameters is malformed.
+    pub fn probe_points(&self) -> Result<Vec<ProbePoint>> {
+        let candidates = entrypoints::candidates(self.arch(), self.version, &self.functions, |f| self.code(f));
+        let dwarf_params = match &self.dwarf {
+            Some(dwarf) => {
+                let wanted = candidates
+                    .iter()
+                    .map(|c| (c.function.name.as_str(), c.probe_address))
+                    .collect();
+                Some(dwarf.params(&wanted)?)
+            }
+            None => None,
+        };
+        Ok(entrypoints::resolve(
+            self.arch(),
+            &candidates,
+            dwarf_params.as_ref(),
+            |addr| self.file_offset(addr),
+        ))
+    }
+
+    /// Logical frames at a link-time `pc`, innermost first, with inlined calls expanded.
+    /// Uses DWARF when present, `.gopclntab` otherwise (or when DWARF does not cover the pc).
+    ///
+    /// Pass the address of an instruction: for a return address, pass `pc - 1` so the lookup
+    /// lands on the call (as `runtime.CallersFrames` does).
+    #[must_use]
+    pub fn symbolize(&self, pc: u64) -> Vec<Frame> {
+        if let Some(Ok(frames)) = self.dwarf.as_ref().map(|d| d.frames(pc))
+            && !frames.is_empty()
+        {
+            return frames.into_iter().map(into_frame).collect();
+        }
+        self.symbolize_pclntab(pc)
+    }
+
+    /// Frames at `pc` from one source only (for cross-checks).
+    ///
+    /// # Errors
+    /// When the DWARF is malformed. Returns `Ok(None)` when the source is absent.
+    pub fn symbolize_from(&self, pc: u64, source: SymbolSource) -> Result<Option<Vec<Frame>>> {
+        match source {
+            SymbolSource::Pclntab => Ok(Some(self.symbolize_pclntab(pc))),
+            SymbolSource::Dwarf => match &self.dwarf {
+                Some(d) => Ok(Some(d.frames(pc)?.into_iter().map(into_frame).collect())),
+                None => Ok(None),
+            },
+        }
+    }
+
+    fn symbolize_pclntab(&self, pc: u64) -> Vec<Frame> {
+        self.pclntab
+            .find(pc)
+            .map(|f| self.pclntab.frames(&self.elf, f, pc))
+            .unwrap_or_default()
+            .into_iter()
+            .map(into_frame)
+            .collect()
+    }
+
+    /// The Go name of the type whose runtime descriptor is at the link-time address `addr`.
+    #[must_use]
+    pub fn type_name(&self, addr: u64) -> Option<(String, TypeSource)> {
+        if let Some(name) = self.dwarf_types().get(&addr) {
+            return Some((name.clone(), TypeSource::Dwarf));
+        }
+        self.type_name_from(addr, TypeSource::Descriptor)
+            .map(|n| (n, TypeSource::Descriptor))
+    }
+
+    /// The type name from one source only (for cross-checks).
+    #[must_use]
+    pub fn type_name_from(&self, addr: u64, source: TypeSource) -> Option<String> {
+        match source {
+            TypeSource::Dwarf => self.dwarf_types().get(&addr).cloned(),
+            TypeSource::Descriptor => types::descriptor_name(&self.elf, self.moduledata.as_ref()?, addr),
+        }
+    }
+
+    /// Addresses of the type descriptors listed in `moduledata.typelinks`, which the linker
+    /// sorts by type name (Go 1.18–1.26; `None` from Go 1.27, which dropped the list, or
+    /// when the moduledata was not found). Corrupt entries are skipped.
+    #[must_use]
+    pub fn typelinks(&self) -> Option<Vec<u64>> {
+        let md = self.moduledata.as_ref()?;
+        let (start, len) = md.typelinks?;
+        // Each entry is an int32 offset from `types`; more entries than bytes of type data
+        // can only be corruption.
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&n| (n as u64) <= md.etypes.saturating_sub(md.types))?;
+        let bytes = self.elf.read(start, len.checked_mul(4)?)?;
+        Some(
+            bytes
+                .chunks_exact(4)
+                .filter_map(|w| {
+                    let off = i32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                    md.types.checked_add_signed(i64::from(off))
+                })
+                .collect(),
+        )
+    }
+
+    /// All DWARF-described runtime types by descriptor address (empty without DWARF, or
+    /// without the moduledata that the DWARF offsets are relative to).
+    pub fn dwarf_types(&self) -> &HashMap<u64, String> {
+        self.dwarf_types.get_or_init(|| {
+            let (Some(dwarf), Some(md)) = (&self.dwarf, &self.moduledata) else {
+                return HashMap::new();
+            };
+            dwarf
+                .runtime_types()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(value, name)| {
+                    // An offset from `types`, except that linkers before Go 1.22 wrote
+                    // uintptr's as an absolute address (DW_CLS_ADDRESS in
+                    // cmd/link/internal/ld/dwarf.go); offsets never reach up to `types`.
+                    let address = if (md.types..md.etypes).contains(&value) {
+                        value
+                    } else {
+                        md.types.checked_add(value)?
+                    };
+                    Some((address, name))
+                })
+                .collect()
+        })
+    }
+}
+
+fn into_frame(raw: pclntab::RawFrame) -> Frame {
+    Frame {
+        function: raw.function,
+        file: raw.file,
+        line: raw.line,
+        inlined: raw.inlined,
+    }
+}

@@ -1,0 +1,126 @@
+//! Functions by name, with address ranges.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::elf::Elf;
+use crate::pclntab::Pclntab;
+
+/// Where a function list came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FunctionSource {
+    /// The ELF `.symtab`: exact sizes, and C functions of cgo binaries too.
+    Symtab,
+    /// `.gopclntab`, which survives `-ldflags=-s`: Go functions only, each ending where the
+    /// next begins.
+    Pclntab,
+}
+
+/// A function's name and code range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Function {
+    /// Fully qualified Go name, e.g. `runtime.mallocgc` or `main.(*T).m`.
+    pub name: String,
+    /// First instruction (link-time address).
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+impl Function {
+    /// Whether `addr` is inside the function.
+    #[must_use]
+    pub fn contains(&self, addr: u64) -> bool {
+        (self.start..self.end).contains(&addr)
+    }
+}
+
+/// All functions of the binary, sorted by address.
+#[derive(Debug, Clone)]
+pub struct FunctionTable {
+    functions: Vec<Function>,
+    by_name: HashMap<String, usize>,
+    source: FunctionSource,
+}
+
+impl FunctionTable {
+    pub(crate) fn from_symtab(elf: &Elf<'_>) -> Self {
+        let functions = elf
+            .symbols()
+            .filter(|s| s.is_text)
+            .map(|s| Function {
+                name: s.name.to_owned(),
+                start: s.address,
+                end: s.address.saturating_add(s.size.max(1)),
+            })
+            .collect();
+        Self::new(functions, FunctionSource::Symtab)
+    }
+
+    pub(crate) fn from_pclntab(pclntab: &Pclntab<'_>) -> Self {
+        let functions = (0..pclntab.len())
+            .filter_map(|i| {
+                let f = pclntab.func(i)?;
+                Some(Function {
+                    name: pclntab.name(f)?.to_owned(),
+                    start: f.entry,
+                    end: f.end,
+                })
+            })
+            .collect();
+        Self::new(functions, FunctionSource::Pclntab)
+    }
+
+    fn new(mut functions: Vec<Function>, source: FunctionSource) -> Self {
+        functions.sort_by(|a, b| a.start.cmp(&b.start).then_with(|| a.name.cmp(&b.name)));
+        // The first definition of a name wins (symtab can repeat local C symbols).
+        let mut by_name = HashMap::with_capacity(functions.len());
+        for (i, f) in functions.iter().enumerate() {
+            by_name.entry(f.name.clone()).or_insert(i);
+        }
+        Self {
+            functions,
+            by_name,
+            source,
+        }
+    }
+
+    /// Where the names and ranges came from.
+    #[must_use]
+    pub fn source(&self) -> FunctionSource {
+        self.source
+    }
+
+    /// Number of functions.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.functions.len()
+    }
+
+    /// Whether there are none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.functions.is_empty()
+    }
+
+    /// All functions, by address.
+    pub fn iter(&self) -> impl Iterator<Item = &Function> {
+        self.functions.iter()
+    }
+
+    /// A function by exact name.
+    #[must_use]
+    pub fn by_name(&self, name: &str) -> Option<&Function> {
+        self.by_name.get(name).map(|&i| &self.functions[i])
+    }
+
+    /// The function containing `addr`.
+    #[must_use]
+    pub fn containing(&self, addr: u64) -> Option<&Function> {
+        let i = self.functions.partition_point(|f| f.start <= addr);
+        let f = self.functions.get(i.checked_sub(1)?)?;
+        f.contains(addr).then_some(f)
+    }
+}

@@ -1,0 +1,756 @@
+//! Golden and oracle tests of the analysis library against real Go binaries: the `allocs`
+//! fixture built by every Go version from 1.21 to 1.27 in every variant (`default`, `nodwarf`,
+//! `stripped`, `pie`, `cgo`; amd64 and arm64), and the Go distribution's own binaries.
+//!
+//! The truth comes from outside this crate wherever possible: `go version -m` for build
+//! information, `go tool objdump` for instruction boundaries and encodings, the fixture's own
+//! `runtime.CallersFrames` and `reflect` for symbolization and type names, and the runtime
+//! source of each release for the set of size-specialised mallocs.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::path::Path;
+
+use gobin::procmaps::{AddressMap, ProcessMaps};
+use gobin::{
+    Arch, ArgSource, GoBinary, ProbeRole, Register, ReturnAddress, StackCheck, SymbolSource, TypeSource,
+    table_registers,
+};
+use testkit::{Fixture, LiveOracle, allocs_fixtures, default_variant_of, hex, objdump};
+
+fn parse<'a>(data: &'a [u8], f: &Fixture) -> GoBinary<'a> {
+    GoBinary::parse(data).unwrap_or_else(|e| panic!("{}: {e}", f.name()))
+}
+
+#[test]
+fn build_facts_match_how_each_fixture_was_built() {
+    for f in allocs_fixtures() {
+        let data = f.bytes();
+        let bin = parse(&data, &f);
+        let name = f.name();
+        assert_eq!(bin.build_info().go_version, f.go_version, "{name}");
+        assert_eq!(bin.arch().goarch(), f.goarch, "{name}");
+        let sections = bin.debug_sections();
+        assert_eq!(sections.symtab, f.has_symtab(), "{name}: .symtab");
+        assert_eq!(sections.dwarf, f.has_dwarf(), "{name}: DWARF");
+        assert!(sections.pclntab, "{name}");
+        let linkage = bin.linkage();
+        assert_eq!(linkage.pie, f.variant == "pie", "{name}: pie");
+        assert_eq!(linkage.cgo, f.variant == "cgo", "{name}: cgo");
+        assert_eq!(
+            linkage.dynamic,
+            matches!(f.variant.as_str(), "pie" | "cgo"),
+            "{name}: dynamic"
+        );
+        assert!(bin.moduledata().is_some(), "{name}: moduledata not found");
+        let expected_source = if f.has_symtab() {
+            gobin::FunctionSource::Symtab
+        } else {
+            gobin::FunctionSource::Pclntab
+        };
+        assert_eq!(bin.functions().source(), expected_source, "{name}");
+        for func in ["runtime.mallocgc", "main.main"] {
+            assert!(bin.functions().by_name(func).is_some(), "{name}: {func} missing");
+        }
+    }
+}
+
+/// `go version -m` is Go's own reader of `.go.buildinfo`.
+#[test]
+fn build_info_matches_go_version_m() {
+    for f in allocs_fixtures()
+        .iter()
+        .filter(|f| f.variant == "default" || f.variant == "stripped")
+    {
+        let data = f.bytes();
+        let bin = parse(&data, f);
+        let out = f
+            .go_command()
+            .args(["version", "-m"])
+            .arg(&f.path)
+            .output()
+            .expect("go version -m");
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        let first = lines.next().expect("first line");
+        assert!(first.ends_with(&format!(": {}", f.go_version)), "{}: {first}", f.name());
+        let info = bin.build_info();
+        for line in lines {
+            let fields: Vec<&str> = line.trim().split('\t').collect();
+            match fields.as_slice() {
+                ["path", path] => assert_eq!(info.path.as_deref(), Some(*path), "{}", f.name()),
+                ["mod", path, version, ..] => {
+                    let m = info.main_module.as_ref().expect("main module");
+                    assert_eq!((m.path.as_str(), m.version.as_str()), (*path, *version), "{}", f.name());
+                }
+                ["build", setting] => {
+                    let (k, v) = setting.split_once('=').expect("key=value");
+                    assert_eq!(info.setting(k), Some(v.trim_matches('"')), "{}: {k}", f.name());
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runtime source of the fixture's release: the size-specialised mallocs it defines.
+fn size_specialized_mallocs_in_source(goroot: &Path) -> BTreeSet<String> {
+    let path = goroot.join("src/runtime/malloc_generated.go");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return BTreeSet::new();
+    };
+    text.lines()
+        .filter_map(|l| l.strip_prefix("func "))
+        .filter_map(|l| l.split('(').next())
+        .filter(|name| {
+            name.starts_with("mallocgc") && name.rsplit_once("SC").is_some_and(|(_, n)| n.parse::<u32>().is_ok())
+        })
+        .map(|name| format!("runtime.{name}"))
+        .collect()
+}
+
+/// The size-specialised mallocs in a binary, by Go's own symbol reader.
+fn linked_size_specialized_mallocs(f: &Fixture) -> BTreeSet<String> {
+    let out = f
+        .go_command()
+        .args(["tool", "nm"])
+        .arg(&f.path)
+        .output()
+        .expect("go tool nm");
+    assert!(out.status.success(), "{}: go tool nm failed", f.name());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .filter(|name| {
+            name.strip_prefix("runtime.mallocgc")
+                .and_then(|rest| rest.rsplit_once("SC"))
+                .is_some_and(|(_, n)| n.parse::<u32>().is_ok())
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+fn golden_path(f: &Fixture) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/entrypoints/go{}-{}.txt", f.go_minor, f.goarch))
+}
+
+/// One line per probe: role, function, kind, argument registers and return address. The same
+/// for every variant of a build.
+fn entry_point_summary(bin: &GoBinary<'_>) -> String {
+    let mut s = String::new();
+    for p in bin.probe_points().expect("probe points") {
+        let role = match p.role {
+            ProbeRole::Count => "count",
+            ProbeRole::Annotate => "annotate",
+        };
+        let args: Vec<String> = p
+            .args
+            .iter()
+            .map(|a| format!("{}={}", a.role.key(), a.register))
+            .collect();
+        let _ = writeln!(
+            s,
+            "{role} {} {} {} ret={}",
+            p.function,
+            p.kind,
+            args.join(" "),
+            p.return_address
+        );
+    }
+    s
+}
+
+#[test]
+fn entry_points_match_golden_files_and_runtime_source() {
+    let bless = std::env::var_os("GOTRACE_BLESS").is_some();
+    let all = allocs_fixtures();
+    for f in all.clone() {
+        let data = f.bytes();
+        let bin = parse(&data, &f);
+        let summary = entry_point_summary(&bin);
+        let golden = golden_path(&f);
+        if bless && f.variant == "default" {
+            std::fs::create_dir_all(golden.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&golden, &summary).expect("write golden");
+        }
+        let expected = std::fs::read_to_string(&golden)
+            .unwrap_or_else(|e| panic!("{}: {e} (run with GOTRACE_BLESS=1 to create)", golden.display()));
+        assert_eq!(
+            summary,
+            expected,
+            "{}: entry points differ from {}",
+            f.name(),
+            golden.display()
+        );
+
+        // Counting probes: mallocgc, plus exactly the size-specialised mallocs that Go's own
+        // `go tool nm` finds linked; in 1.27, where the experiment is on by default, that is
+        // every one the release's runtime source defines.
+        let probes = bin.probe_points().expect("probe points");
+        let counting: BTreeSet<String> = probes
+            .iter()
+            .filter(|p| p.role == ProbeRole::Count)
+            .map(|p| p.function.clone())
+            .collect();
+        let mut expected_counting = linked_size_specialized_mallocs(default_variant_of(&all, &f));
+        if f.go_minor.as_str() >= "1.27" {
+            assert_eq!(
+                expected_counting,
+                size_specialized_mallocs_in_source(&f.goroot),
+                "{}: nm vs source",
+                f.name()
+            );
+            assert!(
+                expected_counting.len() > 10,
+                "{}: too few size-specialised mallocs",
+                f.name()
+            );
+        } else {
+            assert!(
+                expected_counting.is_empty(),
+                "{}: unexpected size-specialised mallocs",
+                f.name()
+            );
+        }
+        expected_counting.insert("runtime.mallocgc".to_owned());
+        assert_eq!(counting, expected_counting, "{}", f.name());
+        for p in &probes {
+            if p.role == ProbeRole::Count {
+                let skipped: BTreeSet<String> = p.skip_if_caller_in.iter().map(|s| s.name.clone()).collect();
+                let others: BTreeSet<String> = counting.iter().filter(|c| **c != p.function).cloned().collect();
+                assert_eq!(skipped, others, "{}: {} skip set", f.name(), p.function);
+                assert!(p.skip_zero_size);
+            } else {
+                assert!(p.skip_if_caller_in.is_empty() && !p.skip_zero_size);
+            }
+        }
+    }
+}
+
+#[test]
+fn argument_registers_from_dwarf_agree_with_the_abi_table() {
+    for f in allocs_fixtures() {
+        let data = f.bytes();
+        let bin = parse(&data, &f);
+        for p in bin.probe_points().expect("probe points") {
+            let expected_source = if f.has_dwarf() {
+                ArgSource::Dwarf
+            } else {
+                ArgSource::AbiTable
+            };
+            for a in &p.args {
+                assert_eq!(a.source, expected_source, "{}: {} {}", f.name(), p.function, a.param);
+            }
+            let table = table_registers(bin.arch(), bin.go_version(), &p.function).expect("in the table");
+            let found: Vec<_> = p.args.iter().map(|a| (a.role, a.register)).collect();
+            assert_eq!(found, table, "{}: {}", f.name(), p.function);
+            let expected_return = match bin.arch() {
+                Arch::X86_64 => ReturnAddress::Stack {
+                    register: Register::Rsp,
+                    offset: 0,
+                },
+                Arch::Aarch64 => ReturnAddress::Register {
+                    register: Register::X(30),
+                },
+            };
+            assert_eq!(p.return_address, expected_return);
+        }
+        let malloc = bin
+            .probe_points()
+            .expect("probe points")
+            .into_iter()
+            .find(|p| p.function == "runtime.mallocgc")
+            .expect("mallocgc");
+        let (size, typ) = match bin.arch() {
+            Arch::X86_64 => (Register::Rax, Register::Rbx),
+            Arch::Aarch64 => (Register::X(0), Register::X(1)),
+        };
+        assert_eq!(malloc.arg(gobin::ArgRole::Size), Some(size), "{}", f.name());
+        assert_eq!(malloc.arg(gobin::ArgRole::Type), Some(typ), "{}", f.name());
+    }
+}
+
+/// objdump prints arm64 instructions as 32-bit words; the file holds them little-endian.
+fn file_bytes_of(insn: &testkit::ObjdumpInsn, goarch: &str) -> Vec<u8> {
+    if goarch == "arm64" {
+        insn.bytes
+            .chunks(4)
+            .flat_map(|w| w.iter().rev().copied().collect::<Vec<_>>())
+            .collect()
+    } else {
+        insn.bytes.clone()
+    }
+}
+
+/// Checks every probe of `bin` (whose bytes are `data`) against `go tool objdump` of
+/// `reference`, a binary with the same code and a symbol table.
+fn check_probes_against_objdump(
+    name: &str,
+    go: &Fixture,
+    bin: &GoBinary<'_>,
+    data: &[u8],
+    reference: &Path,
+    goarch: &str,
+) {
+    let probes = bin.probe_points().expect("probe points");
+    assert!(!probes.is_empty(), "{name}: no probes");
+    let names: Vec<&str> = probes.iter().map(|p| p.function.as_str()).collect();
+    let listing = objdump(go, reference, &names);
+    let (guard, branch, frame_setup) = match goarch {
+        "amd64" => ("0x10(R14)", "JBE ", "PUSHQ BP"),
+        _ => ("16(R28)", "BLS ", "MOVD.W R30, "),
+    };
+    for p in &probes {
+        let insns = listing
+            .get(&p.function)
+            .unwrap_or_else(|| panic!("{name}: objdump has no {}", p.function));
+        assert_eq!(insns[0].address, p.address, "{name}: {} entry", p.function);
+        let j = insns
+            .iter()
+            .take(6)
+            .position(|i| i.text.starts_with(branch))
+            .unwrap_or_else(|| panic!("{name}: {} has no stack check in objdump", p.function));
+        assert!(
+            insns[..j].iter().any(|i| i.text.contains(guard)),
+            "{name}: {} branch is not after a stackguard0 load/compare",
+            p.function
+        );
+        let after = &insns[j + 1];
+        assert_eq!(p.probe_address, after.address, "{name}: {} probe address", p.function);
+        assert!(
+            after.text.starts_with(frame_setup),
+            "{name}: {} probe is on {:?}, not the frame set-up",
+            p.function,
+            after.text
+        );
+        assert!(
+            matches!(p.stack_check, StackCheck::Checked { branch, .. } if branch == insns[j].address),
+            "{name}: {} {:?}",
+            p.function,
+            p.stack_check
+        );
+        let off = usize::try_from(p.file_offset).expect("offset");
+        let want = file_bytes_of(after, goarch);
+        assert_eq!(
+            &data[off..off + want.len()],
+            want.as_slice(),
+            "{name}: {} file offset",
+            p.function
+        );
+    }
+}
+
+#[test]
+fn probe_addresses_match_go_tool_objdump() {
+    let all = allocs_fixtures();
+    for f in &all {
+        let data = f.bytes();
+        let bin = parse(&data, f);
+        // objdump needs a symbol table; stripped builds have the same code and layout as the
+        // default build, which is checked below.
+        let reference = if f.has_symtab() { f } else { default_variant_of(&all, f) };
+        check_probes_against_objdump(&f.name(), f, &bin, &data, &reference.path, &f.goarch);
+    }
+}
+
+#[test]
+fn stripped_builds_have_the_same_probes_as_default_builds() {
+    let all = allocs_fixtures();
+    for f in all
+        .iter()
+        .filter(|f| matches!(f.variant.as_str(), "stripped" | "nodwarf"))
+    {
+        let d = default_variant_of(&all, f);
+        let (a, b) = (f.bytes(), d.bytes());
+        let (stripped, default) = (parse(&a, f), parse(&b, d));
+        let key = |p: &gobin::ProbePoint| (p.function.clone(), p.address, p.probe_address, p.file_offset, p.role);
+        let left: Vec<_> = stripped.probe_points().expect("probes").iter().map(key).collect();
+        let right: Vec<_> = default.probe_points().expect("probes").iter().map(key).collect();
+        assert_eq!(left, right, "{}", f.name());
+    }
+}
+
+/// Go's `funcNameForPrint` shows generic instantiations as `[...]`.
+fn print_name(name: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0usize;
+    for c in name.chars() {
+        match c {
+            '[' => {
+                if depth == 0 {
+                    out.push_str("[...]");
+                }
+                depth += 1;
+            }
+            ']' => depth = depth.saturating_sub(1),
+            c if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+type FrameKey = (String, String, u32);
+
+fn frames_of(bin: &GoBinary<'_>, pc: u64, source: SymbolSource) -> Option<Vec<FrameKey>> {
+    let frames = bin.symbolize_from(pc, source).expect("symbolize")?;
+    Some(
+        frames
+            .into_iter()
+            .map(|f| (print_name(&f.function), f.file, f.line))
+            .collect(),
+    )
+}
+
+/// Checks one stack the fixture captured with `runtime.CallersFrames` against our
+/// symbolization. Go reports each logical frame with its own pc: the physical frame's
+/// `return address - 1`, and for each caller an inlined call was expanded into, the pc of that
+/// caller's inline mark (`runtime/traceback.go` records `parentPc + 1`). Symbolizing the
+/// innermost pc of a physical frame must give all of its logical frames at once, so the
+/// expected frames are consumed in runs. Returns how many runs had inlined frames.
+fn check_stack(
+    name: &str,
+    bin: &GoBinary<'_>,
+    map: &AddressMap,
+    stack: &testkit::OracleStack,
+    source: Option<SymbolSource>,
+) -> usize {
+    let expected: Vec<FrameKey> = stack
+        .frames
+        .iter()
+        .map(|f| (f.function.clone(), f.file.clone(), f.line))
+        .collect();
+    let mut at = 0;
+    let mut inlined_runs = 0;
+    while at < expected.len() {
+        let pc = hex(&stack.frames[at].pc);
+        let static_pc = map
+            .to_static(pc)
+            .unwrap_or_else(|| panic!("{name}: {} pc {pc:#x} not mapped", stack.label));
+        let got: Vec<FrameKey> = match source {
+            Some(source) => frames_of(bin, static_pc, source).expect("source present"),
+            None => bin
+                .symbolize(static_pc)
+                .into_iter()
+                .map(|f| (print_name(&f.function), f.file, f.line))
+                .collect(),
+        };
+        assert!(!got.is_empty(), "{name}: {} pc {pc:#x}: nothing", stack.label);
+        let end = (at + got.len()).min(expected.len());
+        assert_eq!(
+            got.as_slice(),
+            &expected[at..end],
+            "{name}: {} pc {pc:#x} via {source:?}",
+            stack.label
+        );
+        if got.len() > 1 {
+            inlined_runs += 1;
+            let frames = bin.symbolize(static_pc);
+            assert!(
+                frames[..frames.len() - 1].iter().all(|f| f.inlined) && !frames[frames.len() - 1].inlined,
+                "{name}: {} inline flags",
+                stack.label
+            );
+        }
+        at = end;
+    }
+    inlined_runs
+}
+
+#[test]
+fn symbolization_and_type_names_match_the_go_runtime() {
+    let mut checked_inlined = 0;
+    for f in allocs_fixtures().into_iter().filter(Fixture::runnable) {
+        let data = f.bytes();
+        let bin = parse(&data, &f);
+        // A live process, so that PIE addresses go through /proc/PID/maps like in production.
+        let live = LiveOracle::start(&f);
+        let exe = gobin::procmaps::process_exe(live.pid()).expect("process exe");
+        let maps = ProcessMaps::read(live.pid()).expect("maps");
+        let map = AddressMap::new(
+            maps.of_inode(exe.inode).into_iter().cloned().collect(),
+            bin.load_segments(),
+        )
+        .expect("address map");
+        if f.variant == "pie" {
+            assert_ne!(map.base(), Some(0), "{}", f.name());
+        }
+        let oracle = &live.oracle;
+        assert_eq!(oracle.go_version, f.go_version);
+        if f.variant != "pie" {
+            assert_eq!(
+                map.to_static(map.base().unwrap_or(0) + 0x1000),
+                Some(map.base().unwrap_or(0) + 0x1000),
+                "{}: non-PIE addresses are link-time addresses",
+                f.name()
+            );
+        }
+        for stack in &oracle.stacks {
+            checked_inlined += check_stack(&f.name(), &bin, &map, stack, Some(SymbolSource::Pclntab));
+            if f.has_dwarf() {
+                check_stack(&f.name(), &bin, &map, stack, Some(SymbolSource::Dwarf));
+            }
+            check_stack(&f.name(), &bin, &map, stack, None);
+        }
+        assert!(
+            oracle.stacks.iter().any(|s| s.label == "inlined"),
+            "{}: no inlined stack",
+            f.name()
+        );
+        for t in &oracle.types {
+            let addr = hex(&t.addr);
+            let static_addr = map
+                .to_static(addr)
+                .unwrap_or_else(|| panic!("{}: type {} not mapped", f.name(), t.name));
+            let (name, source) = bin
+                .type_name(static_addr)
+                .unwrap_or_else(|| panic!("{}: no name for {} at {addr:#x}", f.name(), t.name));
+            assert_eq!(name, t.name, "{}: via {source:?}", f.name());
+            assert_eq!(
+                bin.type_name_from(static_addr, TypeSource::Descriptor).as_deref(),
+                Some(t.name.as_str()),
+                "{}: descriptor",
+                f.name()
+            );
+            if f.has_dwarf() {
+                assert_eq!(
+                    source,
+                    TypeSource::Dwarf,
+                    "{}: {} should come from DWARF",
+                    f.name(),
+                    t.name
+                );
+            }
+        }
+    }
+    assert!(checked_inlined > 0, "no inlined frames were checked");
+}
+
+/// How the runtime spells a name that DWARF gives differently: the runtime (and `reflect`)
+/// qualify names with the package *name*, so `*encoding/json.encoderFunc` is
+/// `*json.encoderFunc`, except inside the type arguments of a generic instantiation, which
+/// keep their import paths; and DWARF marks function-local types with `·N`.
+fn runtime_spelling(dwarf_name: &str) -> String {
+    let mut out = String::new();
+    let mut word = String::new();
+    // For each open bracket: whether it holds type arguments (`Pointer[T]`) rather than a
+    // map key (also of the runtime's `map.bucket[K]V` and `map.group[K]V`), an array length or
+    // nothing (`map[K]V`, `[8]T`, `[]T`).
+    let mut brackets: Vec<bool> = Vec::new();
+    for c in dwarf_name.chars().chain(std::iter::once('\0')) {
+        if c.is_alphanumeric() || matches!(c, '_' | '.' | '/' | '-' | '·') {
+            word.push(c);
+            continue;
+        }
+        let in_type_args = brackets.iter().any(|&generic| generic);
+        let w = match word.split_once('·') {
+            Some((head, tail)) if tail.chars().all(|c| c.is_ascii_digit()) => head,
+            _ => word.as_str(),
+        };
+        if in_type_args {
+            out.push_str(w);
+        } else {
+            out.push_str(&package_name_qualified(w));
+        }
+        match c {
+            '[' => brackets.push(
+                !word.is_empty()
+                    && word != "map"
+                    && !word.starts_with("map.")
+                    && !word.chars().all(|c| c.is_ascii_digit()),
+            ),
+            ']' => {
+                brackets.pop();
+            }
+            _ => {}
+        }
+        word.clear();
+        if c != '\0' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `encoding/json.Decoder` → `json.Decoder`; a major-version element names no package, so
+/// `encoding/json/v2.Options` → `json.Options` (the package clause says `package json`).
+fn package_name_qualified(word: &str) -> String {
+    let Some((path, last)) = word.rsplit_once('/') else {
+        return word.to_owned();
+    };
+    if let Some((element, rest)) = last.split_once('.')
+        && element.len() > 1
+        && element.starts_with('v')
+        && element[1..].chars().all(|c| c.is_ascii_digit())
+    {
+        let package = path.rsplit_once('/').map_or(path, |(_, p)| p);
+        return format!("{package}.{rest}");
+    }
+    last.to_owned()
+}
+
+/// Every runtime type DWARF knows must have the same name in its type descriptor, on both
+/// architectures; that is what lets stripped binaries name types.
+#[test]
+fn type_descriptor_names_agree_with_dwarf() {
+    let all = allocs_fixtures();
+    for f in all.iter().filter(|f| f.has_dwarf()) {
+        let data = f.bytes();
+        let bin = parse(&data, f);
+        let dwarf = bin.dwarf_types();
+        assert!(dwarf.len() > 100, "{}: only {} DWARF types", f.name(), dwarf.len());
+        let mut mismatches = Vec::new();
+        let mut struct_literals = 0;
+        for (&addr, name) in dwarf {
+            let descriptor = bin.type_name_from(addr, TypeSource::Descriptor);
+            // DWARF also qualifies the field names of struct literals with their package
+            // (`struct { runtime.n int32 }`); the runtime does not. Those are compared only
+            // for being readable.
+            if name.contains("struct {") {
+                struct_literals += 1;
+                assert!(
+                    descriptor.as_deref().is_some_and(|d| d.contains("struct {")),
+                    "{}: {name}",
+                    f.name()
+                );
+                continue;
+            }
+            // Shape types (`go.shape.func(*encoding/json.encodeState, …)`) keep import paths.
+            let agrees = descriptor.as_deref() == Some(runtime_spelling(name).as_str())
+                || descriptor.as_deref() == Some(name.as_str());
+            if !agrees {
+                mismatches.push(format!("{addr:#x}: DWARF {name:?}, descriptor {descriptor:?}"));
+            }
+        }
+        mismatches.sort();
+        assert!(
+            mismatches.is_empty(),
+            "{}: {} of {} differ:\n{}",
+            f.name(),
+            mismatches.len(),
+            dwarf.len(),
+            mismatches.join("\n")
+        );
+        assert!(
+            struct_literals * 10 < dwarf.len(),
+            "{}: {struct_literals} struct literals",
+            f.name()
+        );
+    }
+}
+
+/// DWARF and `.gopclntab` must tell the same story for every instruction of the program's own
+/// functions (runtime functions too would take long; a sample of them is checked).
+#[test]
+fn dwarf_and_pclntab_symbolize_alike() {
+    for f in allocs_fixtures()
+        .iter()
+        .filter(|f| f.has_dwarf() && f.variant == "default")
+    {
+        let data = f.bytes();
+        let bin = parse(&data, f);
+        let mut compared = 0;
+        let funcs: Vec<_> = bin
+            .functions()
+            .iter()
+            .filter(|func| func.name.starts_with("main.") || func.name.starts_with("runtime.malloc"))
+            .cloned()
+            .collect();
+        assert!(funcs.len() > 5, "{}", f.name());
+        for func in funcs {
+            let step = if f.goarch == "arm64" { 4 } else { 1 };
+            let mut pc = func.start;
+            while pc < func.end {
+                let dwarf = frames_of(&bin, pc, SymbolSource::Dwarf).expect("dwarf");
+                let pcln = frames_of(&bin, pc, SymbolSource::Pclntab).expect("pclntab");
+                // Padding between functions is covered by neither. DWARF has no line for
+                // compiler-generated code that .gopclntab attributes to "<autogenerated>".
+                let autogenerated = pcln.first().is_some_and(|(_, file, _)| file == "<autogenerated>");
+                if !dwarf.is_empty() && !pcln.is_empty() && !autogenerated {
+                    assert_eq!(dwarf, pcln, "{}: pc {pc:#x} in {}", f.name(), func.name);
+                    compared += 1;
+                }
+                pc += step;
+            }
+        }
+        assert!(compared > 100, "{}: compared only {compared} pcs", f.name());
+    }
+}
+
+/// The Go distribution's own `gofmt` and `compile` carry `.symtab` and `.gopclntab` but no
+/// DWARF: real-world binaries without debug info.
+#[test]
+fn go_distribution_binaries_inspect_correctly() {
+    let all = allocs_fixtures();
+    let mut toolchains: HashMap<String, &Fixture> = HashMap::new();
+    for f in all
+        .iter()
+        .filter(|f| f.goarch == testkit::host_goarch() && f.variant == "default")
+    {
+        toolchains.entry(f.go_version.clone()).or_insert(f);
+    }
+    assert_eq!(toolchains.len(), 7, "expected seven Go releases");
+    for (version, f) in toolchains {
+        let tool_dir = f.goroot.join(format!("pkg/tool/linux_{}", testkit::host_goarch()));
+        for path in [f.goroot.join("bin/gofmt"), tool_dir.join("compile")] {
+            let name = format!("{version} {}", path.display());
+            let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let bin = GoBinary::parse(&data).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(bin.build_info().go_version, version, "{name}");
+            let sections = bin.debug_sections();
+            assert!(sections.symtab && !sections.dwarf, "{name}: {sections:?}");
+            check_probes_against_objdump(&name, f, &bin, &data, &path, testkit::host_goarch());
+            // Symbolize every instruction of mallocgc and compare with objdump's file:line
+            // column (the innermost position).
+            let listing = objdump(f, &path, &["runtime.mallocgc", "main.main"]);
+            for insns in listing.values() {
+                for insn in insns {
+                    let frames = bin.symbolize(insn.address);
+                    let inner = frames
+                        .first()
+                        .unwrap_or_else(|| panic!("{name}: nothing at {:#x}", insn.address));
+                    let base = Path::new(&inner.file)
+                        .file_name()
+                        .and_then(|s| s.to_str())
+                        .unwrap_or_default();
+                    assert_eq!(
+                        format!("{base}:{}", inner.line),
+                        insn.file_line,
+                        "{name}: {:#x}",
+                        insn.address
+                    );
+                }
+            }
+            // Without DWARF, type names come from the descriptors. Up to Go 1.26 the linker
+            // lists every type in `typelinks`, sorted by exactly the name we read; a wrong base
+            // or layout would break the order and the names.
+            check_typelinks(&name, &bin, bin.go_version().minor);
+        }
+    }
+}
+
+fn check_typelinks(name: &str, bin: &GoBinary<'_>, minor: u32) {
+    let Some(links) = bin.typelinks() else {
+        assert!(minor >= 27, "{name}: no typelinks before Go 1.27");
+        return;
+    };
+    assert!(links.len() > 100, "{name}: only {} typelinks", links.len());
+    let names: Vec<String> = links
+        .iter()
+        .map(|&addr| {
+            bin.type_name_from(addr, TypeSource::Descriptor)
+                .unwrap_or_else(|| panic!("{name}: no name for the type at {addr:#x}"))
+        })
+        .collect();
+    assert!(
+        names.windows(2).all(|w| w[0] <= w[1]),
+        "{name}: typelinks are not sorted by name"
+    );
+    for expected in ["*os.File", "[]string", "map[string]int"] {
+        assert!(
+            names.binary_search_by(|n| n.as_str().cmp(expected)).is_ok(),
+            "{name}: no {expected}"
+        );
+    }
+}

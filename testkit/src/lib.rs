@@ -1,0 +1,273 @@
+//! Test support shared by the workspace's integration tests: the Go fixtures that
+//! `cargo xtask fixtures` builds (read from `target/fixtures/manifest.json`), the fixtures' own
+//! runtime view of their stacks and types (`allocs oracle`), and `go tool objdump` listings.
+#![expect(clippy::missing_panics_doc, reason = "test support panics with a message by design")]
+#![expect(
+    clippy::must_use_candidate,
+    reason = "test helpers; an unused result fails the test anyway"
+)]
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde::Deserialize;
+
+/// One built fixture, as listed in `target/fixtures/manifest.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Fixture {
+    pub path: PathBuf,
+    pub go_version: String,
+    pub go_minor: String,
+    pub goarch: String,
+    pub variant: String,
+    pub program: String,
+    pub goroot: PathBuf,
+    pub go: PathBuf,
+    pub source_dir: PathBuf,
+}
+
+impl Fixture {
+    pub fn name(&self) -> String {
+        format!("{} {} {}-{}", self.go_version, self.goarch, self.program, self.variant)
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.path).unwrap_or_else(|e| panic!("reading {}: {e}", self.path.display()))
+    }
+
+    /// Whether this machine can run it.
+    pub fn runnable(&self) -> bool {
+        self.goarch == host_goarch()
+    }
+
+    pub fn has_symtab(&self) -> bool {
+        self.variant != "stripped"
+    }
+
+    pub fn has_dwarf(&self) -> bool {
+        !matches!(self.variant.as_str(), "stripped" | "nodwarf")
+    }
+
+    /// A `go` command of the fixture's toolchain that never downloads another one.
+    pub fn go_command(&self) -> Command {
+        let mut cmd = Command::new(&self.go);
+        cmd.env("GOTOOLCHAIN", "local");
+        let cache = repo_root().join(".cache");
+        cmd.env("GOCACHE", cache.join("go-build"));
+        cmd.env("GOPATH", cache.join("gopath"));
+        cmd
+    }
+}
+
+pub fn host_goarch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// All fixtures. Fails with instructions when they have not been built.
+pub fn fixtures() -> Vec<Fixture> {
+    let manifest = repo_root().join("target/fixtures/manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}\nbuild the Go fixtures first: scripts/setup.sh && cargo xtask fixtures",
+            manifest.display()
+        )
+    });
+    let all: Vec<Fixture> = serde_json::from_str(&text).expect("manifest.json is valid");
+    assert!(!all.is_empty(), "the fixture manifest is empty");
+    all
+}
+
+/// The `allocs` fixtures.
+pub fn allocs_fixtures() -> Vec<Fixture> {
+    fixtures().into_iter().filter(|f| f.program == "allocs").collect()
+}
+
+/// The same program, version and architecture in the `default` variant.
+pub fn default_variant_of<'a>(all: &'a [Fixture], f: &Fixture) -> &'a Fixture {
+    all.iter()
+        .find(|d| {
+            d.program == f.program && d.go_version == f.go_version && d.goarch == f.goarch && d.variant == "default"
+        })
+        .unwrap_or_else(|| panic!("no default variant for {}", f.name()))
+}
+
+/// What `allocs oracle` prints: Go's own view of type descriptors and stacks.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Oracle {
+    pub go_version: String,
+    pub goarch: String,
+    pub types: Vec<OracleType>,
+    pub stacks: Vec<OracleStack>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OracleType {
+    pub name: String,
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OracleStack {
+    pub label: String,
+    pub frames: Vec<OracleFrame>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OracleFrame {
+    pub pc: String,
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+}
+
+pub fn hex(text: &str) -> u64 {
+    u64::from_str_radix(text.trim_start_matches("0x"), 16).unwrap_or_else(|e| panic!("{text:?}: {e}"))
+}
+
+/// Runs `allocs oracle` to completion.
+pub fn run_oracle(f: &Fixture) -> Oracle {
+    let out = Command::new(&f.path)
+        .arg("oracle")
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", f.path.display()));
+    assert!(
+        out.status.success(),
+        "{} oracle failed: {}",
+        f.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{} oracle output: {e}", f.name()))
+}
+
+/// A running `allocs oracle --wait`: the process stays alive until dropped.
+#[derive(Debug)]
+pub struct LiveOracle {
+    pub child: Child,
+    pub oracle: Oracle,
+}
+
+impl LiveOracle {
+    pub fn start(f: &Fixture) -> Self {
+        let mut child = Command::new(&f.path)
+            .args(["oracle", "--wait"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("running {}: {e}", f.path.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        // The document is printed whole before the program waits; read until it parses.
+        let mut reader = BufReader::new(stdout);
+        let mut text = String::new();
+        let oracle = loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).expect("reading oracle output");
+            assert!(n > 0, "{} exited before printing its oracle", f.name());
+            text.push_str(&line);
+            if let Ok(o) = serde_json::from_str::<Oracle>(&text) {
+                break o;
+            }
+        };
+        Self { child, oracle }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for LiveOracle {
+    fn drop(&mut self) {
+        // Closing stdin ends the program; kill it if it does not go.
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One instruction as `go tool objdump` prints it.
+#[derive(Debug, Clone)]
+pub struct ObjdumpInsn {
+    pub file_line: String,
+    pub address: u64,
+    pub bytes: Vec<u8>,
+    pub text: String,
+}
+
+/// Disassembles the named functions with the fixture's own `go tool objdump`.
+pub fn objdump(go: &Fixture, binary: &Path, functions: &[&str]) -> HashMap<String, Vec<ObjdumpInsn>> {
+    let pattern = format!(
+        "^({})$",
+        functions.iter().map(|f| regex_escape(f)).collect::<Vec<_>>().join("|")
+    );
+    let out = go
+        .go_command()
+        .args(["tool", "objdump", "-s", &pattern])
+        .arg(binary)
+        .output()
+        .expect("running go tool objdump");
+    assert!(
+        out.status.success(),
+        "objdump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_objdump(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if "\\.+*?()|[]{}^$".contains(c) {
+                vec!['\\', c]
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+pub fn parse_objdump(text: &str) -> HashMap<String, Vec<ObjdumpInsn>> {
+    let mut out: HashMap<String, Vec<ObjdumpInsn>> = HashMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("TEXT ") {
+            // "TEXT runtime.mallocgc(SB) /path/malloc.go"
+            let name = rest.split("(SB)").next().unwrap_or(rest).to_owned();
+            out.entry(name.clone()).or_default();
+            current = Some(name);
+            continue;
+        }
+        let Some(name) = &current else { continue };
+        // "  malloc.go:1067\t0x477ce0\t\t493b6610\t\tCMPQ SP, 0x10(R14)"
+        let fields: Vec<&str> = line.split('\t').filter(|f| !f.is_empty()).collect();
+        if fields.len() < 4 {
+            continue;
+        }
+        let Some(addr) = fields[1].trim().strip_prefix("0x") else {
+            continue;
+        };
+        let Ok(address) = u64::from_str_radix(addr, 16) else {
+            continue;
+        };
+        let hex_bytes = fields[2].trim();
+        let bytes = (0..hex_bytes.len() / 2)
+            .map(|i| u8::from_str_radix(&hex_bytes[2 * i..2 * i + 2], 16).expect("hex byte"))
+            .collect();
+        out.get_mut(name).expect("current function").push(ObjdumpInsn {
+            file_line: fields[0].trim().to_owned(),
+            address,
+            bytes,
+            text: fields[3].trim().to_owned(),
+        });
+    }
+    out
+}
