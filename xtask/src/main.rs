@@ -1,1 +1,90 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <command>` (an alias in `.cargo/config.toml`).
+//!
+//! Commands:
+//! - `demo`: README's main job: build gotrace and the demo Go program, run the demo, point
+//!   gotrace at it;
+//! - `fixtures`: build the Go fixture programs for every Go version and variant;
+//! - `go <minor> -- ARGS...`: run one of the project's Go toolchains with the project's Go
+//!   environment.
+
+mod demo;
+mod fixtures;
+mod go;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "gotrace project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build gotrace and the bundled demo Go program, start the demo and inspect it with
+    /// gotrace
+    Demo,
+    /// Build the Go fixtures into target/fixtures and write target/fixtures/manifest.json
+    Fixtures(fixtures::Args),
+    /// Run a project Go toolchain (GOTOOLCHAIN=local, caches under .cache/), e.g.
+    /// `cargo xtask go 1.27 -- version`
+    Go {
+        /// Go minor version, e.g. 1.27
+        minor: String,
+        /// Arguments for the go command
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let repo = repo_root()?;
+    match cli.command {
+        Command::Demo => demo::run(&repo).map(|()| ExitCode::SUCCESS),
+        Command::Fixtures(args) => fixtures::run(&repo, &args).map(|()| ExitCode::SUCCESS),
+        Command::Go { minor, args } => run_go(&repo, &minor, &args),
+    }
+}
+
+/// The workspace root: the parent of this crate's directory, wherever cargo runs from.
+fn repo_root() -> Result<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask's manifest directory has no parent")
+}
+
+/// Runs the go command in the current directory and passes its exit status on.
+fn run_go(repo: &Path, minor: &str, args: &[String]) -> Result<ExitCode> {
+    let toolchain = go::Toolchain::find(repo, &go::normalize_minor(minor)?)?;
+    let status = toolchain
+        .command(repo)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run {}", toolchain.go.display()))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => {
+            // Killed by a signal: report it the way a shell does.
+            use std::os::unix::process::ExitStatusExt;
+            let signal = status.signal().unwrap_or(0);
+            ExitCode::from(u8::try_from(128 + signal).unwrap_or(1))
+        }
+    })
+}
