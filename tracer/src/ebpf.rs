@@ -1,0 +1,50 @@
+//! The compiled eBPF probes, embedded in the `gotrace` binary.
+//!
+//! `build.rs` compiles the `tracer-ebpf` crate for `bpfel-unknown-none` on every build of this
+//! crate (a no-op when its sources did not change) and passes the object's path in
+//! `GOTRACE_EBPF_OBJECT`. The object is an ELF file that [`aya::Ebpf::load`] parses; the names of
+//! its program and maps are in [`tracer_common`].
+// Nothing in main.rs loads the probes yet; the tests below do.
+#![cfg_attr(not(test), expect(dead_code, reason = "the probes are not attached by the CLI yet"))]
+
+/// The eBPF object file with gotrace's probes: ELF, little-endian BPF, with BTF.
+///
+/// The bytes are 16-byte aligned ([`aya::include_bytes_aligned`]): the ELF parser aya uses reads
+/// headers in place and refuses misaligned input.
+pub fn object() -> &'static [u8] {
+    aya::include_bytes_aligned!(env!("GOTRACE_EBPF_OBJECT"))
+}
+
+#[cfg(test)]
+mod tests {
+    use aya_obj::{Object, ProgramSection};
+    use tracer_common::{ALLOC_PROBE, COUNTERS_MAP};
+
+    /// Parses the object the way `aya::Ebpf::load` does before it talks to the kernel, so a
+    /// renamed probe or map, or a broken build, shows up without root.
+    #[test]
+    fn object_has_the_alloc_probe_the_counters_map_and_btf() {
+        let object = Object::parse(super::object()).expect("the embedded eBPF object parses");
+
+        let program = object
+            .programs
+            .get(ALLOC_PROBE)
+            .unwrap_or_else(|| panic!("no program {ALLOC_PROBE}"));
+        assert!(
+            matches!(program.section, ProgramSection::UProbe { sleepable: false }),
+            "{ALLOC_PROBE} is in section {:?}, not a plain uprobe",
+            program.section
+        );
+        // bpf-linker only emits BTF when asked (tracer-ebpf/build.rs); the kernel wants it for
+        // function and line info.
+        assert!(
+            object.btf.is_some() && object.btf_ext.is_some(),
+            "the object has no BTF"
+        );
+        assert!(
+            object.maps.contains_key(COUNTERS_MAP),
+            "no map {COUNTERS_MAP}; maps: {:?}",
+            object.maps.keys().collect::<Vec<_>>()
+        );
+    }
+}
