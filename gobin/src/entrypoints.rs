@@ -11,6 +11,8 @@
 //! - Go 1.24–1.26: `mallocgc` is still the funnel; it dispatches internally to `mallocgcTiny`,
 //!   `mallocgcSmallNoscan`, `mallocgcSmallScanNoHeader`, `mallocgcSmallScanHeader` and
 //!   `mallocgcLarge`, which are never probed (probing them as well would count twice).
+//!   Nested calls inside the malloc implementation are excluded by the caller check too:
+//!   `mallocgcTinySlowPath` (Go 1.27) calls `mallocgcSmallNoScanSC2` for the same allocation.
 //! - Go 1.27 (the `sizespecializedmalloc` experiment, on by default; available but off in
 //!   1.26): the compiler calls
 //!   `runtime.mallocgc<Class>SC<n>` directly from user code for small `new(T)`
@@ -36,10 +38,17 @@ use crate::version::GoVersion;
 /// The rule that keeps any allocation from being counted twice, in words.
 pub const COUNTING_RULE: &str = "each heap allocation is counted once, at the outermost \
 counting probe it passes: a counting probe hit is ignored when its return address lies inside \
-another counting function (Go 1.27's mallocgc calls the size-specialised mallocgc*SC<n> \
-functions through its size tables, and has counted that allocation already), and a mallocgc hit \
-with size 0 is ignored (it returns &zerobase and allocates nothing). Annotating probes never \
-count.";
+the runtime's malloc implementation (any runtime.mallocgc* function), because that call is \
+nested in an allocation already counted: Go 1.27's mallocgc calls the size-specialised \
+mallocgc*SC<n> functions through its size tables, and mallocgcTinySlowPath calls \
+mallocgcSmallNoScanSC2. A mallocgc hit with size 0 is ignored too (it returns &zerobase and \
+allocates nothing). Annotating probes never count.";
+
+/// The prefix of the runtime's malloc implementation: `mallocgc` itself, its per-size-class
+/// helpers (`mallocgcTiny`, `mallocgcSmallNoscan`, … in Go 1.24+), the size-specialised
+/// `mallocgc*SC<n>` and their slow paths (Go 1.27). A counting probe entered from one of them
+/// is a nested call.
+pub const MALLOC_IMPLEMENTATION_PREFIX: &str = "runtime.mallocgc";
 
 /// Whether hits on a probe count allocations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -161,8 +170,8 @@ pub struct ProbePoint {
     pub args: Vec<ArgLocation>,
     /// Where the return address is at the probe address.
     pub return_address: ReturnAddress,
-    /// For counting probes: hits whose return address is inside one of these functions are not
-    /// counted (see [`COUNTING_RULE`]).
+    /// For counting probes: hits whose return address is inside one of these functions (the
+    /// runtime's malloc implementation) are not counted (see [`COUNTING_RULE`]).
     pub skip_if_caller_in: Vec<Function>,
     /// For counting probes: hits with a zero `size` argument are not counted.
     pub skip_zero_size: bool,
@@ -370,22 +379,24 @@ fn natural_key(name: &str) -> (&str, u32) {
 /// Resolves registers and the counting rule for each candidate.
 pub(crate) fn resolve(
     arch: Arch,
+    functions: &FunctionTable,
     candidates: &[Candidate<'_>],
     dwarf_params: Option<&HashMap<String, Vec<DwarfParam>>>,
     file_offset: impl Fn(u64) -> Option<u64>,
 ) -> Vec<ProbePoint> {
-    let counting: Vec<Function> = candidates
+    // Merged into as few address ranges as the function table allows: the probe checks the
+    // return address against each one.
+    let malloc_implementation: Vec<Function> = functions
         .iter()
-        .filter(|c| c.spec.role == ProbeRole::Count)
-        .map(|c| c.function.clone())
+        .filter(|f| f.name.starts_with(MALLOC_IMPLEMENTATION_PREFIX))
+        .cloned()
         .collect();
     candidates
         .iter()
         .filter_map(|c| {
             let args = resolve_args(arch, c.spec, dwarf_params.and_then(|d| d.get(&c.function.name)));
             let (skip_if_caller_in, skip_zero_size) = if c.spec.role == ProbeRole::Count {
-                let others = counting.iter().filter(|f| f.name != c.function.name).cloned().collect();
-                (others, true)
+                (malloc_implementation.clone(), true)
             } else {
                 (Vec::new(), false)
             };

@@ -47,7 +47,8 @@ pub use crate::arch::{Arch, Register};
 pub use crate::buildinfo::{BuildInfo, Module};
 pub use crate::elf::LoadSegment;
 pub use crate::entrypoints::{
-    ArgLocation, ArgRole, ArgSource, COUNTING_RULE, ProbePoint, ProbeRole, ReturnAddress, table_registers,
+    ArgLocation, ArgRole, ArgSource, COUNTING_RULE, MALLOC_IMPLEMENTATION_PREFIX, ProbePoint, ProbeRole, ReturnAddress,
+    table_registers,
 };
 pub use crate::error::{Error, Result};
 pub use crate::functions::{Function, FunctionSource, FunctionTable};
@@ -310,6 +311,7 @@ impl<'data> GoBinary<'data> {
         };
         Ok(entrypoints::resolve(
             self.arch(),
+            &self.functions,
             &candidates,
             dwarf_params.as_ref(),
             |addr| self.file_offset(addr),

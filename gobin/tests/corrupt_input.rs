@@ -213,7 +213,8 @@ fn corrupt_binaries_give_errors_not_panics() {
     }));
     // A mutant that makes the analysis hang would hang the test suite instead of failing it:
     // a watchdog names the mutation and fails the run when one input takes too long.
-    let current: &'static std::sync::Mutex<Option<(Instant, String)>> = Box::leak(Box::new(std::sync::Mutex::new(None)));
+    let current: &'static std::sync::Mutex<Option<(Instant, String)>> =
+        Box::leak(Box::new(std::sync::Mutex::new(None)));
     std::thread::spawn(move || {
         loop {
             std::thread::sleep(Duration::from_secs(1));
