@@ -186,11 +186,12 @@ impl DwarfInfo {
         }
     }
 
-    /// Every type with a `DW_AT_go_runtime_type`: descriptor offset → Go type name. The
+    /// Every type with a `DW_AT_go_runtime_type`: descriptor offset → Go type names (several
+    /// when aliases share a descriptor). The
     /// offset is relative to `moduledata.types` (the linker's `dwarfGenerateDebugInfo` writes
     /// it that way, and Delve reads it that way).
-    pub fn runtime_types(&self) -> Result<HashMap<u64, String>> {
-        let mut types = HashMap::new();
+    pub fn runtime_types(&self) -> Result<HashMap<u64, Vec<String>>> {
+        let mut types: HashMap<u64, Vec<String>> = HashMap::new();
         let mut units = self.dwarf.units();
         while let Some(header) = units.next().map_err(Error::Dwarf)? {
             let unit = self.dwarf.unit(header).map_err(Error::Dwarf)?;
@@ -205,7 +206,10 @@ impl DwarfInfo {
                     // "noalg." marks compiler-generated types without equality functions
                     // (map buckets, padding arrays); the runtime's name has no such prefix.
                     let name = name.strip_prefix("noalg.").map(str::to_owned).unwrap_or(name);
-                    types.entry(offset).or_insert(name);
+                    let names = types.entry(offset).or_default();
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
                 }
             }
         }

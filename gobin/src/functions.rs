@@ -116,11 +116,76 @@ impl FunctionTable {
         self.by_name.get(name).map(|&i| &self.functions[i])
     }
 
+    /// The address ranges covered by the named functions, with functions that are neighbours
+    /// in the table merged into one range, in address order. A probe that asks
+    /// "is this return address in one of these functions?" then checks a handful of ranges
+    /// instead of one per function. Unknown names are ignored.
+    #[must_use]
+    pub fn coalesced_ranges<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<std::ops::Range<u64>> {
+        let mut indexes: Vec<usize> = names.into_iter().filter_map(|n| self.by_name.get(n).copied()).collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        let mut ranges: Vec<(usize, std::ops::Range<u64>)> = Vec::new();
+        for i in indexes {
+            let f = &self.functions[i];
+            match ranges.last_mut() {
+                Some((last, range)) if *last + 1 == i => {
+                    range.end = range.end.max(f.end);
+                    *last = i;
+                }
+                _ => ranges.push((i, f.start..f.end)),
+            }
+        }
+        ranges.into_iter().map(|(_, r)| r).collect()
+    }
+
     /// The function containing `addr`.
     #[must_use]
     pub fn containing(&self, addr: u64) -> Option<&Function> {
         let i = self.functions.partition_point(|f| f.start <= addr);
         let f = self.functions.get(i.checked_sub(1)?)?;
         f.contains(addr).then_some(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> FunctionTable {
+        let f = |name: &str, start: u64, end: u64| Function {
+            name: name.to_owned(),
+            start,
+            end,
+        };
+        FunctionTable::new(
+            vec![
+                f("a", 0x100, 0x140),
+                f("b", 0x140, 0x180),
+                f("c", 0x180, 0x1c0),
+                f("d", 0x1c0, 0x200),
+                f("e", 0x210, 0x240),
+            ],
+            FunctionSource::Symtab,
+        )
+    }
+
+    #[test]
+    fn neighbours_merge_into_one_range() {
+        let t = table();
+        assert_eq!(
+            t.coalesced_ranges(["b", "a", "d", "e", "nope"]),
+            vec![0x100..0x180, 0x1c0..0x240]
+        );
+        assert_eq!(t.coalesced_ranges(["c"]), vec![0x180..0x1c0]);
+        assert!(t.coalesced_ranges([]).is_empty());
+    }
+
+    #[test]
+    fn lookup_by_address() {
+        let t = table();
+        assert_eq!(t.containing(0x17f).map(|f| f.name.as_str()), Some("b"));
+        assert_eq!(t.containing(0x200), None);
+        assert_eq!(t.containing(0x50), None);
     }
 }

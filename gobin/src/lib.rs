@@ -54,6 +54,7 @@ pub use crate::error::{Error, Result};
 pub use crate::functions::{Function, FunctionSource, FunctionTable};
 pub use crate::moduledata::ModuleData;
 pub use crate::prologue::StackCheck;
+pub use crate::types::runtime_spelling;
 pub use crate::version::GoVersion;
 
 use crate::dwarf::DwarfInfo;
@@ -132,7 +133,7 @@ pub struct GoBinary<'data> {
     moduledata: Option<ModuleData>,
     functions: FunctionTable,
     dwarf: Option<DwarfInfo>,
-    dwarf_types: OnceLock<HashMap<u64, String>>,
+    dwarf_types: OnceLock<HashMap<u64, Vec<String>>>,
 }
 
 impl std::fmt::Debug for GoBinary<'_> {
@@ -358,20 +359,35 @@ impl<'data> GoBinary<'data> {
     }
 
     /// The Go name of the type whose runtime descriptor is at the link-time address `addr`.
+    ///
+    /// DWARF's name (found through `DW_AT_go_runtime_type`) when it agrees with the descriptor:
+    /// it has the full import path (`encoding/json.Decoder` where the descriptor says
+    /// `json.Decoder`). Several DWARF types can share a descriptor (aliases, such as a runtime
+    /// type defined as `= string`), so the one that agrees is chosen; when none does, or there
+    /// is no DWARF, the descriptor's own name.
     #[must_use]
     pub fn type_name(&self, addr: u64) -> Option<(String, TypeSource)> {
-        if let Some(name) = self.dwarf_types().get(&addr) {
-            return Some((name.clone(), TypeSource::Dwarf));
+        let descriptor = self.type_name_from(addr, TypeSource::Descriptor);
+        let dwarf = self.dwarf_types().get(&addr);
+        match (descriptor, dwarf) {
+            (Some(d), Some(names)) => Some(
+                names
+                    .iter()
+                    .find(|n| **n == d || types::runtime_spelling(n) == d)
+                    .map_or((d, TypeSource::Descriptor), |n| (n.clone(), TypeSource::Dwarf)),
+            ),
+            (Some(d), None) => Some((d, TypeSource::Descriptor)),
+            (None, Some(names)) => names.first().map(|n| (n.clone(), TypeSource::Dwarf)),
+            (None, None) => None,
         }
-        self.type_name_from(addr, TypeSource::Descriptor)
-            .map(|n| (n, TypeSource::Descriptor))
     }
 
-    /// The type name from one source only (for cross-checks).
+    /// The type name from one source only (for cross-checks). From DWARF, the first of the
+    /// names that share the descriptor.
     #[must_use]
     pub fn type_name_from(&self, addr: u64, source: TypeSource) -> Option<String> {
         match source {
-            TypeSource::Dwarf => self.dwarf_types().get(&addr).cloned(),
+            TypeSource::Dwarf => self.dwarf_types().get(&addr)?.first().cloned(),
             TypeSource::Descriptor => types::descriptor_name(&self.elf, self.moduledata.as_ref()?, addr),
         }
     }
@@ -400,9 +416,10 @@ impl<'data> GoBinary<'data> {
         )
     }
 
-    /// All DWARF-described runtime types by descriptor address (empty without DWARF, or
-    /// without the moduledata that the DWARF offsets are relative to).
-    pub fn dwarf_types(&self) -> &HashMap<u64, String> {
+    /// All DWARF-described runtime types by descriptor address, with every name that refers to
+    /// each (empty without DWARF, or without the moduledata that the DWARF offsets are
+    /// relative to).
+    pub fn dwarf_types(&self) -> &HashMap<u64, Vec<String>> {
         self.dwarf_types.get_or_init(|| {
             let (Some(dwarf), Some(md)) = (&self.dwarf, &self.moduledata) else {
                 return HashMap::new();

@@ -14,7 +14,7 @@ use std::path::Path;
 use gobin::procmaps::{AddressMap, ProcessMaps};
 use gobin::{
     Arch, ArgSource, GoBinary, ProbeRole, Register, ReturnAddress, StackCheck, SymbolSource, TypeSource,
-    table_registers,
+    runtime_spelling, table_registers,
 };
 use testkit::{Fixture, LiveOracle, allocs_fixtures, default_variant_of, hex, objdump};
 
@@ -540,69 +540,6 @@ fn symbolization_and_type_names_match_the_go_runtime() {
     assert!(checked_inlined > 0, "no inlined frames were checked");
 }
 
-/// How the runtime spells a name that DWARF gives differently: the runtime (and `reflect`)
-/// qualify names with the package *name*, so `*encoding/json.encoderFunc` is
-/// `*json.encoderFunc`, except inside the type arguments of a generic instantiation, which
-/// keep their import paths; and DWARF marks function-local types with `·N`.
-fn runtime_spelling(dwarf_name: &str) -> String {
-    let mut out = String::new();
-    let mut word = String::new();
-    // For each open bracket: whether it holds type arguments (`Pointer[T]`) rather than a
-    // map key (also of the runtime's `map.bucket[K]V` and `map.group[K]V`), an array length or
-    // nothing (`map[K]V`, `[8]T`, `[]T`).
-    let mut brackets: Vec<bool> = Vec::new();
-    for c in dwarf_name.chars().chain(std::iter::once('\0')) {
-        if c.is_alphanumeric() || matches!(c, '_' | '.' | '/' | '-' | '·') {
-            word.push(c);
-            continue;
-        }
-        let in_type_args = brackets.iter().any(|&generic| generic);
-        let w = match word.split_once('·') {
-            Some((head, tail)) if tail.chars().all(|c| c.is_ascii_digit()) => head,
-            _ => word.as_str(),
-        };
-        if in_type_args {
-            out.push_str(w);
-        } else {
-            out.push_str(&package_name_qualified(w));
-        }
-        match c {
-            '[' => brackets.push(
-                !word.is_empty()
-                    && word != "map"
-                    && !word.starts_with("map.")
-                    && !word.chars().all(|c| c.is_ascii_digit()),
-            ),
-            ']' => {
-                brackets.pop();
-            }
-            _ => {}
-        }
-        word.clear();
-        if c != '\0' {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// `encoding/json.Decoder` → `json.Decoder`; a major-version element names no package, so
-/// `encoding/json/v2.Options` → `json.Options` (the package clause says `package json`).
-fn package_name_qualified(word: &str) -> String {
-    let Some((path, last)) = word.rsplit_once('/') else {
-        return word.to_owned();
-    };
-    if let Some((element, rest)) = last.split_once('.')
-        && element.len() > 1
-        && element.starts_with('v')
-        && element[1..].chars().all(|c| c.is_ascii_digit())
-    {
-        let package = path.rsplit_once('/').map_or(path, |(_, p)| p);
-        return format!("{package}.{rest}");
-    }
-    last.to_owned()
-}
-
 /// Every runtime type DWARF knows must have the same name in its type descriptor, on both
 /// architectures; that is what lets stripped binaries name types.
 #[test]
@@ -615,26 +552,36 @@ fn type_descriptor_names_agree_with_dwarf() {
         assert!(dwarf.len() > 100, "{}: only {} DWARF types", f.name(), dwarf.len());
         let mut mismatches = Vec::new();
         let mut struct_literals = 0;
-        for (&addr, name) in dwarf {
+        for (&addr, names) in dwarf {
             let descriptor = bin.type_name_from(addr, TypeSource::Descriptor);
             // DWARF also qualifies the field names of struct literals with their package
             // (`struct { runtime.n int32 }`); the runtime does not. Those are compared only
             // for being readable.
-            if name.contains("struct {") {
+            if names.iter().all(|n| n.contains("struct {")) {
                 struct_literals += 1;
                 assert!(
                     descriptor.as_deref().is_some_and(|d| d.contains("struct {")),
-                    "{}: {name}",
+                    "{}: {names:?}",
                     f.name()
                 );
                 continue;
             }
+            // Several DWARF types (aliases) can share one descriptor; one of them is its name.
             // Shape types (`go.shape.func(*encoding/json.encodeState, …)`) keep import paths.
-            let agrees = descriptor.as_deref() == Some(runtime_spelling(name).as_str())
-                || descriptor.as_deref() == Some(name.as_str());
+            let agrees = names.iter().any(|name| {
+                descriptor.as_deref() == Some(runtime_spelling(name).as_str()) || descriptor.as_deref() == Some(name)
+            });
             if !agrees {
-                mismatches.push(format!("{addr:#x}: DWARF {name:?}, descriptor {descriptor:?}"));
+                mismatches.push(format!("{addr:#x}: DWARF {names:?}, descriptor {descriptor:?}"));
             }
+            // What type_name reports: a DWARF name that agrees with the descriptor.
+            let (name, _) = bin.type_name(addr).expect("named");
+            assert_eq!(
+                Some(runtime_spelling(&name)),
+                descriptor.as_deref().map(runtime_spelling),
+                "{}",
+                f.name()
+            );
         }
         mismatches.sort();
         assert!(
