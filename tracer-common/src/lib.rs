@@ -1,57 +1,193 @@
 //! Data shared between gotrace's eBPF probes (`tracer-ebpf`) and user space (`tracer`).
 //!
-//! Both sides see the same bytes: the probe writes a value into a map, user space copies it
-//! out with the `bpf(2)` syscall. So every type here is `#[repr(C)]`, made only of fixed-width
-//! integers, with any padding spelled out as a named field. Implicit padding would be
-//! uninitialised on the probe side (the verifier rejects passing uninitialised stack bytes to
-//! map helpers) and `bool` would make every other byte value undefined behaviour on the user
-//! side.
+//! Both sides see the same bytes: user space writes the configuration into a map, the probe
+//! writes counts into maps, and each side copies values across with the `bpf(2)` syscall. So
+//! every type here is `#[repr(C)]`, made only of fixed-width integers, with any padding spelled
+//! out as a named field that is always zero. Implicit padding would be uninitialised on the
+//! probe side (the verifier rejects passing uninitialised stack bytes to map helpers, and for a
+//! hash-map key it would make equal keys hash differently) and `bool` would make every other
+//! byte value undefined behaviour on the user side.
 #![no_std]
 
-/// Name of the uprobe program in the eBPF object (the `alloc_probe` function in `tracer-ebpf`).
-pub const ALLOC_PROBE: &str = "alloc_probe";
+/// Name of the counting uprobe program (the `alloc_count` function in `tracer-ebpf`). It goes on
+/// every counting entry point (`runtime.mallocgc` and Go 1.27's size-specialised mallocs).
+pub const ALLOC_COUNT_PROGRAM: &str = "alloc_count";
 
-/// Name of the per-CPU counters map in the eBPF object (the `COUNTERS` static in
-/// `tracer-ebpf`). A `PERCPU_ARRAY` of [`ProbeCounters`] with [`COUNTERS_LEN`] entries.
-pub const COUNTERS_MAP: &str = "COUNTERS";
-
-/// Number of entries in [`COUNTERS_MAP`]. There is a single slot, [`COUNTERS_INDEX`]; the map is
-/// an array so its size is fixed at load time.
-pub const COUNTERS_LEN: u32 = 1;
-
-/// The slot of [`COUNTERS_MAP`] the allocation probe updates.
-pub const COUNTERS_INDEX: u32 = 0;
-
-/// What the allocation probe has seen on one CPU.
+/// Name of the configuration map: an `ARRAY` with one [`ProbeConfig`].
+pub const CONFIG_MAP: &str = "CONFIG";
+/// Name of the statistics map: a `PERCPU_ARRAY` with one [`ProbeStats`] per CPU.
+pub const STATS_MAP: &str = "STATS";
+/// Name of the stack map: a `HASH` from a stack's 64-bit content hash to its [`UserStack`].
 ///
-/// The map is per-CPU, so each CPU's probe updates its own copy without atomics; user space
-/// reads all copies and sums them.
+/// Not the kernel's `STACK_TRACE` map: that one keeps one stack per bucket and drops a new
+/// stack whose id collides with a stored one, which by the birthday bound happens after a few
+/// hundred distinct stacks in any reasonably sized map. A real hash map keyed by a 64-bit hash
+/// of the frames only loses a stack when the map is full.
+pub const STACKS_MAP: &str = "STACKS";
+/// Name of the per-CPU scratch buffer the probe walks the stack into (one [`UserStack`]).
+pub const STACK_SCRATCH_MAP: &str = "STACK_SCRATCH";
+/// Name of the counts map: a `PERCPU_HASH` from [`AllocKey`] to a `u64` count.
+pub const COUNTS_MAP: &str = "COUNTS";
+
+/// Capacity of [`COUNTS_MAP`]: distinct (stack, caller, type, size) combinations. A full map
+/// drops further new combinations and counts them in [`ProbeStats::dropped_map_full`].
+pub const COUNTS_MAP_ENTRIES: u32 = 1 << 16;
+/// Capacity of [`STACKS_MAP`]: distinct user stacks.
+pub const STACKS_MAP_ENTRIES: u32 = 1 << 14;
+
+/// Frames kept per stack. Callsites are within the first few frames; deeper frames only
+/// matter for flame graphs, where a stack cut at this depth still shows its top.
+pub const MAX_STACK_DEPTH: usize = 96;
+
+/// A user stack as the probe walks it: innermost frame first.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProbeCounters {
-    /// Times the probe fired.
-    pub hits: u64,
-    /// Sum of the requested allocation sizes, in bytes. Wraps on overflow (after 16 EiB).
-    pub bytes: u64,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserStack {
+    /// Frames used.
+    pub len: u64,
+    /// Instruction pointers; the first is the probed pc, the others return addresses.
+    pub frames: [u64; MAX_STACK_DEPTH],
 }
 
-// The layout is part of the contract with the probe: two u64s, no padding. A field added later
-// must keep this true or add explicit padding.
-const _: () = assert!(core::mem::size_of::<ProbeCounters>() == 16);
-const _: () = assert!(core::mem::align_of::<ProbeCounters>() == 8);
+impl UserStack {
+    /// The frames in use.
+    #[must_use]
+    pub fn frames(&self) -> &[u64] {
+        let len = usize::try_from(self.len)
+            .unwrap_or(MAX_STACK_DEPTH)
+            .min(MAX_STACK_DEPTH);
+        &self.frames[..len]
+    }
+}
 
-impl ProbeCounters {
-    /// Adds another CPU's counters to these, as user space does when it folds a per-CPU value.
+/// FNV-1a over the first `len` frames: the key of a stack in [`STACKS_MAP`]. The loop has a
+/// constant bound so that the verifier accepts it in the probe.
+#[must_use]
+pub fn stack_hash(frames: &[u64; MAX_STACK_DEPTH], len: usize) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+    for (i, &frame) in frames.iter().enumerate() {
+        if i >= len {
+            break;
+        }
+        hash = (hash ^ frame).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// How many address ranges [`ProbeConfig::nested`] holds.
+pub const MAX_NESTED_RANGES: usize = 8;
+
+/// [`ProbeConfig::flags`]: ignore calls whose size argument is 0 (`mallocgc(0, …)` returns
+/// `&zerobase` without allocating).
+pub const FLAG_SKIP_ZERO_SIZE: u32 = 1 << 0;
+
+/// A half-open range of addresses in the traced process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddressRange {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+}
+
+impl AddressRange {
+    /// Whether `addr` is in the range.
+    #[must_use]
+    pub const fn contains(&self, addr: u64) -> bool {
+        addr >= self.start && addr < self.end
+    }
+}
+
+/// What the probe needs to know about the traced process, written once before attaching.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// How many entries of `nested` are used.
+    pub nested_len: u32,
+    /// The runtime's malloc implementation, in the process's addresses: a hit whose return
+    /// address is in one of these ranges is a nested call for an allocation already counted.
+    pub nested: [AddressRange; MAX_NESTED_RANGES],
+}
+
+/// What the counting probe did, per CPU. User space sums the CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeStats {
+    /// Times the probe fired.
+    pub hits: u64,
+    /// Allocations recorded in [`COUNTS_MAP`].
+    pub recorded: u64,
+    /// Hits ignored as nested calls (their return address was in the malloc implementation).
+    pub nested: u64,
+    /// Hits ignored because the size was 0.
+    pub zero_size: u64,
+    /// Allocations lost because the caller's return address could not be read.
+    pub dropped_return_address: u64,
+    /// Allocations lost because the user stack could not be walked or stored.
+    pub dropped_stack: u64,
+    /// Allocations lost because [`COUNTS_MAP`] was full.
+    pub dropped_map_full: u64,
+}
+
+impl ProbeStats {
+    /// Adds another CPU's statistics to these.
     #[must_use]
     pub const fn merged(self, other: Self) -> Self {
         Self {
             hits: self.hits.wrapping_add(other.hits),
-            bytes: self.bytes.wrapping_add(other.bytes),
+            recorded: self.recorded.wrapping_add(other.recorded),
+            nested: self.nested.wrapping_add(other.nested),
+            zero_size: self.zero_size.wrapping_add(other.zero_size),
+            dropped_return_address: self.dropped_return_address.wrapping_add(other.dropped_return_address),
+            dropped_stack: self.dropped_stack.wrapping_add(other.dropped_stack),
+            dropped_map_full: self.dropped_map_full.wrapping_add(other.dropped_map_full),
         }
+    }
+
+    /// Allocations the probe saw but could not record.
+    #[must_use]
+    pub const fn dropped(&self) -> u64 {
+        self.dropped_return_address
+            .wrapping_add(self.dropped_stack)
+            .wrapping_add(self.dropped_map_full)
     }
 }
 
-// SAFETY: `ProbeCounters` is `#[repr(C)]`, `Copy` and `'static`, made only of `u64`s with no
-// padding (checked above), so every bit pattern the kernel hands back is a valid value.
+/// One recorded kind of allocation: where from, what, how big. The value is a count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AllocKey {
+    /// Key of the user stack in [`STACKS_MAP`]. The kernel's frame-pointer walk starts at the
+    /// probed function and misses its immediate caller, which is `return_address`.
+    pub stack: u64,
+    /// The return address into the function that called the allocation entry point.
+    pub return_address: u64,
+    /// The `*abi.Type` argument (0 for untyped memory), an address in the traced process.
+    pub type_address: u64,
+    /// Bytes requested.
+    pub size: u64,
+}
+
+// The layouts are part of the contract with the probe; a field added later must keep them free
+// of implicit padding.
+const _: () = assert!(core::mem::size_of::<AddressRange>() == 16);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 8 + 16 * MAX_NESTED_RANGES);
+const _: () = assert!(core::mem::size_of::<ProbeStats>() == 7 * 8);
+const _: () = assert!(core::mem::size_of::<AllocKey>() == 32);
+const _: () = assert!(core::mem::size_of::<UserStack>() == 8 * (1 + MAX_STACK_DEPTH));
+
+// SAFETY (all five): `#[repr(C)]`, `Copy`, `'static`, only integers with no implicit padding
+// (checked above), so every bit pattern the kernel hands back is a valid value.
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for ProbeCounters {}
+unsafe impl aya::Pod for AddressRange {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ProbeConfig {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ProbeStats {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for AllocKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for UserStack {}

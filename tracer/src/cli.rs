@@ -1,7 +1,10 @@
 //! Command-line interface: raw arguments, and their resolution into validated configurations
 //! before any work starts.
+// Doc comments here are `--help` text, where Markdown backticks would show as they are.
+#![expect(clippy::doc_markdown, reason = "doc comments are --help text")]
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -28,6 +31,148 @@ pub enum Command {
         gotrace inspect ./server --type 0x4a1b20   name the type whose descriptor is at 0x4a1b20\n  \
         gotrace inspect ./server --functions main. list functions whose name contains \"main.\"")]
     Inspect(InspectArgs),
+
+    /// Trace a running Go process: count every heap allocation per allocating line of code,
+    /// with its type, kind and size distribution. Needs root (or CAP_BPF and CAP_PERFMON).
+    ///
+    /// Probes go on the runtime's allocation entry points of that process only; other processes
+    /// running the same binary are not slowed. The table refreshes every --interval; the final
+    /// report comes on Ctrl-C, at the end of --duration, or when the process exits. Killing
+    /// gotrace, even with SIGKILL, removes every probe: the process runs on unharmed.
+    #[command(after_help = "Examples:\n  \
+        sudo gotrace attach 4242                         live table until Ctrl-C\n  \
+        sudo gotrace attach 4242 --duration 10s --top 5  the five callsites with the most bytes\n  \
+        sudo gotrace attach 4242 -d 30s --format json -o allocs.json")]
+    Attach(AttachArgs),
+
+    /// Start a Go program and trace it from its first allocation, with the same options as
+    /// attach. When the program ends first, gotrace reports and exits with the program's exit
+    /// status.
+    #[command(after_help = "Examples:\n  \
+        sudo gotrace run -- ./server --port 8080\n  \
+        sudo gotrace run --format json -o allocs.json -- go-program arg1 arg2")]
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The process id of a running Go program.
+    pub pid: u32,
+
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+
+    /// The program and its arguments (after --).
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+/// Options shared by `attach` and `run`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Stop after this long (e.g. 500ms, 10s, 2m) and report; without it, trace until Ctrl-C
+    /// or until the process exits.
+    #[arg(long, short = 'd', value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// How often the table refreshes (or, when stdout is taken, a progress line is printed to
+    /// stderr).
+    #[arg(long, short = 'i', value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
+    pub interval: Duration,
+
+    /// Show only the N callsites with the most bytes (the table shows 20 unless told otherwise;
+    /// JSON has all unless told otherwise).
+    #[arg(long, value_name = "N")]
+    pub top: Option<usize>,
+
+    /// Format of the report.
+    #[arg(long, short = 'f', value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+
+    /// Write the final report to FILE instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// Report formats of `attach` and `run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// An aligned table, most bytes first.
+    Table,
+    /// One JSON document (keys: target, mode, duration_secs, totals, callsites, probes).
+    Json,
+}
+
+/// `attach` and `run` options, validated.
+#[derive(Debug)]
+pub struct TraceConfig {
+    pub duration: Option<Duration>,
+    pub interval: Duration,
+    pub top: Option<usize>,
+    pub format: OutputFormat,
+    pub output: Option<PathBuf>,
+    /// Redraw the table on stdout every interval (else a progress line goes to stderr).
+    pub live_table: bool,
+}
+
+/// The table's default length.
+const DEFAULT_TABLE_TOP: usize = 20;
+
+impl TraceArgs {
+    /// Validates the options. `program_owns_stdout`: a started program writes to the same
+    /// stdout, so periodic tables would mix with its output.
+    pub fn resolve(self, program_owns_stdout: bool) -> anyhow::Result<TraceConfig> {
+        if self.interval < Duration::from_millis(100) {
+            bail!("--interval must be at least 100ms");
+        }
+        if self.duration == Some(Duration::ZERO) {
+            bail!("--duration must be longer than 0");
+        }
+        if self.top == Some(0) {
+            bail!("--top must be at least 1");
+        }
+        let output = self.output.map(|p| crate::session::check_output(&p)).transpose()?;
+        let top = match (self.top, self.format) {
+            (Some(n), _) => Some(n),
+            (None, OutputFormat::Table) => Some(DEFAULT_TABLE_TOP),
+            (None, OutputFormat::Json) => None,
+        };
+        let live_table = self.format == OutputFormat::Table && output.is_none() && !program_owns_stdout;
+        Ok(TraceConfig {
+            duration: self.duration,
+            interval: self.interval,
+            top,
+            format: self.format,
+            output,
+            live_table,
+        })
+    }
+}
+
+/// Parses `500ms`, `10s`, `2m`, `1h` or a plain number of seconds (`1.5`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 500ms, 10s or 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?}: use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
 /// Output formats of `inspect`.
@@ -147,6 +292,17 @@ mod tests {
         assert!(resolve("0").is_err());
         assert!(resolve("99999999999").is_err());
         assert!(resolve("").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_mins(2)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
     }
 
     #[test]

@@ -4,8 +4,6 @@
 //! crate (a no-op when its sources did not change) and passes the object's path in
 //! `GOTRACE_EBPF_OBJECT`. The object is an ELF file that [`aya::Ebpf::load`] parses; the names of
 //! its program and maps are in [`tracer_common`].
-// Nothing in main.rs loads the probes yet; the tests below do.
-#![cfg_attr(not(test), expect(dead_code, reason = "the probes are not attached by the CLI yet"))]
 
 /// The eBPF object file with gotrace's probes: ELF, little-endian BPF, with BTF.
 ///
@@ -18,21 +16,21 @@ pub fn object() -> &'static [u8] {
 #[cfg(test)]
 mod tests {
     use aya_obj::{Object, ProgramSection};
-    use tracer_common::{ALLOC_PROBE, COUNTERS_MAP};
+    use tracer_common::{ALLOC_COUNT_PROGRAM, CONFIG_MAP, COUNTS_MAP, STACK_SCRATCH_MAP, STACKS_MAP, STATS_MAP};
 
     /// Parses the object the way `aya::Ebpf::load` does before it talks to the kernel, so a
     /// renamed probe or map, or a broken build, shows up without root.
     #[test]
-    fn object_has_the_alloc_probe_the_counters_map_and_btf() {
+    fn object_has_the_probe_its_maps_and_btf() {
         let object = Object::parse(super::object()).expect("the embedded eBPF object parses");
 
         let program = object
             .programs
-            .get(ALLOC_PROBE)
-            .unwrap_or_else(|| panic!("no program {ALLOC_PROBE}"));
+            .get(ALLOC_COUNT_PROGRAM)
+            .unwrap_or_else(|| panic!("no program {ALLOC_COUNT_PROGRAM}"));
         assert!(
             matches!(program.section, ProgramSection::UProbe { sleepable: false }),
-            "{ALLOC_PROBE} is in section {:?}, not a plain uprobe",
+            "{ALLOC_COUNT_PROGRAM} is in section {:?}, not a plain uprobe",
             program.section
         );
         // bpf-linker only emits BTF when asked (tracer-ebpf/build.rs); the kernel wants it for
@@ -41,10 +39,12 @@ mod tests {
             object.btf.is_some() && object.btf_ext.is_some(),
             "the object has no BTF"
         );
-        assert!(
-            object.maps.contains_key(COUNTERS_MAP),
-            "no map {COUNTERS_MAP}; maps: {:?}",
-            object.maps.keys().collect::<Vec<_>>()
-        );
+        for map in [CONFIG_MAP, STATS_MAP, STACKS_MAP, STACK_SCRATCH_MAP, COUNTS_MAP] {
+            assert!(
+                object.maps.contains_key(map),
+                "no map {map}; maps: {:?}",
+                object.maps.keys().collect::<Vec<_>>()
+            );
+        }
     }
 }

@@ -6,6 +6,12 @@
 mod cli;
 mod ebpf;
 mod inspect;
+mod privileges;
+mod probes;
+mod process;
+mod profile;
+mod report;
+mod session;
 
 use std::process::ExitCode;
 
@@ -14,10 +20,31 @@ use clap::Parser as _;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        cli::Command::Inspect(args) => args.resolve().and_then(|config| inspect::run(&config)),
+        cli::Command::Inspect(args) => args
+            .resolve()
+            .and_then(|config| inspect::run(&config))
+            .map(|()| ExitCode::SUCCESS),
+        cli::Command::Attach(args) => args
+            .trace
+            .resolve(false)
+            .and_then(|config| session::run(session::Target::Attach(args.pid), &config)),
+        cli::Command::Run(args) => {
+            let mut command = args.command.into_iter();
+            match (args.trace.resolve(true), command.next()) {
+                (Ok(config), Some(program)) => session::run(
+                    session::Target::Run {
+                        command: program,
+                        args: command.collect(),
+                    },
+                    &config,
+                ),
+                (Err(e), _) => Err(e),
+                (Ok(_), None) => Err(anyhow::anyhow!("no program given after --")),
+            }
+        }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             // `{:#}` prints the whole context chain on one line: "cannot read x: No such file".
             eprintln!("gotrace: error: {error:#}");

@@ -12,38 +12,46 @@ use std::{env, fmt::Write as _};
 
 use aya::{
     Ebpf,
-    maps::PerCpuArray,
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::{UProbe, uprobe::UProbeScope},
 };
-use tracer_common::{ALLOC_PROBE, COUNTERS_INDEX, COUNTERS_LEN, COUNTERS_MAP, ProbeCounters};
+use tracer_common::{
+    ALLOC_COUNT_PROGRAM, AddressRange, AllocKey, CONFIG_MAP, COUNTS_MAP, FLAG_SKIP_ZERO_SIZE, MAX_NESTED_RANGES,
+    ProbeConfig, ProbeStats, STACKS_MAP, STATS_MAP, UserStack,
+};
 
 /// The same bytes the `gotrace` binary embeds (`src/ebpf.rs`); `build.rs` sets the variable for
 /// every target of the package, tests included.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GOTRACE_EBPF_OBJECT"));
 
-/// The allocation size the fake Go call passes; any recognisable value.
+/// The allocation size and type pointer the fake Go call passes; any recognisable values.
 const SIZE: u64 = 0x1234_5678;
+const TYPE: u64 = 0x00ab_cdef_0123;
 
 /// Where the probe is attached: an empty function, only called through [`call_like_go`].
 #[unsafe(no_mangle)]
 #[inline(never)]
 extern "C" fn gotrace_test_fake_mallocgc() {}
 
-/// Calls [`gotrace_test_fake_mallocgc`] with `size` in the register where Go's internal ABI
-/// passes the first integer argument (RAX on amd64, R0 on arm64), which is where the probe
-/// looks. (On arm64 R0 is also the C ABI's first argument register, X0.)
-fn call_like_go(size: u64) {
+/// Calls [`gotrace_test_fake_mallocgc`] with `size` and `typ` in the registers where Go's
+/// internal ABI passes the first two integer arguments (RAX and RBX on amd64, R0 and R1 on
+/// arm64), which is where the probe looks.
+fn call_like_go(size: u64, typ: u64) {
     // SAFETY: the callee takes no arguments and touches no memory, and clobber_abi("C") tells
-    // the compiler every register a C call may change. Without `nostack`, Rust aligns the stack
-    // for a call and keeps nothing in the red zone below it.
+    // the compiler every register a C call may change. RBX is callee-saved and reserved by
+    // LLVM, so it is saved and restored around the call by hand.
     #[cfg(target_arch = "x86_64")]
     unsafe {
         std::arch::asm!(
+            "push rbx",
+            "mov rbx, {typ}",
             "call {f}",
+            "pop rbx",
+            typ = in(reg) typ,
             f = sym gotrace_test_fake_mallocgc,
             in("rax") size,
             // The C ABI's first argument register gets something else, so a probe that
-            // wrongly read it (`ctx.arg(0)`) would count 0 bytes.
+            // wrongly read it (`ctx.arg(0)`) would count the wrong size.
             in("rdi") 0_u64,
             clobber_abi("C"),
         );
@@ -55,9 +63,40 @@ fn call_like_go(size: u64) {
             "bl {f}",
             f = sym gotrace_test_fake_mallocgc,
             in("x0") size,
+            in("x1") typ,
             clobber_abi("C"),
         );
     }
+}
+
+fn stats(ebpf: &Ebpf) -> ProbeStats {
+    let stats: PerCpuArray<_, ProbeStats> = ebpf
+        .map(STATS_MAP)
+        .unwrap_or_else(|| panic!("the object has no map {STATS_MAP}"))
+        .try_into()
+        .unwrap_or_else(|err| fail(&format!("{STATS_MAP} as a per-CPU array"), err));
+    stats
+        .get(&0, 0)
+        .unwrap_or_else(|err| fail(&format!("reading {STATS_MAP}"), err))
+        .iter()
+        .fold(ProbeStats::default(), |sum, cpu| sum.merged(*cpu))
+}
+
+fn configure(ebpf: &mut Ebpf, nested: Option<AddressRange>) {
+    let mut config: Array<_, ProbeConfig> = ebpf
+        .map_mut(CONFIG_MAP)
+        .unwrap_or_else(|| panic!("the object has no map {CONFIG_MAP}"))
+        .try_into()
+        .unwrap_or_else(|err| fail(&format!("{CONFIG_MAP} as an array"), err));
+    let mut value = ProbeConfig {
+        flags: FLAG_SKIP_ZERO_SIZE,
+        nested_len: u32::from(nested.is_some()),
+        nested: [AddressRange::default(); MAX_NESTED_RANGES],
+    };
+    value.nested[0] = nested.unwrap_or_default();
+    config
+        .set(0, value, 0)
+        .unwrap_or_else(|err| fail(&format!("writing {CONFIG_MAP}"), err));
 }
 
 #[test]
@@ -73,51 +112,84 @@ fn kernel_accepts_the_probe_and_it_counts_go_allocations() {
     raise_memlock_limit();
 
     let mut ebpf = Ebpf::load(OBJECT).unwrap_or_else(|err| fail("loading the eBPF object", err));
+    configure(&mut ebpf, None);
 
     let program: &mut UProbe = ebpf
-        .program_mut(ALLOC_PROBE)
-        .unwrap_or_else(|| panic!("the object has no program {ALLOC_PROBE}"))
+        .program_mut(ALLOC_COUNT_PROGRAM)
+        .unwrap_or_else(|| panic!("the object has no program {ALLOC_COUNT_PROGRAM}"))
         .try_into()
-        .unwrap_or_else(|err| fail(&format!("{ALLOC_PROBE} as a uprobe"), err));
+        .unwrap_or_else(|err| fail(&format!("{ALLOC_COUNT_PROGRAM} as a uprobe"), err));
     // The verifier runs here; its log is in the error.
     program
         .load()
-        .unwrap_or_else(|err| fail(&format!("loading {ALLOC_PROBE}"), err));
+        .unwrap_or_else(|err| fail(&format!("loading {ALLOC_COUNT_PROGRAM}"), err));
     // aya only logs a warning and loads the program without BTF when the kernel refuses the
     // object's BTF (which bpf-linker generated from the debug info), so check it got through.
     let info = program
         .info()
-        .unwrap_or_else(|err| fail(&format!("{ALLOC_PROBE}'s program info"), err));
-    assert!(info.btf_id().is_some(), "{ALLOC_PROBE} was loaded without BTF");
+        .unwrap_or_else(|err| fail(&format!("{ALLOC_COUNT_PROGRAM}'s program info"), err));
+    assert!(info.btf_id().is_some(), "{ALLOC_COUNT_PROGRAM} was loaded without BTF");
 
     let exe = env::current_exe().expect("the test binary's path");
     program
         .attach(
             "gotrace_test_fake_mallocgc",
             &exe,
-            // Only this thread: the test harness's other threads never call the function anyway.
+            // Only this process: the test harness's other threads never call the function anyway.
             UProbeScope::CallingProcess,
         )
-        .unwrap_or_else(|err| fail(&format!("attaching {ALLOC_PROBE}"), err));
+        .unwrap_or_else(|err| fail(&format!("attaching {ALLOC_COUNT_PROGRAM}"), err));
 
-    call_like_go(SIZE);
+    call_like_go(SIZE, TYPE);
+    call_like_go(0, TYPE);
 
-    let counters: PerCpuArray<_, ProbeCounters> = ebpf
-        .map(COUNTERS_MAP)
-        .unwrap_or_else(|| panic!("the object has no map {COUNTERS_MAP}"))
+    let s = stats(&ebpf);
+    assert_eq!((s.hits, s.recorded, s.zero_size, s.dropped()), (2, 1, 1, 0), "{s:?}");
+    let counts: PerCpuHashMap<_, AllocKey, u64> = ebpf
+        .map(COUNTS_MAP)
+        .unwrap_or_else(|| panic!("the object has no map {COUNTS_MAP}"))
         .try_into()
-        .unwrap_or_else(|err| fail(&format!("{COUNTERS_MAP} as a per-CPU array"), err));
-    assert_eq!(counters.len(), COUNTERS_LEN);
-    let total = counters
-        .get(&COUNTERS_INDEX, 0)
-        .unwrap_or_else(|err| fail(&format!("reading {COUNTERS_MAP}"), err))
+        .unwrap_or_else(|err| fail(&format!("{COUNTS_MAP} as a per-CPU hash"), err));
+    let entries: Vec<(AllocKey, u64)> = counts
         .iter()
-        .fold(ProbeCounters::default(), |sum, cpu| sum.merged(*cpu));
-    assert_eq!(
-        total,
-        ProbeCounters { hits: 1, bytes: SIZE },
-        "one call with size {SIZE:#x} in the Go argument register"
+        .map(|e| e.unwrap_or_else(|err| fail("reading the counts", err)))
+        .map(|(k, v)| (k, v.iter().sum()))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let (key, count) = entries[0];
+    assert_eq!((key.size, key.type_address, count), (SIZE, TYPE, 1), "{key:?}");
+    assert_ne!(key.return_address, 0);
+
+    // The stack is stored under its hash, and starts in the probed function.
+    let stacks: HashMap<_, u64, UserStack> = ebpf
+        .map(STACKS_MAP)
+        .unwrap_or_else(|| panic!("the object has no map {STACKS_MAP}"))
+        .try_into()
+        .unwrap_or_else(|err| fail(&format!("{STACKS_MAP} as a hash"), err));
+    let stack = stacks
+        .get(&key.stack, 0)
+        .unwrap_or_else(|err| fail("reading the stack", err));
+    let frames = stack.frames();
+    assert!(!frames.is_empty());
+    assert_eq!(tracer_common::stack_hash(&stack.frames, frames.len()), key.stack);
+    let probed = gotrace_test_fake_mallocgc as *const () as u64;
+    assert!(
+        (probed..probed + 16).contains(&frames[0]),
+        "{:#x} vs {probed:#x}",
+        frames[0]
     );
+
+    // A call whose return address is in a "nested" range is not counted again.
+    configure(
+        &mut ebpf,
+        Some(AddressRange {
+            start: key.return_address,
+            end: key.return_address + 1,
+        }),
+    );
+    call_like_go(SIZE, TYPE);
+    let s = stats(&ebpf);
+    assert_eq!((s.hits, s.recorded, s.nested), (3, 1, 1), "{s:?}");
 }
 
 /// Lifts `RLIMIT_MEMLOCK`, which kernels before 5.11 charge BPF maps and programs against.

@@ -1,0 +1,424 @@
+//! From raw probe counts to an allocation profile: full stacks with inlined frames expanded,
+//! the callsite (the first frame outside the runtime), the kind of allocation, and a histogram
+//! of sizes per (callsite, type, kind).
+//!
+//! Pure computation over a [`Symbols`] source, so it is tested without a kernel.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use gobin::Frame;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tracer_common::{AllocKey, ProbeStats};
+
+/// How an allocation was asked for, judged by the runtime function the callsite called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// `new(T)`, `&T{}`, a variable moved to the heap (`runtime.newobject`, Go 1.27's
+    /// `runtime.mallocgc*SC<n>` called directly).
+    New,
+    /// `make([]T, n)` (`runtime.makeslice`, `makeslicecopy`).
+    Makeslice,
+    /// `make(map…)` and map growth (`runtime.makemap*`, `mapassign*`, `internal/runtime/maps`).
+    Makemap,
+    /// `append` beyond capacity (`runtime.growslice`).
+    Growslice,
+    /// String building and conversions (`runtime.concatstrings`, `slicebytetostring`, …).
+    String,
+    /// Boxing a value in an interface (`runtime.convT*`).
+    ConvT,
+    /// Anything else (`reflect.New`, channels, closures the runtime allocates, …).
+    Other,
+}
+
+impl Kind {
+    /// The name in reports.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::New => "new",
+            Self::Makeslice => "makeslice",
+            Self::Makemap => "makemap",
+            Self::Growslice => "growslice",
+            Self::String => "string",
+            Self::ConvT => "convT",
+            Self::Other => "other",
+        }
+    }
+
+    /// The kind a runtime function stands for, if it is one of the allocation front doors.
+    fn of_runtime_function(function: &str) -> Option<Self> {
+        if package_of(function).starts_with("internal/runtime/maps") {
+            return Some(Self::Makemap);
+        }
+        let name = function.strip_prefix("runtime.")?;
+        let kind = match name {
+            "newobject" | "newarray" => Self::New,
+            n if n.starts_with("mallocgc") && n.contains("SC") => Self::New,
+            "makeslice" | "makeslicecopy" | "makeslice64" => Self::Makeslice,
+            "growslice" => Self::Growslice,
+            n if n.starts_with("makemap") || n.starts_with("mapassign") || n == "hashGrow" || n == "growWork" => {
+                Self::Makemap
+            }
+            n if n.starts_with("convT") => Self::ConvT,
+            n if n.starts_with("concatstring")
+                || n.starts_with("rawstring")
+                || n.starts_with("rawbyteslice")
+                || n.starts_with("rawruneslice")
+                || n.starts_with("slicebytetostring")
+                || n.starts_with("slicerunetostring")
+                || n.starts_with("stringtoslice")
+                || n == "intstring"
+                || n == "concatbytes" =>
+            {
+                Self::String
+            }
+            _ => return None,
+        };
+        Some(kind)
+    }
+}
+
+/// The package of a fully qualified Go function name: `runtime.(*mcache).refill` → `runtime`,
+/// `internal/runtime/maps.(*Map).putSlotSmall` → `internal/runtime/maps`,
+/// `main.Map[encoding/json.Number]` → `main`.
+#[must_use]
+pub fn package_of(function: &str) -> &str {
+    let head = function.split('[').next().unwrap_or(function);
+    let slash = head.rfind('/').map_or(0, |i| i + 1);
+    match head[slash..].find('.') {
+        Some(dot) => &function[..slash + dot],
+        None => head,
+    }
+}
+
+/// Whether a function belongs to the runtime: package `runtime`, or `internal/runtime/...`
+/// (where Go 1.24+ keeps its maps).
+#[must_use]
+pub fn is_runtime(function: &str) -> bool {
+    let pkg = package_of(function);
+    pkg == "runtime" || pkg == "internal/runtime" || pkg.starts_with("internal/runtime/")
+}
+
+/// Where symbols come from: the traced binary and the process's address map.
+pub trait Symbols {
+    /// Logical frames at a process address, innermost first. `return_address` says the address
+    /// follows a call, so the lookup must use the call instruction (`pc - 1`).
+    fn frames(&mut self, pc: u64, return_address: bool) -> Arc<[Frame]>;
+    /// The name of the type whose descriptor is at this process address.
+    fn type_name(&mut self, address: u64) -> Option<Arc<str>>;
+}
+
+/// One allocating line with everything known about it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallsiteKey {
+    /// Function of the allocating line (after inline expansion).
+    pub function: Arc<str>,
+    /// Source file.
+    pub file: Arc<str>,
+    /// Line.
+    pub line: u32,
+    /// The allocated type; `None` for untyped memory.
+    pub type_name: Option<Arc<str>>,
+    /// How it was allocated.
+    pub kind: Kind,
+}
+
+/// Totals and size distribution of one callsite.
+#[derive(Debug, Clone)]
+pub struct Callsite {
+    /// What and where.
+    pub key: CallsiteKey,
+    /// Heap allocations.
+    pub allocations: u64,
+    /// Bytes requested.
+    pub bytes: u64,
+    /// Requested sizes, one count per allocation.
+    pub sizes: Histogram<u64>,
+}
+
+/// One distinct full stack, type and size, with its count: what pprof and flame graphs need.
+#[derive(Debug, Clone)]
+#[expect(dead_code, reason = "kept for the pprof and flame-graph exporters, which come next")]
+pub struct Sample {
+    /// Logical frames, innermost first, the runtime's included.
+    pub frames: Vec<Frame>,
+    /// The allocated type; `None` for untyped memory.
+    pub type_name: Option<Arc<str>>,
+    /// How it was allocated.
+    pub kind: Kind,
+    /// Bytes requested per allocation.
+    pub size: u64,
+    /// Allocations.
+    pub count: u64,
+}
+
+/// Allocations and bytes recorded, and allocations the probes saw but could not record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// Heap allocations recorded.
+    pub allocations: u64,
+    /// Bytes requested by them.
+    pub bytes: u64,
+    /// Allocations seen but not recorded (map full, stack unreadable, …).
+    pub dropped: u64,
+}
+
+/// The allocation profile of a traced process so far.
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    /// What the probes did.
+    pub stats: ProbeStats,
+    /// Sums.
+    pub totals: Totals,
+    /// By bytes, largest first.
+    pub callsites: Vec<Callsite>,
+    /// Full stacks.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "kept for the pprof and flame-graph exporters, which come next")
+    )]
+    pub samples: Vec<Sample>,
+}
+
+/// Builds the profile from cumulative counts. `stack_of` gives the user stack of a stack key
+/// (innermost first, starting at the probed pc).
+pub fn build(
+    stats: ProbeStats,
+    counts: &[(AllocKey, u64)],
+    mut stack_of: impl FnMut(u64) -> Option<Vec<u64>>,
+    symbols: &mut dyn Symbols,
+) -> Profile {
+    let mut by_callsite: HashMap<CallsiteKey, Callsite> = HashMap::new();
+    let mut samples = Vec::with_capacity(counts.len());
+    let mut totals = Totals {
+        dropped: stats.dropped(),
+        ..Totals::default()
+    };
+    for &(key, count) in counts {
+        let stack = stack_of(key.stack).unwrap_or_default();
+        let frames = expand(&stack, key.return_address, symbols);
+        let type_name = (key.type_address != 0)
+            .then(|| symbols.type_name(key.type_address))
+            .flatten();
+        let (callsite, kind) = callsite_and_kind(&frames);
+        let callsite_key = CallsiteKey {
+            function: callsite.function.as_str().into(),
+            file: callsite.file.as_str().into(),
+            line: callsite.line,
+            type_name: type_name.clone(),
+            kind,
+        };
+        let bytes = key.size.saturating_mul(count);
+        totals.allocations = totals.allocations.saturating_add(count);
+        totals.bytes = totals.bytes.saturating_add(bytes);
+        let entry = by_callsite.entry(callsite_key.clone()).or_insert_with(|| Callsite {
+            key: callsite_key,
+            allocations: 0,
+            bytes: 0,
+            sizes: Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures is valid")),
+        });
+        entry.allocations = entry.allocations.saturating_add(count);
+        entry.bytes = entry.bytes.saturating_add(bytes);
+        // Auto-resizing histograms accept any value; a failure would only lose the sizes.
+        let _ = entry.sizes.record_n(key.size, count);
+        samples.push(Sample {
+            frames,
+            type_name,
+            kind,
+            size: key.size,
+            count,
+        });
+    }
+    let mut callsites: Vec<Callsite> = by_callsite.into_values().collect();
+    callsites.sort_by(|a, b| {
+        b.bytes
+            .cmp(&a.bytes)
+            .then(b.allocations.cmp(&a.allocations))
+            .then_with(|| a.key.cmp(&b.key))
+    });
+    Profile {
+        stats,
+        totals,
+        callsites,
+        samples,
+    }
+}
+
+/// Logical frames of an allocation, innermost first: the probed function (from the stack's
+/// first pc), then its caller (from the return address the probe read, which the kernel's
+/// frame-pointer walk misses at function entry), then the rest of the walk.
+fn expand(stack: &[u64], return_address: u64, symbols: &mut dyn Symbols) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    if let Some(&probed) = stack.first() {
+        frames.extend(symbols.frames(probed, false).iter().cloned());
+    }
+    frames.extend(symbols.frames(return_address, true).iter().cloned());
+    for &pc in stack.iter().skip(1) {
+        frames.extend(symbols.frames(pc, true).iter().cloned());
+    }
+    frames
+}
+
+/// The first frame outside the runtime, and the kind named by the runtime function it called.
+/// Allocations the runtime makes for itself (no frame outside it) are attributed to their
+/// outermost frame.
+fn callsite_and_kind(frames: &[Frame]) -> (Frame, Kind) {
+    let unknown = || Frame {
+        function: "?".to_owned(),
+        file: "?".to_owned(),
+        line: 0,
+        inlined: false,
+    };
+    match frames.iter().position(|f| !is_runtime(&f.function)) {
+        Some(i) => {
+            // The runtime frames between the probe and the callsite, nearest the callsite
+            // first: the first front door found names the kind.
+            let kind = frames[..i]
+                .iter()
+                .rev()
+                .find_map(|f| Kind::of_runtime_function(&f.function))
+                .unwrap_or(Kind::Other);
+            (frames[i].clone(), kind)
+        }
+        None => (frames.last().cloned().unwrap_or_else(unknown), Kind::Other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(function: &str, line: u32) -> Frame {
+        Frame {
+            function: function.to_owned(),
+            file: format!("/src/{}.go", package_of(function)),
+            line,
+            inlined: false,
+        }
+    }
+
+    #[test]
+    fn packages_of_function_names() {
+        assert_eq!(package_of("runtime.mallocgc"), "runtime");
+        assert_eq!(package_of("runtime.(*mcache).refill"), "runtime");
+        assert_eq!(
+            package_of("internal/runtime/maps.(*Map).putSlotSmall"),
+            "internal/runtime/maps"
+        );
+        assert_eq!(package_of("main.Map[encoding/json.Number]"), "main");
+        assert_eq!(package_of("runtime/pprof.writeHeap"), "runtime/pprof");
+        assert!(is_runtime("internal/runtime/maps.newarray"));
+        assert!(!is_runtime("runtime/pprof.writeHeap"));
+        assert!(!is_runtime("main.main"));
+    }
+
+    #[test]
+    fn callsite_is_the_first_frame_outside_the_runtime() {
+        let frames = [
+            frame("runtime.mallocgc", 1),
+            frame("runtime.growslice", 2),
+            frame("main.build", 16),
+            frame("main.main", 30),
+        ];
+        let (site, kind) = callsite_and_kind(&frames);
+        assert_eq!(
+            (site.function.as_str(), site.line, kind),
+            ("main.build", 16, Kind::Growslice)
+        );
+    }
+
+    #[test]
+    fn kinds_follow_the_runtime_front_door() {
+        let kind = |names: &[&str]| {
+            let mut frames: Vec<Frame> = names.iter().map(|n| frame(n, 1)).collect();
+            frames.push(frame("main.f", 9));
+            callsite_and_kind(&frames).1
+        };
+        assert_eq!(kind(&["runtime.mallocgc", "runtime.newobject"]), Kind::New);
+        assert_eq!(kind(&["runtime.mallocgcSmallNoScanSC3"]), Kind::New);
+        assert_eq!(kind(&["runtime.mallocgc", "runtime.makeslice"]), Kind::Makeslice);
+        assert_eq!(
+            kind(&[
+                "runtime.mallocgc",
+                "runtime.newarray",
+                "internal/runtime/maps.newarray",
+                "internal/runtime/maps.(*Map).growToSmall",
+                "runtime.mapassign_faststr"
+            ]),
+            Kind::Makemap
+        );
+        assert_eq!(
+            kind(&[
+                "runtime.mallocgc",
+                "runtime.rawstring",
+                "runtime.concatstrings",
+                "runtime.concatstring2"
+            ]),
+            Kind::String
+        );
+        assert_eq!(kind(&["runtime.mallocgc", "runtime.convT"]), Kind::ConvT);
+        assert_eq!(kind(&["runtime.mallocgc"]), Kind::Other);
+        assert_eq!(kind(&["runtime.mallocgc", "runtime.makechan"]), Kind::Other);
+    }
+
+    /// Symbols of a made-up process: pcs map to fixed frames.
+    struct FakeSymbols(HashMap<u64, Vec<Frame>>);
+
+    impl Symbols for FakeSymbols {
+        fn frames(&mut self, pc: u64, return_address: bool) -> Arc<[Frame]> {
+            let pc = if return_address { pc - 1 } else { pc };
+            self.0.get(&pc).cloned().unwrap_or_default().into()
+        }
+        fn type_name(&mut self, address: u64) -> Option<Arc<str>> {
+            (address == 0x5000).then(|| "main.Point".into())
+        }
+    }
+
+    #[test]
+    fn profile_joins_stack_return_address_and_type() {
+        let mut symbols = FakeSymbols(HashMap::from([
+            (0x100, vec![frame("runtime.mallocgc", 1)]),
+            (0x1ff, vec![frame("runtime.newobject", 2)]),
+            (0x2ff, vec![frame("main.build", 16)]),
+            (0x3ff, vec![frame("main.main", 30)]),
+        ]));
+        let key = |size, type_address| AllocKey {
+            stack: 7,
+            return_address: 0x200,
+            type_address,
+            size,
+        };
+        let counts = [(key(24, 0x5000), 10), (key(24, 0), 5), (key(48, 0x5000), 1)];
+        let stats = ProbeStats {
+            dropped_map_full: 2,
+            ..ProbeStats::default()
+        };
+        let profile = build(stats, &counts, |_| Some(vec![0x100, 0x300, 0x400]), &mut symbols);
+        assert_eq!(
+            profile.totals,
+            Totals {
+                allocations: 16,
+                bytes: 24 * 15 + 48,
+                dropped: 2
+            }
+        );
+        assert_eq!(profile.callsites.len(), 2);
+        let typed = &profile.callsites[0];
+        assert_eq!(&*typed.key.function, "main.build");
+        assert_eq!(typed.key.line, 16);
+        assert_eq!(typed.key.type_name.as_deref(), Some("main.Point"));
+        assert_eq!(typed.key.kind, Kind::New);
+        assert_eq!((typed.allocations, typed.bytes), (11, 24 * 10 + 48));
+        assert_eq!((typed.sizes.min(), typed.sizes.max()), (24, 48));
+        assert_eq!(typed.sizes.value_at_quantile(0.5), 24);
+        assert_eq!(profile.callsites[1].key.type_name, None);
+        let names: Vec<&str> = profile.samples[0].frames.iter().map(|f| f.function.as_str()).collect();
+        assert_eq!(
+            names,
+            ["runtime.mallocgc", "runtime.newobject", "main.build", "main.main"]
+        );
+    }
+}

@@ -1,0 +1,296 @@
+//! What a trace produced, and the formats it is written in. Each output format is an
+//! [`Exporter`]; the document itself is [`Report`].
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::profile::{Callsite, Profile, Totals};
+
+/// The traced process.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetInfo {
+    /// Process id.
+    pub pid: u32,
+    /// The executable, as the process sees it.
+    pub exe: String,
+    /// Go release that built it.
+    pub go_version: String,
+    /// Architecture (`x86_64`, `aarch64`).
+    pub arch: String,
+}
+
+/// The size distribution of one callsite.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SizeStats {
+    /// Smallest request.
+    pub min: u64,
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Largest request.
+    pub max: u64,
+}
+
+/// One line of the report: an allocating line of code, a type and a kind.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallsiteReport {
+    /// Function containing the allocating line.
+    pub function: String,
+    /// Its source file.
+    pub file: String,
+    /// The line.
+    pub line: u32,
+    /// The allocated type; null for untyped memory.
+    #[serde(rename = "type")]
+    pub type_name: Option<String>,
+    /// `new`, `makeslice`, `makemap`, `growslice`, `string`, `convT` or `other`.
+    pub kind: &'static str,
+    /// Heap allocations.
+    pub allocations: u64,
+    /// Bytes requested.
+    pub bytes: u64,
+    /// Requested sizes.
+    pub size: SizeStats,
+}
+
+impl From<&Callsite> for CallsiteReport {
+    fn from(c: &Callsite) -> Self {
+        Self {
+            function: c.key.function.to_string(),
+            file: c.key.file.to_string(),
+            line: c.key.line,
+            type_name: c.key.type_name.as_deref().map(str::to_owned),
+            kind: c.key.kind.as_str(),
+            allocations: c.allocations,
+            bytes: c.bytes,
+            size: SizeStats {
+                min: c.sizes.min(),
+                p50: c.sizes.value_at_quantile(0.5),
+                p99: c.sizes.value_at_quantile(0.99),
+                max: c.sizes.max(),
+            },
+        }
+    }
+}
+
+/// What the probes did, for diagnosing a trace.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ProbeSummary {
+    /// Uprobes attached.
+    pub attached: usize,
+    /// Times they fired.
+    pub hits: u64,
+    /// Hits ignored as nested calls inside the malloc implementation.
+    pub nested: u64,
+    /// Hits ignored because the size was 0.
+    pub zero_size: u64,
+    /// Allocations lost because the return address could not be read.
+    pub dropped_return_address: u64,
+    /// Allocations lost because the stack could not be walked or stored.
+    pub dropped_stack: u64,
+    /// Allocations lost because the count map was full.
+    pub dropped_map_full: u64,
+}
+
+/// The document `gotrace attach` and `gotrace run` produce.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The traced process.
+    pub target: TargetInfo,
+    /// How allocations were observed: `exact` counts every one.
+    pub mode: &'static str,
+    /// How long the trace ran.
+    pub duration_secs: f64,
+    /// Sums over all callsites, and what was dropped.
+    pub totals: Totals,
+    /// Callsites, most bytes first.
+    pub callsites: Vec<CallsiteReport>,
+    /// What the probes did.
+    pub probes: ProbeSummary,
+    /// Why the trace ended early, if it did (`target exited`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+}
+
+impl Report {
+    /// The report of `profile`, keeping the `top` callsites by bytes (all with `None`).
+    #[must_use]
+    pub fn new(target: TargetInfo, profile: &Profile, attached: usize, duration_secs: f64, top: Option<usize>) -> Self {
+        let s = profile.stats;
+        Self {
+            target,
+            mode: "exact",
+            duration_secs,
+            totals: profile.totals,
+            callsites: profile
+                .callsites
+                .iter()
+                .take(top.unwrap_or(usize::MAX))
+                .map(CallsiteReport::from)
+                .collect(),
+            probes: ProbeSummary {
+                attached,
+                hits: s.hits,
+                nested: s.nested,
+                zero_size: s.zero_size,
+                dropped_return_address: s.dropped_return_address,
+                dropped_stack: s.dropped_stack,
+                dropped_map_full: s.dropped_map_full,
+            },
+            ended: None,
+        }
+    }
+}
+
+/// An output format.
+pub trait Exporter {
+    /// Writes the report.
+    ///
+    /// # Errors
+    /// When writing fails.
+    fn export(&self, report: &Report, out: &mut dyn Write) -> io::Result<()>;
+}
+
+/// One JSON document.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonExporter;
+
+impl Exporter for JsonExporter {
+    fn export(&self, report: &Report, out: &mut dyn Write) -> io::Result<()> {
+        serde_json::to_writer_pretty(&mut *out, report)?;
+        writeln!(out)
+    }
+}
+
+/// An aligned table, most bytes first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TableExporter;
+
+impl Exporter for TableExporter {
+    fn export(&self, report: &Report, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(out, "{}", summary_line(report))?;
+        let mut rows = vec![[
+            "BYTES".to_owned(),
+            "ALLOCS".to_owned(),
+            "P50".to_owned(),
+            "P99".to_owned(),
+            "MAX".to_owned(),
+            "KIND".to_owned(),
+            "TYPE".to_owned(),
+            "CALLSITE".to_owned(),
+        ]];
+        for c in &report.callsites {
+            rows.push([
+                human_bytes(c.bytes),
+                thousands(c.allocations),
+                c.size.p50.to_string(),
+                c.size.p99.to_string(),
+                c.size.max.to_string(),
+                c.kind.to_owned(),
+                c.type_name.clone().unwrap_or_else(|| "-".to_owned()),
+                format!("{} {}:{}", c.function, short_path(&c.file), c.line),
+            ]);
+        }
+        // Numbers right-aligned, words left-aligned, the callsite last and unpadded.
+        let mut widths = [0usize; 8];
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        for row in &rows {
+            let mut line = String::new();
+            for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+                let sep = if i == 0 { "" } else { "  " };
+                let cell = match i {
+                    0..=4 => format!("{sep}{cell:>w$}"),
+                    7 => format!("{sep}{cell}"),
+                    _ => format!("{sep}{cell:<w$}"),
+                };
+                line.push_str(&cell);
+            }
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        if report.callsites.is_empty() {
+            writeln!(out, "(no allocations recorded)")?;
+        }
+        Ok(())
+    }
+}
+
+/// `pid 1234 (/srv/app, go1.27.3, exact) 5.0 s: 1,234 allocations, 1.2 MiB, 0 dropped`.
+#[must_use]
+pub fn summary_line(report: &Report) -> String {
+    let ended = report.ended.as_deref().map_or_else(String::new, |e| format!(" ({e})"));
+    format!(
+        "pid {} ({}, {}, {}) {:.1} s: {} allocations, {}, {} dropped{ended}",
+        report.target.pid,
+        report.target.exe,
+        report.target.go_version,
+        report.mode,
+        report.duration_secs,
+        thousands(report.totals.allocations),
+        human_bytes(report.totals.bytes),
+        thousands(report.totals.dropped),
+    )
+}
+
+/// The last two elements of a path: enough to recognise a file in a table.
+fn short_path(path: &str) -> &str {
+    let mut slashes = path.rmatch_indices('/');
+    match (slashes.next(), slashes.next()) {
+        (Some(_), Some((i, _))) => &path[i + 1..],
+        _ => path,
+    }
+}
+
+/// `1234567` → `1,234,567`.
+#[must_use]
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Bytes in B, KiB, MiB or GiB, with one decimal above bytes.
+#[must_use]
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    #[expect(clippy::cast_precision_loss, reason = "one decimal is all that is shown")]
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn number_formatting() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 << 20), "5.0 MiB");
+        assert_eq!(short_path("/work/app/cmd/main.go"), "cmd/main.go");
+        assert_eq!(short_path("main.go"), "main.go");
+    }
+}
