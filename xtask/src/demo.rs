@@ -1,8 +1,7 @@
 //! `cargo xtask demo`: README's main job. Builds gotrace and the bundled demo Go program,
-//! starts the demo, and points gotrace at the running process.
-//!
-//! Today gotrace inspects the process (build facts, the probe points it would attach,
-//! symbolization of a live address); once `gotrace attach` exists this is where it attaches.
+//! starts the demo, shows what gotrace knows about it (`gotrace inspect`), then attaches to it
+//! for a few seconds and prints the allocation table (`gotrace attach`, as root: through sudo
+//! when this is not already root).
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -64,9 +63,16 @@ pub fn run(repo: &Path) -> Result<()> {
     let stdout = demo.0.stdout.take().context("the demo's stdout is not piped")?;
     let mut first_line = String::new();
     let started = Instant::now();
-    BufReader::new(stdout)
+    let mut reader = BufReader::new(stdout);
+    reader
         .read_line(&mut first_line)
         .context("cannot read the demo's output")?;
+    // Keep reading its status lines (to stderr), or it would die of a closed pipe.
+    std::thread::spawn(move || {
+        for line in reader.lines().map_while(Result::ok) {
+            eprintln!("{line}");
+        }
+    });
     if first_line.is_empty() {
         bail!("the demo exited before printing anything");
     }
@@ -85,6 +91,39 @@ pub fn run(repo: &Path) -> Result<()> {
         .with_context(|| format!("cannot run {}", gotrace.display()))?;
     if !status.success() {
         bail!("gotrace inspect {pid} failed ({status})");
+    }
+
+    let pid_arg = pid.to_string();
+    let attach = [
+        "attach",
+        pid_arg.as_str(),
+        "--duration",
+        "5s",
+        "--interval",
+        "5s",
+        "--top",
+        "15",
+    ];
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut command = if root {
+        Command::new(&gotrace)
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.arg(&gotrace);
+        sudo
+    };
+    eprintln!(
+        "\ndemo: {}gotrace {}",
+        if root { "" } else { "sudo " },
+        attach.join(" ")
+    );
+    let status = command
+        .args(attach)
+        .status()
+        .context("cannot run gotrace attach (it needs root: run the demo as root or with sudo)")?;
+    if !status.success() {
+        bail!("gotrace attach {pid} failed ({status})");
     }
     Ok(())
 }

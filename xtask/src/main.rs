@@ -26,8 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Build gotrace and the bundled demo Go program, start the demo and inspect it with
-    /// gotrace
+    /// Build gotrace and the bundled demo Go program, start the demo, inspect it and trace
+    /// it for five seconds with gotrace
     Demo,
     /// Build the Go fixtures into target/fixtures and write target/fixtures/manifest.json
     Fixtures(fixtures::Args),
