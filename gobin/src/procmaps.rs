@@ -128,6 +128,20 @@ impl AddressMap {
         })
     }
 
+    /// The map of a running process's executable, found by its inode (see [`process_exe`]).
+    ///
+    /// # Errors
+    /// When the process's memory map cannot be read, or does not map the file.
+    pub fn for_process(pid: u32, exe: &ProcessExe, loads: &[LoadSegment]) -> Result<Self> {
+        let maps = ProcessMaps::read(pid)?;
+        Self::new(maps.of_inode(exe.inode).into_iter().cloned().collect(), loads).map_err(|_| {
+            Error::Maps(format!(
+                "process {pid} does not map its executable {}",
+                exe.path_in_process.display()
+            ))
+        })
+    }
+
     /// The mapping of the binary that maps it at file offset 0, i.e. the load base.
     #[must_use]
     pub fn base(&self) -> Option<u64> {

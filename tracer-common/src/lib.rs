@@ -30,10 +30,15 @@ pub const STACK_SCRATCH_MAP: &str = "STACK_SCRATCH";
 pub const COUNTS_MAP: &str = "COUNTS";
 
 /// Capacity of [`COUNTS_MAP`]: distinct (stack, caller, type, size) combinations. A full map
-/// drops further new combinations and counts them in [`ProbeStats::dropped_map_full`].
-pub const COUNTS_MAP_ENTRIES: u32 = 1 << 16;
-/// Capacity of [`STACKS_MAP`]: distinct user stacks.
-pub const STACKS_MAP_ENTRIES: u32 = 1 << 14;
+/// drops further new combinations and counts them in [`ProbeStats::dropped_counts_map`]. The
+/// map is not preallocated, so the capacity costs memory only as it is used.
+pub const COUNTS_MAP_ENTRIES: u32 = 1 << 18;
+/// Capacity of [`STACKS_MAP`]: distinct user stacks. Not preallocated either. When it is full,
+/// allocations are still counted, without their stack ([`ProbeStats::without_stack`]).
+pub const STACKS_MAP_ENTRIES: u32 = 1 << 15;
+/// [`AllocKey::stack`] of an allocation whose stack could not be stored: only its caller (the
+/// return address) is known.
+pub const NO_STACK: u64 = 0;
 
 /// Frames kept per stack. Callsites are within the first few frames; deeper frames only
 /// matter for flame graphs, where a stack cut at this depth still shows its top.
@@ -60,18 +65,42 @@ impl UserStack {
     }
 }
 
-/// FNV-1a over the first `len` frames: the key of a stack in [`STACKS_MAP`]. The loop has a
-/// constant bound so that the verifier accepts it in the probe.
-#[must_use]
-pub fn stack_hash(frames: &[u64; MAX_STACK_DEPTH], len: usize) -> u64 {
-    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
-    for (i, &frame) in frames.iter().enumerate() {
-        if i >= len {
-            break;
-        }
-        hash = (hash ^ frame).wrapping_mul(0x0000_0100_0000_01b3);
+/// The key of a stack in [`STACKS_MAP`]: an FNV-style multiply-xor over the frames, one 64-bit
+/// word at a time, seeded with the FNV offset basis. Fed frame by frame, so the probe can hash
+/// while it walks without storing the frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackHasher(u64);
+
+impl StackHasher {
+    /// An empty hash.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
     }
-    hash
+
+    /// Mixes in the next frame.
+    #[must_use]
+    pub const fn push(self, frame: u64) -> Self {
+        Self((self.0 ^ frame).wrapping_mul(0x0000_0100_0000_01b3))
+    }
+
+    /// The key. Never [`NO_STACK`]: a hash that comes out as 0 is moved to 1.
+    #[must_use]
+    pub const fn finish(self) -> u64 {
+        if self.0 == NO_STACK { 1 } else { self.0 }
+    }
+}
+
+impl Default for StackHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The key of the first `len` frames (the user-space check of what the probe computed).
+#[must_use]
+pub fn stack_hash(frames: &[u64]) -> u64 {
+    frames.iter().fold(StackHasher::new(), |h, &f| h.push(f)).finish()
 }
 
 /// How many address ranges [`ProbeConfig::nested`] holds.
@@ -124,12 +153,13 @@ pub struct ProbeStats {
     pub nested: u64,
     /// Hits ignored because the size was 0.
     pub zero_size: u64,
+    /// Allocations recorded without their stack ([`NO_STACK`]): the stack map was full, or
+    /// the walk was disturbed by another run of the probe on the same CPU.
+    pub without_stack: u64,
     /// Allocations lost because the caller's return address could not be read.
     pub dropped_return_address: u64,
-    /// Allocations lost because the user stack could not be walked or stored.
-    pub dropped_stack: u64,
-    /// Allocations lost because [`COUNTS_MAP`] was full.
-    pub dropped_map_full: u64,
+    /// Allocations lost because [`COUNTS_MAP`] refused a new key (full).
+    pub dropped_counts_map: u64,
 }
 
 impl ProbeStats {
@@ -141,18 +171,16 @@ impl ProbeStats {
             recorded: self.recorded.wrapping_add(other.recorded),
             nested: self.nested.wrapping_add(other.nested),
             zero_size: self.zero_size.wrapping_add(other.zero_size),
+            without_stack: self.without_stack.wrapping_add(other.without_stack),
             dropped_return_address: self.dropped_return_address.wrapping_add(other.dropped_return_address),
-            dropped_stack: self.dropped_stack.wrapping_add(other.dropped_stack),
-            dropped_map_full: self.dropped_map_full.wrapping_add(other.dropped_map_full),
+            dropped_counts_map: self.dropped_counts_map.wrapping_add(other.dropped_counts_map),
         }
     }
 
     /// Allocations the probe saw but could not record.
     #[must_use]
     pub const fn dropped(&self) -> u64 {
-        self.dropped_return_address
-            .wrapping_add(self.dropped_stack)
-            .wrapping_add(self.dropped_map_full)
+        self.dropped_return_address.wrapping_add(self.dropped_counts_map)
     }
 }
 
@@ -160,8 +188,8 @@ impl ProbeStats {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AllocKey {
-    /// Key of the user stack in [`STACKS_MAP`]. The kernel's frame-pointer walk starts at the
-    /// probed function and misses its immediate caller, which is `return_address`.
+    /// Key of the user stack in [`STACKS_MAP`], or [`NO_STACK`]. The frame-pointer walk starts
+    /// at the probed function and misses its immediate caller, which is `return_address`.
     pub stack: u64,
     /// The return address into the function that called the allocation entry point.
     pub return_address: u64,

@@ -12,17 +12,20 @@
 //! hash map: no event goes to user space, which reads the maps when it wants.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// For the atomic add in `bump` (see there); the eBPF crate is built with RUSTC_BOOTSTRAP=1.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", expect(internal_features, reason = "core_intrinsics, see bump"))]
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::bpf_probe_read_user,
     macros::{map, uprobe},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::ProbeContext,
 };
 use tracer_common::{
-    AllocKey, COUNTS_MAP_ENTRIES, FLAG_SKIP_ZERO_SIZE, MAX_NESTED_RANGES, MAX_STACK_DEPTH, ProbeConfig, ProbeStats,
-    STACKS_MAP_ENTRIES, UserStack, stack_hash,
+    AllocKey, COUNTS_MAP_ENTRIES, FLAG_SKIP_ZERO_SIZE, MAX_NESTED_RANGES, MAX_STACK_DEPTH, NO_STACK, ProbeConfig,
+    ProbeStats, STACKS_MAP_ENTRIES, StackHasher, UserStack, stack_hash,
 };
 
 /// Written once by user space before the probes are attached.
@@ -35,7 +38,7 @@ static STATS: PerCpuArray<ProbeStats> = PerCpuArray::with_max_entries(1, 0);
 
 /// User stacks by content hash; [`AllocKey::stack`] points here.
 #[map]
-static STACKS: HashMap<u64, UserStack> = HashMap::with_max_entries(STACKS_MAP_ENTRIES, 0);
+static STACKS: HashMap<u64, UserStack> = HashMap::with_max_entries(STACKS_MAP_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Where the probe walks the stack: too big for the 512-byte BPF stack, so a per-CPU slot.
 #[map]
@@ -44,7 +47,7 @@ static STACK_SCRATCH: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(1, 
 /// Allocation counts by (stack, caller, type, size). Per-CPU, so concurrent allocations on
 /// different CPUs never contend for a value; user space sums the CPUs when it reads.
 #[map]
-static COUNTS: PerCpuHashMap<AllocKey, u64> = PerCpuHashMap::with_max_entries(COUNTS_MAP_ENTRIES, 0);
+static COUNTS: PerCpuHashMap<AllocKey, u64> = PerCpuHashMap::with_max_entries(COUNTS_MAP_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// `-EEXIST` from `bpf_map_update_elem` with `BPF_NOEXIST`: another CPU inserted the key first.
 const EEXIST: i32 = 17;
@@ -67,36 +70,60 @@ fn alloc_count(ctx: ProbeContext) -> u32 {
 /// What happened to one hit, for [`STATS`].
 enum Outcome {
     Recorded,
+    RecordedWithoutStack,
     Nested,
     ZeroSize,
     NoReturnAddress,
-    NoStack,
-    MapFull,
+    CountsMapRefused,
+}
+
+/// Adds 1 to a counter in map memory.
+///
+/// Atomically: uprobe programs run with migration disabled but, on preemptible kernels, not
+/// with preemption disabled (`bpf_prog_run_array_uprobe`), so another task on this CPU can run
+/// the same program in the middle of an update even on a per-CPU slot. The result is unused,
+/// so this is the plain atomic add of the BPF instruction set.
+///
+/// # Safety
+/// `counter` must point into map memory that stays valid for the run of the program.
+unsafe fn bump(counter: *mut u64) {
+    // The bpf target declares no atomics to `core` (it has no compare-and-swap before v3), so
+    // `AtomicU64` is missing there; the intrinsic lowers to BPF's atomic add all the same.
+    // SAFETY: the caller promises a valid, aligned u64 in map memory.
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(counter, 1);
+    }
+    // SAFETY: as above.
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(counter) }.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
 }
 
 fn try_alloc_count(ctx: &ProbeContext) -> Result<u32, u32> {
     let stats = STATS.get_ptr_mut(0).ok_or(0_u32)?;
     let outcome = count(ctx);
-    // SAFETY: the pointer comes from bpf_map_lookup_elem on a per-CPU array: this CPU's copy,
-    // valid for the whole run of the program. A program preempted on this CPU by another run of
-    // itself could lose one statistics update; the counts themselves are in COUNTS.
-    let stats = unsafe { &mut *stats };
-    stats.hits = stats.hits.wrapping_add(1);
-    let field = match outcome {
-        Outcome::Recorded => &mut stats.recorded,
-        Outcome::Nested => &mut stats.nested,
-        Outcome::ZeroSize => &mut stats.zero_size,
-        Outcome::NoReturnAddress => &mut stats.dropped_return_address,
-        Outcome::NoStack => &mut stats.dropped_stack,
-        Outcome::MapFull => &mut stats.dropped_map_full,
-    };
-    *field = field.wrapping_add(1);
+    // SAFETY: this CPU's slot of the per-CPU array, valid for the whole run.
+    unsafe {
+        bump(&raw mut (*stats).hits);
+        bump(match outcome {
+            Outcome::Recorded => &raw mut (*stats).recorded,
+            Outcome::RecordedWithoutStack => {
+                bump(&raw mut (*stats).recorded);
+                &raw mut (*stats).without_stack
+            }
+            Outcome::Nested => &raw mut (*stats).nested,
+            Outcome::ZeroSize => &raw mut (*stats).zero_size,
+            Outcome::NoReturnAddress => &raw mut (*stats).dropped_return_address,
+            Outcome::CountsMapRefused => &raw mut (*stats).dropped_counts_map,
+        });
+    }
     Ok(0)
 }
 
 fn count(ctx: &ProbeContext) -> Outcome {
+    // Index 0 of an array map always exists; this cannot fail.
     let Some(config) = CONFIG.get(0) else {
-        return Outcome::MapFull;
+        return Outcome::CountsMapRefused;
     };
     let (size, type_address) = go_size_and_type(ctx);
     if size == 0 && config.flags & FLAG_SKIP_ZERO_SIZE != 0 {
@@ -116,9 +143,7 @@ fn count(ctx: &ProbeContext) -> Outcome {
             return Outcome::Nested;
         }
     }
-    let Some(stack) = store_user_stack(ctx) else {
-        return Outcome::NoStack;
-    };
+    let stack = store_user_stack(ctx);
     let key = AllocKey {
         stack,
         return_address,
@@ -126,43 +151,45 @@ fn count(ctx: &ProbeContext) -> Outcome {
         size,
     };
     match increment(&key) {
+        Ok(()) if stack == NO_STACK => Outcome::RecordedWithoutStack,
         Ok(()) => Outcome::Recorded,
-        Err(_) => Outcome::MapFull,
+        Err(_) => Outcome::CountsMapRefused,
     }
 }
 
-/// Walks the user stack into the scratch slot, stores it in [`STACKS`] under its hash unless
-/// it is there already, and returns the hash.
+/// Walks Go's frame-pointer chain from the probe: the probed pc, then one return address per
+/// frame record, up to [`MAX_STACK_DEPTH`] frames. Hashes the frames as it goes, and stores them
+/// in `out` too when given one. Returns the hash and the number of frames.
 ///
-/// The walk follows Go's frame pointers itself rather than calling `bpf_get_stack`: measured
-/// on these machines, the kernel's user-stack walker costs about 1.5 µs for a six-frame Go
-/// stack, reading the frame records one by one here about 0.7 µs.
+/// The walk follows the frame pointers itself rather than calling `bpf_get_stack`: measured on
+/// these machines, the kernel's user-stack walker costs about 1.5 µs for a six-frame Go stack,
+/// reading the frame records one by one here about 0.7 µs.
 ///
 /// At the probe (after the stack check, before the probed function saved its frame pointer)
 /// the frame-pointer register still holds the caller's frame, so the chain yields the probed
-/// pc and then the caller's *caller*: the caller itself is the return address, stored next to
-/// the stack hash in the count key.
-fn store_user_stack(ctx: &ProbeContext) -> Option<u64> {
-    let scratch = STACK_SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: this CPU's scratch slot, valid for the run of the program; nothing else on this
-    // CPU uses it while the program runs (a nested run would only see a half-written stack of
-    // its own making).
-    let scratch = unsafe { &mut *scratch };
+/// pc and then the caller's *caller*: the caller itself is the return address, which the count
+/// key carries next to the stack.
+fn walk_stack(ctx: &ProbeContext, mut out: Option<&mut UserStack>) -> (u64, usize) {
     let (mut fp, pc) = frame_pointer_and_pc(ctx);
-    scratch.frames[0] = pc;
+    let mut hash = StackHasher::new().push(pc);
+    if let Some(out) = out.as_deref_mut() {
+        out.frames[0] = pc;
+    }
     let mut len = 1;
     for i in 1..MAX_STACK_DEPTH {
         // Go's frame record on amd64 and arm64: the caller's frame pointer, then the return
         // address into the caller.
         // SAFETY: bpf_probe_read_user checks the address and fails cleanly.
-        let Ok(record) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+        let Ok([next_fp, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
             break;
         };
-        let [next_fp, ret] = record;
         if ret == 0 {
             break;
         }
-        scratch.frames[i] = ret;
+        hash = hash.push(ret);
+        if let Some(out) = out.as_deref_mut() {
+            out.frames[i] = ret;
+        }
         len = i + 1;
         // Frames sit at increasing addresses; anything else is the end or garbage.
         if next_fp <= fp {
@@ -170,34 +197,54 @@ fn store_user_stack(ctx: &ProbeContext) -> Option<u64> {
         }
         fp = next_fp;
     }
-    scratch.len = len as u64;
-    let hash = stack_hash(&scratch.frames, len);
-    if STACKS.get_ptr(hash).is_none() {
-        // EEXIST (another CPU stored the same stack) is fine; a full map is not.
-        match STACKS.insert(hash, scratch, u64::from(BPF_NOEXIST)) {
-            Ok(()) => {}
-            Err(e) if e == -EEXIST => {}
-            Err(_) => return None,
-        }
+    (hash.finish(), len)
+}
+
+/// The stack's key in [`STACKS`], storing the stack there if it is new; [`NO_STACK`] when it
+/// cannot be stored.
+///
+/// Most allocations come from stacks seen before, so the first walk only hashes. A new stack
+/// is walked a second time into this CPU's scratch slot and stored if the second walk agrees
+/// with the first: another run of the probe on this CPU (possible on preemptible kernels) may
+/// have overwritten the slot mid-walk, and a mixed stack must not be stored under either
+/// stack's key.
+fn store_user_stack(ctx: &ProbeContext) -> u64 {
+    let (hash, _) = walk_stack(ctx, None);
+    if STACKS.get_ptr(hash).is_some() {
+        return hash;
     }
-    Some(hash)
+    let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return NO_STACK;
+    };
+    // SAFETY: this CPU's scratch slot, valid for the run of the program.
+    let scratch = unsafe { &mut *scratch };
+    let (again, len) = walk_stack(ctx, Some(scratch));
+    scratch.len = len as u64;
+    if again != hash || stack_hash(&scratch.frames[..len.min(MAX_STACK_DEPTH)]) != hash {
+        return NO_STACK;
+    }
+    match STACKS.insert(hash, scratch, u64::from(BPF_NOEXIST)) {
+        // EEXIST: another CPU stored the same stack first.
+        Ok(()) => hash,
+        Err(e) if e == -EEXIST => hash,
+        Err(_) => NO_STACK,
+    }
 }
 
 fn increment(key: &AllocKey) -> Result<(), i32> {
     if let Some(count) = COUNTS.get_ptr_mut(key) {
-        // SAFETY: this CPU's copy of the value, valid for the run of the program (per-CPU
-        // hash; no other CPU writes it).
-        unsafe { *count = (*count).wrapping_add(1) };
+        // SAFETY: this CPU's copy of the value, valid for the run of the program.
+        unsafe { bump(count) };
         return Ok(());
     }
     match COUNTS.insert(key, 1, u64::from(BPF_NOEXIST)) {
         Ok(()) => Ok(()),
-        // Another CPU created the key between the lookup and the insert: its per-CPU slots
+        // Another run created the key between the lookup and the insert: its per-CPU slots
         // start at zero, so this CPU's slot can be incremented now.
         Err(e) if e == -EEXIST => {
             let count = COUNTS.get_ptr_mut(key).ok_or(-ENOENT)?;
             // SAFETY: as above.
-            unsafe { *count = (*count).wrapping_add(1) };
+            unsafe { bump(count) };
             Ok(())
         }
         Err(e) => Err(e),

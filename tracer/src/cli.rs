@@ -46,8 +46,9 @@ pub enum Command {
     Attach(AttachArgs),
 
     /// Start a Go program and trace it from its first allocation, with the same options as
-    /// attach. When the program ends first, gotrace reports and exits with the program's exit
-    /// status.
+    /// attach. When the program ends, gotrace reports and exits with the program's exit status.
+    /// Ctrl-C and SIGTERM are passed on to the program, and gotrace reports once it has exited;
+    /// --duration ends the trace but not the program, which keeps running untraced.
     #[command(after_help = "Examples:\n  \
         sudo gotrace run -- ./server --port 8080\n  \
         sudo gotrace run --format json -o allocs.json -- go-program arg1 arg2")]

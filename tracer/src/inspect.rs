@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use gobin::procmaps::{AddressMap, ProcessExe, ProcessMaps, process_exe};
+use gobin::procmaps::{AddressMap, ProcessExe, process_exe};
 use gobin::{
     BuildInfo, COUNTING_RULE, Frame, FunctionSource, GoBinary, Linkage, ProbePoint, ProbeRole, StackCheck, TypeSource,
 };
@@ -268,10 +268,8 @@ fn resolve_subject(target: &Target) -> anyhow::Result<Subject> {
 
 /// How a running process maps the binary, for translating its addresses.
 fn process_info(pid: u32, exe: &ProcessExe, binary: &GoBinary<'_>) -> anyhow::Result<ProcessInfo> {
-    let maps = ProcessMaps::read(pid).with_context(|| format!("cannot read the memory map of process {pid}"))?;
-    let mappings = maps.of_inode(exe.inode).into_iter().cloned().collect();
-    let addresses = AddressMap::new(mappings, binary.load_segments())
-        .with_context(|| format!("process {pid} does not map {}", exe.path_in_process.display()))?;
+    let addresses = AddressMap::for_process(pid, exe, binary.load_segments())
+        .with_context(|| format!("cannot read the memory map of process {pid}"))?;
     Ok(ProcessInfo {
         pid,
         exe: exe.path_in_process.clone(),

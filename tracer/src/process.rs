@@ -89,10 +89,16 @@ pub struct Child {
 }
 
 impl Child {
+    /// Sends a signal to the child.
+    pub fn signal(self, signal: libc::c_int) {
+        // SAFETY: kill on our own child.
+        unsafe { libc::kill(libc::pid_t::try_from(self.pid).unwrap_or(libc::pid_t::MAX), signal) };
+    }
+
     /// The exit status if the child has ended: its exit code, or 128 + the signal that killed
     /// it, as a shell reports it.
     #[must_use]
-    pub fn try_exit_code(&self) -> Option<i32> {
+    pub fn try_exit_code(self) -> Option<i32> {
         let mut status = 0;
         // SAFETY: waitpid on our own child with a valid status pointer.
         let rc = unsafe {
@@ -114,6 +120,10 @@ impl Child {
         }
     }
 }
+
+/// Which step of starting the program failed, as the child reports it.
+const STEP_PTRACE: i32 = 1;
+const STEP_EXEC: i32 = 2;
 
 /// Starts `program` with `args`, stopped before its first instruction: the child asks to be
 /// traced (`PTRACE_TRACEME`) and the kernel stops it with `SIGTRAP` right after `execve`. Its
@@ -146,19 +156,25 @@ pub fn spawn_stopped(program: &Path, argv0: &OsStr, args: &[OsString]) -> anyhow
         return Err(std::io::Error::last_os_error()).context("cannot fork");
     }
     if pid == 0 {
-        // SAFETY: see above; nothing here allocates or takes locks.
+        // SAFETY: see above; nothing here allocates or takes locks. Each failure reports its
+        // errno, tagged with the step that failed, through the pipe and exits.
         unsafe {
-            libc::ptrace(
+            let fail = |step: i32| -> ! {
+                let report = [step, *libc::__errno_location()];
+                libc::write(write_end.as_raw_fd(), report.as_ptr().cast(), size_of_val(&report));
+                libc::_exit(127);
+            };
+            if libc::ptrace(
                 libc::PTRACE_TRACEME,
                 0,
                 std::ptr::null_mut::<libc::c_void>(),
                 std::ptr::null_mut::<libc::c_void>(),
-            );
+            ) != 0
+            {
+                fail(STEP_PTRACE);
+            }
             libc::execv(path.as_ptr(), argv_ptrs.as_ptr());
-            let errno = *libc::__errno_location();
-            let bytes = errno.to_ne_bytes();
-            libc::write(write_end.as_raw_fd(), bytes.as_ptr().cast(), bytes.len());
-            libc::_exit(127);
+            fail(STEP_EXEC);
         }
     }
     drop(write_end);
@@ -166,12 +182,17 @@ pub fn spawn_stopped(program: &Path, argv0: &OsStr, args: &[OsString]) -> anyhow
         pid: u32::try_from(pid).context("fork returned a negative pid")?,
         resumed: false,
     };
-    let mut errno = [0u8; 4];
-    // SAFETY: reading into a 4-byte buffer we own.
-    let n = unsafe { libc::read(read_end.as_raw_fd(), errno.as_mut_ptr().cast(), errno.len()) };
-    if n == 4 {
-        let err = std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
-        return Err(err).with_context(|| format!("cannot execute {}", program.display()));
+    let mut report = [0i32; 2];
+    // SAFETY: reading into an 8-byte buffer we own.
+    let n = unsafe { libc::read(read_end.as_raw_fd(), report.as_mut_ptr().cast(), size_of_val(&report)) };
+    if usize::try_from(n).ok() == Some(size_of_val(&report)) {
+        let err = std::io::Error::from_raw_os_error(report[1]);
+        return Err(err).with_context(|| match report[0] {
+            STEP_PTRACE => "cannot start the program traced (ptrace: is kernel.yama.ptrace_scope 3, or is \
+                            gotrace itself being traced?)"
+                .to_owned(),
+            _ => format!("cannot execute {}", program.display()),
+        });
     }
     let mut status = 0;
     // SAFETY: waitpid on our own child with a valid status pointer.
@@ -180,6 +201,17 @@ pub fn spawn_stopped(program: &Path, argv0: &OsStr, args: &[OsString]) -> anyhow
     }
     if !(libc::WIFSTOPPED(status) && libc::WSTOPSIG(status) == libc::SIGTRAP) {
         bail!("{} did not stop after exec (status {status:#x})", program.display());
+    }
+    // Should gotrace die before it lets the program go (a signal during the attach), the
+    // kernel kills the program instead of leaving it running untraced.
+    // SAFETY: PTRACE_SETOPTIONS on our stopped tracee; the options travel in the data argument.
+    unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETOPTIONS,
+            pid,
+            std::ptr::null_mut::<libc::c_void>(),
+            libc::PTRACE_O_EXITKILL as usize as *mut libc::c_void,
+        );
     }
     Ok(child)
 }
@@ -215,7 +247,8 @@ impl ExitWatch {
                 // A readable pidfd means the process has exited; the guard is not needed.
                 let _ = fd.readable().await;
             }
-            // Kernels without pidfd_open (before 5.3): poll.
+            // pidfd_open failed: the process is gone already (ESRCH), or the kernel is older
+            // than 5.3. Either way, poll.
             None => {
                 while alive(self.pid) {
                     tokio::time::sleep(Duration::from_millis(100)).await;

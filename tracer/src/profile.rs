@@ -10,7 +10,7 @@ use std::sync::Arc;
 use gobin::Frame;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tracer_common::{AllocKey, ProbeStats};
+use tracer_common::{AllocKey, NO_STACK, ProbeStats};
 
 /// How an allocation was asked for, judged by the runtime function the callsite called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -49,15 +49,20 @@ impl Kind {
     }
 
     /// The kind a runtime function stands for, if it is one of the allocation front doors.
+    ///
+    /// By the name after the package: some runtime functions are linked into other packages
+    /// under their names there (`//go:linkname`: `reflect.unsafe_New`,
+    /// `internal/bytealg.MakeNoZero`, `reflect.growslice`, …).
     fn of_runtime_function(function: &str) -> Option<Self> {
-        if package_of(function).starts_with("internal/runtime/maps") {
+        let package = package_of(function);
+        if package.starts_with("internal/runtime/maps") {
             return Some(Self::Makemap);
         }
-        let name = function.strip_prefix("runtime.")?;
+        let name = function.get(package.len() + 1..)?;
         let kind = match name {
-            "newobject" | "newarray" => Self::New,
+            "newobject" | "newarray" | "unsafe_New" => Self::New,
             n if n.starts_with("mallocgc") && n.contains("SC") => Self::New,
-            "makeslice" | "makeslicecopy" | "makeslice64" => Self::Makeslice,
+            "makeslice" | "makeslicecopy" | "makeslice64" | "unsafe_NewArray" | "MakeNoZero" => Self::Makeslice,
             "growslice" => Self::Growslice,
             n if n.starts_with("makemap") || n.starts_with("mapassign") || n == "hashGrow" || n == "growWork" => {
                 Self::Makemap
@@ -102,6 +107,48 @@ pub fn is_runtime(function: &str) -> bool {
     pkg == "runtime" || pkg == "internal/runtime" || pkg.starts_with("internal/runtime/")
 }
 
+/// Decides which frames are the runtime's.
+///
+/// By package name, and by source file: a runtime function linked into another package
+/// (`reflect.unsafe_New`, `internal/bytealg.MakeNoZero`, `sync.runtime_…`) has that package's
+/// name but its body is in `src/runtime`, and the allocation it makes belongs to its caller.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeFrames {
+    /// `…/src/runtime/`, the directory of the runtime's sources as the binary records them.
+    runtime_dir: Option<String>,
+    /// `…/src/internal/runtime/`.
+    internal_runtime_dir: Option<String>,
+}
+
+impl RuntimeFrames {
+    /// Learns where the runtime's sources are from the file of a runtime function (for example
+    /// that of `runtime.mallocgc`, `…/src/runtime/malloc.go`).
+    #[must_use]
+    pub fn from_runtime_file(file: &str) -> Self {
+        let Some(src) = file.rfind("/runtime/").map(|i| &file[..=i]) else {
+            return Self::default();
+        };
+        Self {
+            runtime_dir: Some(format!("{src}runtime/")),
+            internal_runtime_dir: Some(format!("{src}internal/runtime/")),
+        }
+    }
+
+    /// Whether the frame is the runtime's.
+    #[must_use]
+    pub fn contains(&self, frame: &Frame) -> bool {
+        if is_runtime(&frame.function) {
+            return true;
+        }
+        let in_dir = |dir: &Option<String>, nested: bool| {
+            dir.as_deref()
+                .and_then(|d| frame.file.strip_prefix(d))
+                .is_some_and(|rest| nested || !rest.contains('/'))
+        };
+        in_dir(&self.runtime_dir, false) || in_dir(&self.internal_runtime_dir, true)
+    }
+}
+
 /// Where symbols come from: the traced binary and the process's address map.
 pub trait Symbols {
     /// Logical frames at a process address, innermost first. `return_address` says the address
@@ -135,16 +182,30 @@ pub struct Callsite {
     pub allocations: u64,
     /// Bytes requested.
     pub bytes: u64,
-    /// Requested sizes, one count per allocation.
+    /// Requested sizes, one count per allocation (3 significant figures).
     pub sizes: Histogram<u64>,
+    /// The smallest size asked for, exactly.
+    pub min_size: u64,
+    /// The largest size asked for, exactly.
+    pub max_size: u64,
+}
+
+impl Callsite {
+    /// The size at quantile `q`: the histogram's value, within the exact range of sizes seen,
+    /// so a callsite that always asks for the same size reports exactly that size.
+    #[must_use]
+    pub fn size_at_quantile(&self, q: f64) -> u64 {
+        self.sizes.value_at_quantile(q).clamp(self.min_size, self.max_size)
+    }
 }
 
 /// One distinct full stack, type and size, with its count: what pprof and flame graphs need.
 #[derive(Debug, Clone)]
 #[expect(dead_code, reason = "kept for the pprof and flame-graph exporters, which come next")]
 pub struct Sample {
-    /// Logical frames, innermost first, the runtime's included.
-    pub frames: Vec<Frame>,
+    /// Logical frames, innermost first, the runtime's included: the frames of each pc of the
+    /// stack in turn (shared with the symbol cache, not copied).
+    pub frames: Vec<Arc<[Frame]>>,
     /// The allocated type; `None` for untyped memory.
     pub type_name: Option<Arc<str>>,
     /// How it was allocated.
@@ -190,6 +251,7 @@ pub fn build(
     counts: &[(AllocKey, u64)],
     mut stack_of: impl FnMut(u64) -> Option<Vec<u64>>,
     symbols: &mut dyn Symbols,
+    runtime: &RuntimeFrames,
 ) -> Profile {
     let mut by_callsite: HashMap<CallsiteKey, Callsite> = HashMap::new();
     let mut samples = Vec::with_capacity(counts.len());
@@ -198,12 +260,19 @@ pub fn build(
         ..Totals::default()
     };
     for &(key, count) in counts {
-        let stack = stack_of(key.stack).unwrap_or_default();
+        let stack = if key.stack == NO_STACK {
+            Vec::new()
+        } else {
+            stack_of(key.stack).unwrap_or_default()
+        };
         let frames = expand(&stack, key.return_address, symbols);
-        let type_name = (key.type_address != 0)
-            .then(|| symbols.type_name(key.type_address))
-            .flatten();
-        let (callsite, kind) = callsite_and_kind(&frames);
+        let type_name = (key.type_address != 0).then(|| {
+            symbols
+                .type_name(key.type_address)
+                // A type made at run time (reflect.StructOf, …) has its descriptor in the heap.
+                .unwrap_or_else(|| format!("<unknown type at {:#x}>", key.type_address).into())
+        });
+        let (callsite, kind) = callsite_and_kind(&frames, runtime);
         let callsite_key = CallsiteKey {
             function: callsite.function.as_str().into(),
             file: callsite.file.as_str().into(),
@@ -219,9 +288,13 @@ pub fn build(
             allocations: 0,
             bytes: 0,
             sizes: Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures is valid")),
+            min_size: u64::MAX,
+            max_size: 0,
         });
         entry.allocations = entry.allocations.saturating_add(count);
         entry.bytes = entry.bytes.saturating_add(bytes);
+        entry.min_size = entry.min_size.min(key.size);
+        entry.max_size = entry.max_size.max(key.size);
         // Auto-resizing histograms accept any value; a failure would only lose the sizes.
         let _ = entry.sizes.record_n(key.size, count);
         samples.push(Sample {
@@ -247,17 +320,17 @@ pub fn build(
     }
 }
 
-/// Logical frames of an allocation, innermost first: the probed function (from the stack's
-/// first pc), then its caller (from the return address the probe read, which the kernel's
-/// frame-pointer walk misses at function entry), then the rest of the walk.
-fn expand(stack: &[u64], return_address: u64, symbols: &mut dyn Symbols) -> Vec<Frame> {
-    let mut frames = Vec::new();
+/// Logical frames of an allocation, innermost first, as the frames of each pc: the probed
+/// function (from the stack's first pc), then its caller (from the return address the probe
+/// read, which the frame-pointer walk misses at function entry), then the rest of the walk.
+fn expand(stack: &[u64], return_address: u64, symbols: &mut dyn Symbols) -> Vec<Arc<[Frame]>> {
+    let mut frames = Vec::with_capacity(stack.len() + 1);
     if let Some(&probed) = stack.first() {
-        frames.extend(symbols.frames(probed, false).iter().cloned());
+        frames.push(symbols.frames(probed, false));
     }
-    frames.extend(symbols.frames(return_address, true).iter().cloned());
+    frames.push(symbols.frames(return_address, true));
     for &pc in stack.iter().skip(1) {
-        frames.extend(symbols.frames(pc, true).iter().cloned());
+        frames.push(symbols.frames(pc, true));
     }
     frames
 }
@@ -265,26 +338,27 @@ fn expand(stack: &[u64], return_address: u64, symbols: &mut dyn Symbols) -> Vec<
 /// The first frame outside the runtime, and the kind named by the runtime function it called.
 /// Allocations the runtime makes for itself (no frame outside it) are attributed to their
 /// outermost frame.
-fn callsite_and_kind(frames: &[Frame]) -> (Frame, Kind) {
-    let unknown = || Frame {
+fn callsite_and_kind(frames: &[Arc<[Frame]>], runtime: &RuntimeFrames) -> (Frame, Kind) {
+    let mut kind = None;
+    let mut outermost = None;
+    for frame in frames.iter().flat_map(|f| f.iter()) {
+        if !runtime.contains(frame) {
+            return (frame.clone(), kind.unwrap_or(Kind::Other));
+        }
+        // The runtime frames between the probe and the callsite: the one nearest the
+        // callsite that is an allocation front door names the kind.
+        if let Some(k) = Kind::of_runtime_function(&frame.function) {
+            kind = Some(k);
+        }
+        outermost = Some(frame);
+    }
+    let site = outermost.cloned().unwrap_or_else(|| Frame {
         function: "?".to_owned(),
         file: "?".to_owned(),
         line: 0,
         inlined: false,
-    };
-    match frames.iter().position(|f| !is_runtime(&f.function)) {
-        Some(i) => {
-            // The runtime frames between the probe and the callsite, nearest the callsite
-            // first: the first front door found names the kind.
-            let kind = frames[..i]
-                .iter()
-                .rev()
-                .find_map(|f| Kind::of_runtime_function(&f.function))
-                .unwrap_or(Kind::Other);
-            (frames[i].clone(), kind)
-        }
-        None => (frames.last().cloned().unwrap_or_else(unknown), Kind::Other),
-    }
+    });
+    (site, Kind::Other)
 }
 
 #[cfg(test)]
@@ -315,15 +389,20 @@ mod tests {
         assert!(!is_runtime("main.main"));
     }
 
+    /// One pc per frame, no inlining.
+    fn stack(frames: Vec<Frame>) -> Vec<Arc<[Frame]>> {
+        frames.into_iter().map(|f| Arc::from(vec![f])).collect()
+    }
+
     #[test]
     fn callsite_is_the_first_frame_outside_the_runtime() {
-        let frames = [
+        let frames = stack(vec![
             frame("runtime.mallocgc", 1),
             frame("runtime.growslice", 2),
             frame("main.build", 16),
             frame("main.main", 30),
-        ];
-        let (site, kind) = callsite_and_kind(&frames);
+        ]);
+        let (site, kind) = callsite_and_kind(&frames, &RuntimeFrames::default());
         assert_eq!(
             (site.function.as_str(), site.line, kind),
             ("main.build", 16, Kind::Growslice)
@@ -335,7 +414,7 @@ mod tests {
         let kind = |names: &[&str]| {
             let mut frames: Vec<Frame> = names.iter().map(|n| frame(n, 1)).collect();
             frames.push(frame("main.f", 9));
-            callsite_and_kind(&frames).1
+            callsite_and_kind(&stack(frames), &RuntimeFrames::default()).1
         };
         assert_eq!(kind(&["runtime.mallocgc", "runtime.newobject"]), Kind::New);
         assert_eq!(kind(&["runtime.mallocgcSmallNoScanSC3"]), Kind::New);
@@ -362,6 +441,43 @@ mod tests {
         assert_eq!(kind(&["runtime.mallocgc", "runtime.convT"]), Kind::ConvT);
         assert_eq!(kind(&["runtime.mallocgc"]), Kind::Other);
         assert_eq!(kind(&["runtime.mallocgc", "runtime.makechan"]), Kind::Other);
+    }
+
+    /// Runtime functions linked into other packages keep those packages' names; their files
+    /// are the runtime's.
+    #[test]
+    fn linknamed_runtime_functions_are_runtime_frames() {
+        let runtime = RuntimeFrames::from_runtime_file("/go/src/runtime/malloc.go");
+        let at = |function: &str, file: &str| Frame {
+            function: function.to_owned(),
+            file: file.to_owned(),
+            line: 1,
+            inlined: false,
+        };
+        let frames = stack(vec![
+            at("runtime.mallocgc", "/go/src/runtime/malloc.go"),
+            at("internal/bytealg.MakeNoZero", "/go/src/runtime/slice.go"),
+            at("strings.(*Builder).grow", "/go/src/strings/builder.go"),
+            at("main.f", "/app/main.go"),
+        ]);
+        let (site, kind) = callsite_and_kind(&frames, &runtime);
+        assert_eq!(
+            (site.function.as_str(), kind),
+            ("strings.(*Builder).grow", Kind::Makeslice)
+        );
+        let frames = stack(vec![
+            at("runtime.mallocgc", "/go/src/runtime/malloc.go"),
+            at("reflect.unsafe_New", "/go/src/runtime/malloc.go"),
+            at("reflect.New", "/go/src/reflect/value.go"),
+        ]);
+        let (site, kind) = callsite_and_kind(&frames, &runtime);
+        assert_eq!((site.function.as_str(), kind), ("reflect.New", Kind::New));
+        // runtime/pprof is a package of its own, not the runtime.
+        assert!(!runtime.contains(&at("runtime/pprof.writeHeap", "/go/src/runtime/pprof/pprof.go")));
+        assert!(runtime.contains(&at(
+            "internal/runtime/maps.newarray",
+            "/go/src/internal/runtime/maps/map.go"
+        )));
     }
 
     /// Symbols of a made-up process: pcs map to fixed frames.
@@ -391,31 +507,54 @@ mod tests {
             type_address,
             size,
         };
-        let counts = [(key(24, 0x5000), 10), (key(24, 0), 5), (key(48, 0x5000), 1)];
+        let counts = [
+            (key(24, 0x5000), 10),
+            (key(24, 0), 5),
+            (key(48, 0x5000), 1),
+            (key(100_001, 0x6000), 3),
+        ];
         let stats = ProbeStats {
-            dropped_map_full: 2,
+            dropped_counts_map: 2,
             ..ProbeStats::default()
         };
-        let profile = build(stats, &counts, |_| Some(vec![0x100, 0x300, 0x400]), &mut symbols);
+        let profile = build(
+            stats,
+            &counts,
+            |_| Some(vec![0x100, 0x300, 0x400]),
+            &mut symbols,
+            &RuntimeFrames::default(),
+        );
         assert_eq!(
             profile.totals,
             Totals {
-                allocations: 16,
-                bytes: 24 * 15 + 48,
+                allocations: 19,
+                bytes: 24 * 15 + 48 + 300_003,
                 dropped: 2
             }
         );
-        assert_eq!(profile.callsites.len(), 2);
-        let typed = &profile.callsites[0];
+        assert_eq!(profile.callsites.len(), 3);
+        // Sizes the histogram cannot hold exactly are still reported exactly when constant.
+        let big = &profile.callsites[0];
+        assert_eq!(big.key.type_name.as_deref(), Some("<unknown type at 0x6000>"));
+        assert_eq!(
+            (big.min_size, big.size_at_quantile(0.5), big.max_size),
+            (100_001, 100_001, 100_001)
+        );
+        let typed = &profile.callsites[1];
         assert_eq!(&*typed.key.function, "main.build");
         assert_eq!(typed.key.line, 16);
         assert_eq!(typed.key.type_name.as_deref(), Some("main.Point"));
         assert_eq!(typed.key.kind, Kind::New);
         assert_eq!((typed.allocations, typed.bytes), (11, 24 * 10 + 48));
-        assert_eq!((typed.sizes.min(), typed.sizes.max()), (24, 48));
-        assert_eq!(typed.sizes.value_at_quantile(0.5), 24);
-        assert_eq!(profile.callsites[1].key.type_name, None);
-        let names: Vec<&str> = profile.samples[0].frames.iter().map(|f| f.function.as_str()).collect();
+        assert_eq!((typed.min_size, typed.max_size), (24, 48));
+        assert_eq!(typed.size_at_quantile(0.5), 24);
+        assert_eq!(profile.callsites[2].key.type_name, None);
+        let names: Vec<&str> = profile.samples[0]
+            .frames
+            .iter()
+            .flat_map(|f| f.iter())
+            .map(|f| f.function.as_str())
+            .collect();
         assert_eq!(
             names,
             ["runtime.mallocgc", "runtime.newobject", "main.build", "main.main"]

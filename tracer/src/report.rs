@@ -66,10 +66,10 @@ impl From<&Callsite> for CallsiteReport {
             allocations: c.allocations,
             bytes: c.bytes,
             size: SizeStats {
-                min: c.sizes.min(),
-                p50: c.sizes.value_at_quantile(0.5),
-                p99: c.sizes.value_at_quantile(0.99),
-                max: c.sizes.max(),
+                min: c.min_size,
+                p50: c.size_at_quantile(0.5),
+                p99: c.size_at_quantile(0.99),
+                max: c.max_size,
             },
         }
     }
@@ -86,12 +86,13 @@ pub struct ProbeSummary {
     pub nested: u64,
     /// Hits ignored because the size was 0.
     pub zero_size: u64,
+    /// Allocations recorded without their stack (the stack map was full): their callsite is
+    /// their caller.
+    pub without_stack: u64,
     /// Allocations lost because the return address could not be read.
     pub dropped_return_address: u64,
-    /// Allocations lost because the stack could not be walked or stored.
-    pub dropped_stack: u64,
     /// Allocations lost because the count map was full.
-    pub dropped_map_full: u64,
+    pub dropped_counts_map: u64,
 }
 
 /// The document `gotrace attach` and `gotrace run` produce.
@@ -135,9 +136,9 @@ impl Report {
                 hits: s.hits,
                 nested: s.nested,
                 zero_size: s.zero_size,
+                without_stack: s.without_stack,
                 dropped_return_address: s.dropped_return_address,
-                dropped_stack: s.dropped_stack,
-                dropped_map_full: s.dropped_map_full,
+                dropped_counts_map: s.dropped_counts_map,
             },
             ended: None,
         }

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use gobin::procmaps::{AddressMap, ProcessMaps, process_exe};
+use gobin::procmaps::{AddressMap, process_exe};
 use gobin::{Frame, GoBinary};
 
 use crate::cli::{OutputFormat, TraceConfig};
 use crate::probes::{Probes, StackCache};
 use crate::process::{self, Child, ExitWatch};
-use crate::profile::{self, Profile, Symbols};
+use crate::profile::{self, Profile, RuntimeFrames, Symbols};
 use crate::report::{Exporter, JsonExporter, Report, TableExporter, TargetInfo, human_bytes, thousands};
 
 /// What to trace.
@@ -35,77 +35,78 @@ pub enum Target {
 /// Runs a whole session and returns the exit code: 0, or a started program's own.
 pub fn run(target: Target, config: &TraceConfig) -> anyhow::Result<ExitCode> {
     crate::privileges::check_tracing_privileges()?;
-    match target {
-        Target::Attach(pid) => {
-            let exe = process_exe(pid).with_context(|| format!("cannot find the executable of process {pid}"))?;
-            let data = std::fs::read(&exe.path).with_context(|| format!("cannot read {}", exe.path.display()))?;
-            let binary = GoBinary::parse(&data)
-                .with_context(|| format!("process {pid} ({}) cannot be traced", exe.path_in_process.display()))?;
-            let addresses = address_map(pid, exe.inode, &binary)?;
-            let probes = Probes::attach(&binary, &exe.path, pid, &addresses)?;
-            let session = Session {
-                binary: &binary,
-                addresses: &addresses,
-                probes: &probes,
-                target: target_info(pid, &exe.path_in_process, &binary),
-                config,
-            };
-            session.announce();
-            let (report, _) = session.collect(None)?;
-            finish(&report, config)?;
-            Ok(ExitCode::SUCCESS)
-        }
+    // For `run`, the program is started stopped at its first instruction; for `attach`, it is
+    // already running. From here on both are a pid.
+    let (pid, stopped) = match target {
+        Target::Attach(pid) => (pid, None),
         Target::Run { command, args } => {
             let program = process::resolve_command(&command)?;
+            // Refuse a non-Go program before starting it.
             let data = std::fs::read(&program).with_context(|| format!("cannot read {}", program.display()))?;
-            let binary = GoBinary::parse(&data).with_context(|| format!("{} cannot be traced", program.display()))?;
+            GoBinary::parse(&data).with_context(|| format!("{} cannot be traced", program.display()))?;
             let stopped = process::spawn_stopped(&program, &command, &args)?;
-            let pid = stopped.pid();
-            let exe = process_exe(pid).with_context(|| format!("cannot find the executable of process {pid}"))?;
-            let addresses = address_map(pid, exe.inode, &binary)?;
-            let probes = Probes::attach(&binary, &exe.path, pid, &addresses)?;
-            let child = stopped.resume()?;
-            let session = Session {
-                binary: &binary,
-                addresses: &addresses,
-                probes: &probes,
-                target: target_info(pid, &exe.path_in_process, &binary),
-                config,
-            };
-            session.announce();
-            let (report, exit_code) = session.collect(Some(child))?;
-            finish(&report, config)?;
-            Ok(exit_code.map_or(ExitCode::SUCCESS, |code| {
-                ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
-            }))
+            (stopped.pid(), Some(stopped))
         }
-    }
+    };
+    // The probes go on the file the process really executes (for `run`: read after the exec,
+    // so a binary replaced in between cannot get probes placed for the old one).
+    let exe = process_exe(pid).with_context(|| format!("cannot find the executable of process {pid}"))?;
+    let data = std::fs::read(&exe.path).with_context(|| format!("cannot read {}", exe.path.display()))?;
+    let binary = GoBinary::parse(&data)
+        .with_context(|| format!("process {pid} ({}) cannot be traced", exe.path_in_process.display()))?;
+    let addresses = AddressMap::for_process(pid, &exe, binary.load_segments())
+        .with_context(|| format!("cannot read the memory map of process {pid}"))?;
+    let probes = Probes::attach(&binary, &exe.path, pid, &addresses)?;
+    let child = stopped.map(process::StoppedChild::resume).transpose()?;
+    let session = Session {
+        binary: &binary,
+        addresses: &addresses,
+        probes: &probes,
+        runtime: runtime_frames(&binary),
+        target: TargetInfo {
+            pid,
+            exe: exe.path_in_process.display().to_string(),
+            go_version: binary.build_info().go_version.clone(),
+            arch: binary.arch().name().to_owned(),
+        },
+        config,
+    };
+    session.announce();
+    let (report, exit_code) = session.collect(child)?;
+    finish(&report, config)?;
+    Ok(exit_code.map_or(ExitCode::SUCCESS, |code| {
+        ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
+    }))
 }
 
-fn target_info(pid: u32, exe: &Path, binary: &GoBinary<'_>) -> TargetInfo {
-    TargetInfo {
-        pid,
-        exe: exe.display().to_string(),
-        go_version: binary.build_info().go_version.clone(),
-        arch: binary.arch().name().to_owned(),
-    }
+/// Where this binary's runtime sources are, from the file of `runtime.mallocgc`.
+fn runtime_frames(binary: &GoBinary<'_>) -> RuntimeFrames {
+    binary
+        .functions()
+        .by_name("runtime.mallocgc")
+        .and_then(|f| binary.symbolize(f.start).pop())
+        .map(|frame| RuntimeFrames::from_runtime_file(&frame.file))
+        .unwrap_or_default()
 }
 
-fn address_map(pid: u32, inode: u64, binary: &GoBinary<'_>) -> anyhow::Result<AddressMap> {
-    let maps = ProcessMaps::read(pid).with_context(|| format!("cannot read the memory map of process {pid}"))?;
-    AddressMap::new(
-        maps.of_inode(inode).into_iter().cloned().collect(),
-        binary.load_segments(),
-    )
-    .with_context(|| format!("process {pid} does not map its own executable"))
-}
+/// How long a started program gets to exit after gotrace passes it SIGINT or SIGTERM.
+const CHILD_EXIT_GRACE: Duration = Duration::from_secs(10);
 
 struct Session<'a> {
     binary: &'a GoBinary<'a>,
     addresses: &'a AddressMap,
     probes: &'a Probes,
+    runtime: RuntimeFrames,
     target: TargetInfo,
     config: &'a TraceConfig,
+}
+
+/// Why collection stopped.
+enum Stop {
+    /// Ctrl-C, SIGTERM, or the end of `--duration`.
+    Asked,
+    /// The traced process ended.
+    TargetExited,
 }
 
 impl Session<'_> {
@@ -125,8 +126,10 @@ impl Session<'_> {
     }
 
     /// Collects until Ctrl-C, SIGTERM, the end of `--duration` or the target's exit, then
-    /// builds the final report. Returns the started child's exit code, if there is a child and
-    /// it ended.
+    /// builds the final report. With a started program, Ctrl-C and SIGTERM are passed on to it
+    /// and collection goes on until it has exited (or [`CHILD_EXIT_GRACE`] has passed), so
+    /// its last allocations and its exit status are in the report. `--duration` ends the trace
+    /// only; a started program keeps running.
     fn collect(&self, child: Option<Child>) -> anyhow::Result<(Report, Option<i32>)> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -135,28 +138,44 @@ impl Session<'_> {
         let started = Instant::now();
         let mut symbols = ProcessSymbols::new(self.binary, self.addresses);
         let mut stacks = StackCache::default();
-        let ended = runtime.block_on(async {
+        let stop = runtime.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
             let exit = ExitWatch::new(self.target.pid);
-            let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .context("cannot handle SIGTERM")?;
+            // Made once: a signal must not be lost between two iterations of the loop.
+            let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+            let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
             let deadline = tokio::time::sleep(self.config.duration.unwrap_or(Duration::MAX / 4));
             tokio::pin!(deadline);
             let mut ticker = tokio::time::interval(self.config.interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticker.tick().await;
-            loop {
+            let signal_number = loop {
                 tokio::select! {
+                    biased;
+                    () = exit.exited() => return Ok::<_, anyhow::Error>(Stop::TargetExited),
+                    _ = interrupt.recv() => break libc::SIGINT,
+                    _ = terminate.recv() => break libc::SIGTERM,
+                    () = &mut deadline => return Ok(Stop::Asked),
                     _ = ticker.tick() => self.refresh(started, &mut symbols, &mut stacks)?,
-                    _ = tokio::signal::ctrl_c() => return Ok::<_, anyhow::Error>(None),
-                    _ = sigterm.recv() => return Ok(None),
-                    () = &mut deadline => return Ok(None),
-                    () = exit.exited() => return Ok(Some(())),
                 }
+            };
+            let Some(child) = child else {
+                return Ok(Stop::Asked);
+            };
+            child.signal(signal_number);
+            eprintln!(
+                "gotrace: passed the signal on to pid {}; waiting for it to exit",
+                self.target.pid
+            );
+            match tokio::time::timeout(CHILD_EXIT_GRACE, exit.exited()).await {
+                Ok(()) => Ok(Stop::TargetExited),
+                Err(_) => Ok(Stop::Asked),
             }
         })?;
-        let exit_code = child.and_then(|c| c.try_exit_code());
+        let exit_code = child.and_then(Child::try_exit_code);
         let profile = self.profile(&mut symbols, &mut stacks)?;
         let mut report = self.report(&profile, started);
-        if ended.is_some() {
+        if matches!(stop, Stop::TargetExited) {
             let why = match exit_code {
                 Some(code) => format!("target exited with status {code}"),
                 None => "target exited".to_owned(),
@@ -174,6 +193,7 @@ impl Session<'_> {
             &snapshot.counts,
             |id| stacks.get(self.probes, id).map(<[u64]>::to_vec),
             symbols,
+            &self.runtime,
         ))
     }
 

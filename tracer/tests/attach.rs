@@ -5,14 +5,16 @@
 //! allocation in Go's own heap profile, and writes it per callsite (`allocs profile`).
 //!
 //! The tests share kernel state (uprobes on the same binaries, CPU time for rate measurements),
-//! so they take a lock and run one at a time.
+//! so they take a lock and run one at a time. Every command runs under a timeout, so a hang
+//! fails the test instead of stalling CI.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use testkit::{Fixture, allocs_fixtures};
@@ -21,6 +23,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Rounds of the fixture's allocation sites in the ground-truth runs.
 const ROUNDS: u64 = 200;
+
+/// No single command here takes this long unless something hangs.
+const TIMEOUT: Duration = Duration::from_mins(2);
 
 /// Takes the lock, or returns `None` (and says so) when not root.
 fn root_only(test: &str) -> Option<MutexGuard<'static, ()>> {
@@ -34,6 +39,39 @@ fn root_only(test: &str) -> Option<MutexGuard<'static, ()>> {
 
 fn gotrace() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gotrace"))
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill on a process this test started.
+    unsafe { libc::kill(libc::pid_t::try_from(pid).expect("pid"), signal) };
+}
+
+/// Runs a command to completion like `Command::output`, but kills it and fails the test when
+/// it hangs.
+fn output(command: &mut Command) -> Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_output(child)
+}
+
+/// `Child::wait_with_output` under [`TIMEOUT`].
+fn wait_output(child: Child) -> Output {
+    let pid = child.id();
+    let (done, finished) = channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(TIMEOUT).is_err() {
+            signal(pid, libc::SIGKILL);
+            return true;
+        }
+        false
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = done.send(());
+    assert!(!watchdog.join().expect("watchdog"), "killed after {TIMEOUT:?}: {out:?}");
+    out
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -50,7 +88,7 @@ fn fixture(minor: &str, variant: &str) -> Fixture {
 }
 
 /// Line numbers of the `// gotrace:site NAME` markers in the fixture's source.
-fn site_lines(f: &Fixture) -> (PathBuf, BTreeMap<String, u32>) {
+fn site_lines(f: &Fixture) -> (String, BTreeMap<String, u64>) {
     let file = f.source_dir.join("allocs.go");
     let text = std::fs::read_to_string(&file).expect("fixture source");
     let sites = text
@@ -61,20 +99,40 @@ fn site_lines(f: &Fixture) -> (PathBuf, BTreeMap<String, u32>) {
             (!name.is_empty() && !l.trim_start().starts_with("//")).then(|| (name.to_owned(), n))
         })
         .collect();
-    (file, sites)
+    (file.to_str().expect("utf-8").to_owned(), sites)
 }
 
-/// Sums per line of the fixture's source: (allocations, bytes, [(type, kind)]).
-type LineTotals = BTreeMap<u32, (u64, u64, Vec<(Option<String>, String)>)>;
+type CallsiteId = (String, String, u64);
 
-fn gotrace_lines(report: &Value, file: &Path) -> LineTotals {
-    let mut out = LineTotals::new();
+/// What gotrace says of a callsite: allocations, bytes, and the (type, kind) pairs there.
+type Observed = (u64, u64, Vec<(Option<String>, String)>);
+
+/// The fixture's allocating functions, whose every allocation is in Go's profile (the profile
+/// is taken after them), and the library functions that two of the sites allocate in.
+fn compared(function: &str) -> bool {
+    matches!(
+        function,
+        "main.runSites" | "main.newPoint" | "main.newPointInline" | "reflect.New" | "strings.(*Builder).grow"
+    )
+}
+
+fn callsite_id(c: &Value) -> Option<CallsiteId> {
+    let function = c["function"].as_str()?;
+    compared(function).then(|| {
+        (
+            function.to_owned(),
+            c["file"].as_str().unwrap_or_default().to_owned(),
+            c["line"].as_u64().unwrap_or_default(),
+        )
+    })
+}
+
+/// gotrace's callsites: (allocations, bytes, [(type, kind)]).
+fn gotrace_totals(report: &Value) -> BTreeMap<CallsiteId, Observed> {
+    let mut out: BTreeMap<CallsiteId, Observed> = BTreeMap::new();
     for c in report["callsites"].as_array().expect("callsites") {
-        if c["file"].as_str() != file.to_str() {
-            continue;
-        }
-        let line = u32::try_from(c["line"].as_u64().expect("line")).expect("line");
-        let e = out.entry(line).or_default();
+        let Some(id) = callsite_id(c) else { continue };
+        let e = out.entry(id).or_default();
         e.0 += c["allocations"].as_u64().expect("allocations");
         e.1 += c["bytes"].as_u64().expect("bytes");
         e.2.push((
@@ -85,14 +143,12 @@ fn gotrace_lines(report: &Value, file: &Path) -> LineTotals {
     out
 }
 
-fn profile_lines(profile: &Value, file: &Path) -> BTreeMap<u32, (u64, u64)> {
-    let mut out = BTreeMap::new();
+/// Go's callsites: (objects, bytes).
+fn profile_totals(profile: &Value) -> BTreeMap<CallsiteId, (u64, u64)> {
+    let mut out: BTreeMap<CallsiteId, (u64, u64)> = BTreeMap::new();
     for c in profile["callsites"].as_array().expect("callsites") {
-        if c["file"].as_str() != file.to_str() {
-            continue;
-        }
-        let line = u32::try_from(c["line"].as_u64().expect("line")).expect("line");
-        let e: &mut (u64, u64) = out.entry(line).or_default();
+        let Some(id) = callsite_id(c) else { continue };
+        let e = out.entry(id).or_default();
         e.0 += c["objects"].as_u64().expect("objects");
         e.1 += c["bytes"].as_u64().expect("bytes");
     }
@@ -117,9 +173,10 @@ fn expected_type_and_kind(site: &str) -> Option<(Option<&'static str>, &'static 
         "append_grow" => (Some("*main.Node"), "growslice"),
         "concat" | "bytes_to_string" => (None, "string"),
         "box_point" => (Some("main.Point"), "convT"),
-        // Map internals differ by release (buckets before 1.24, swiss tables after): the kind
-        // is checked, the types are runtime-internal.
-        "make_map" | "map_insert" | "box_string" => return None,
+        // Map internals differ by release (buckets before 1.24, swiss tables after), and
+        // convTstring passes a runtime type: the kinds are checked, the types are the
+        // runtime's own. The last two allocate in the standard library: checked by function.
+        "make_map" | "map_insert" | "box_string" | "strings_repeat" | "reflect_new" => return None,
         _ => panic!("unknown site {site}"),
     })
 }
@@ -156,51 +213,95 @@ fn counts_equal_go_heap_profile_on_every_version_and_variant() {
         let (file, sites) = site_lines(&f);
         let out = scratch(&format!("{}-{}-gotrace.json", f.go_minor, f.variant));
         let prof = scratch(&format!("{}-{}-profile.json", f.go_minor, f.variant));
-        let run = gotrace()
-            .args(["run", "--format", "json", "-o"])
-            .arg(&out)
-            .arg("--")
-            .arg(&f.path)
-            .args(["profile", &ROUNDS.to_string()])
-            .arg(&prof)
-            .env("GODEBUG", "memprofilerate=1")
-            .output()
-            .expect("gotrace run");
+        let run = output(
+            gotrace()
+                .args(["run", "--format", "json", "-o"])
+                .arg(&out)
+                .arg("--")
+                .arg(&f.path)
+                .args(["profile", &ROUNDS.to_string()])
+                .arg(&prof)
+                .env("GODEBUG", "memprofilerate=1"),
+        );
         assert!(run.status.success(), "{name}: {}", String::from_utf8_lossy(&run.stderr));
         let report = read_json(&out);
         let profile = read_json(&prof);
         assert_eq!(report["mode"], "exact");
         assert_eq!(report["target"]["go_version"], f.go_version.as_str());
         assert_eq!(report["totals"]["dropped"], 0, "{name}: {}", report["probes"]);
-        let ours = gotrace_lines(&report, &file);
-        let theirs = profile_lines(&profile, &file);
-        for (site, line) in &sites {
-            let (count, bytes, types) = ours.get(line).cloned().unwrap_or_default();
-            if site == "concat" {
-                assert_eq!((count, bytes), concat_by_construction(ROUNDS), "{name}: {site}");
+        assert_eq!(report["probes"]["without_stack"], 0, "{name}: {}", report["probes"]);
+        let ours = gotrace_totals(&report);
+        let theirs = profile_totals(&profile);
+
+        // Every callsite either side knows has the same count on the other side.
+        let concat: CallsiteId = ("main.runSites".to_owned(), file.clone(), sites["concat"]);
+        let ids: BTreeSet<&CallsiteId> = ours.keys().chain(theirs.keys()).collect();
+        assert!(ids.len() > 20, "{name}: only {} callsites", ids.len());
+        for id in ids {
+            let (count, bytes, _) = ours.get(id).cloned().unwrap_or_default();
+            if *id == concat {
+                assert_eq!((count, bytes), concat_by_construction(ROUNDS), "{name}: concat");
+                continue;
+            }
+            let (objects, profile_bytes) = theirs.get(id).copied().unwrap_or_default();
+            if id.0.starts_with("main.") {
+                assert_eq!(count, objects, "{name}: allocations at {id:?}");
             } else {
-                let (objects, profile_bytes) = theirs.get(line).copied().unwrap_or_default();
-                assert!(objects > 0, "{name}: {site} (line {line}) is not in Go's profile");
-                assert_eq!(count, objects, "{name}: {site} (line {line}) allocations");
-                // Go's profile counts the size class an object got; gotrace the bytes asked for.
+                // Library callsites also serve the fixture's JSON encoding of the profile, after
+                // the profile was taken: gotrace sees those few too.
                 assert!(
-                    bytes <= profile_bytes && bytes * 2 >= profile_bytes,
-                    "{name}: {site} bytes {bytes} vs {profile_bytes}"
+                    (objects..=objects + 16).contains(&count),
+                    "{name}: allocations at {id:?}: {count} vs {objects}"
                 );
             }
+            // Go's profile counts the size class an object got; gotrace the bytes asked for.
+            assert!(
+                id.0.starts_with("main.") && bytes <= profile_bytes && bytes * 2 >= profile_bytes
+                    || !id.0.starts_with("main.") && bytes > 0,
+                "{name}: {id:?} bytes {bytes} vs {profile_bytes}"
+            );
+        }
+
+        // Types and kinds, by site line.
+        for (site, line) in &sites {
+            let types: Vec<(Option<String>, String)> = ours
+                .iter()
+                .filter(|((_, f, l), _)| *f == file && l == line)
+                .flat_map(|(_, e)| e.2.clone())
+                .collect();
             match expected_type_and_kind(site) {
                 Some((typ, kind)) => {
                     let want = vec![(typ.map(str::to_owned), kind.to_owned())];
-                    assert_eq!(types, want, "{name}: {site} type and kind");
+                    assert_eq!(types, want, "{name}: {site} (line {line}) type and kind");
                 }
-                None => assert!(
-                    types
-                        .iter()
-                        .all(|(_, k)| k == if site == "box_string" { "convT" } else { "makemap" }),
-                    "{name}: {site} kinds {types:?}"
-                ),
+                None if site == "strings_repeat" || site == "reflect_new" => {}
+                None => {
+                    let kind = if site == "box_string" { "convT" } else { "makemap" };
+                    assert!(
+                        !types.is_empty() && types.iter().all(|(_, k)| k == kind),
+                        "{name}: {site} kinds {types:?}"
+                    );
+                }
             }
         }
+        // Runtime code linked into other packages (reflect.unsafe_New,
+        // internal/bytealg.MakeNoZero) is looked past, to the library's callsite.
+        let in_function = |function: &str| -> Vec<(Option<String>, String)> {
+            ours.iter()
+                .filter(|(id, _)| id.0 == function)
+                .flat_map(|(_, e)| e.2.clone())
+                .collect()
+        };
+        assert!(
+            in_function("reflect.New").contains(&(Some("main.Point".to_owned()), "new".to_owned())),
+            "{name}: {:?}",
+            in_function("reflect.New")
+        );
+        assert!(
+            in_function("strings.(*Builder).grow").contains(&(None, "makeslice".to_owned())),
+            "{name}: {:?}",
+            in_function("strings.(*Builder).grow")
+        );
         checked += 1;
     }
     assert_eq!(checked, 28, "seven Go releases × four variants");
@@ -212,20 +313,17 @@ fn target_output_is_identical_when_traced() {
         return;
     };
     let f = fixture("1.27", "pie");
-    let plain = Command::new(&f.path)
-        .args(["loop", "300"])
-        .output()
-        .expect("untraced run");
+    let plain = output(Command::new(&f.path).args(["loop", "300"]));
     assert!(plain.status.success());
     let out = scratch("identical.txt");
-    let traced = gotrace()
-        .args(["run", "-o"])
-        .arg(&out)
-        .arg("--")
-        .arg(&f.path)
-        .args(["loop", "300"])
-        .output()
-        .expect("traced run");
+    let traced = output(
+        gotrace()
+            .args(["run", "-o"])
+            .arg(&out)
+            .arg("--")
+            .arg(&f.path)
+            .args(["loop", "300"]),
+    );
     assert!(traced.status.success(), "{}", String::from_utf8_lossy(&traced.stderr));
     assert_eq!(
         String::from_utf8_lossy(&traced.stdout),
@@ -236,27 +334,28 @@ fn target_output_is_identical_when_traced() {
     assert!(table.contains("main.runSites"), "{table}");
 }
 
-/// Reads the window counts `allocs rate` prints, one per line.
+/// The windows `allocs rate` prints: rounds completed, and when the window started.
 struct RateReader {
-    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    windows: Receiver<(u64, SystemTime)>,
 }
 
 impl RateReader {
-    /// The median of the next `n` windows.
-    fn median(&mut self, n: usize) -> u64 {
-        let mut v: Vec<u64> = (0..n)
-            .map(|_| {
-                self.lines
-                    .next()
-                    .expect("a window")
-                    .expect("readable")
-                    .trim()
-                    .parse()
-                    .expect("a count")
-            })
-            .collect();
+    /// The median of the next `n` windows that started at `after` or later.
+    fn median_after(&mut self, after: SystemTime, n: usize) -> u64 {
+        let mut v = Vec::with_capacity(n);
+        while v.len() < n {
+            let (count, start) = self.windows.recv_timeout(TIMEOUT).expect("a window");
+            if start >= after {
+                v.push(count);
+            }
+        }
         v.sort_unstable();
         v[n / 2]
+    }
+
+    /// The median of the next `n` windows that start from now on.
+    fn median(&mut self, n: usize) -> u64 {
+        self.median_after(SystemTime::now(), n)
     }
 }
 
@@ -267,8 +366,20 @@ fn start_rate(f: &Fixture) -> (Child, RateReader) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start allocs rate");
-    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    (child, RateReader { lines })
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let (send, windows) = channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let mut fields = line.split_whitespace().map(|f| f.parse::<u64>().expect("a number"));
+            let (Some(count), Some(nanos)) = (fields.next(), fields.next()) else {
+                panic!("unexpected line {line:?}");
+            };
+            if send.send((count, UNIX_EPOCH + Duration::from_nanos(nanos))).is_err() {
+                return;
+            }
+        }
+    });
+    (child, RateReader { windows })
 }
 
 /// Starts `gotrace attach` and waits until its probes are live.
@@ -281,22 +392,24 @@ fn attach(pid: u32, extra: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("gotrace attach");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !line.contains("attached") {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).expect("stderr") > 0,
-            "gotrace exited before attaching"
-        );
-        assert!(Instant::now() < deadline, "gotrace did not attach in time");
-    }
+    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let (send, lines) = channel();
     // Keep draining stderr so gotrace never blocks on it.
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = send.send(line);
+        }
     });
-    child
+    loop {
+        let Ok(line) = lines.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("gotrace did not attach within 30 s");
+        };
+        if line.contains("attached") {
+            return child;
+        }
+    }
 }
 
 #[test]
@@ -309,19 +422,20 @@ fn sigkill_leaves_the_target_running_at_full_speed() {
     rate.median(3); // warm-up
     let untraced = rate.median(5);
     let mut gotrace_process = attach(target.id(), &["--format", "json", "-o", "/dev/null"]);
-    rate.median(2); // windows that straddle the attach
     let traced = rate.median(5);
     gotrace_process.kill().expect("SIGKILL gotrace");
     let _ = gotrace_process.wait();
-    rate.median(2);
-    let after = rate.median(5);
+    let after = rate.median_after(SystemTime::now() + Duration::from_millis(200), 5);
     eprintln!("rounds per 100 ms window: untraced {untraced}, traced {traced}, after SIGKILL {after}");
     assert!(
         traced * 2 < untraced,
         "the probes should slow the target measurably: {untraced} rounds/window untraced, {traced} traced"
     );
+    // Against the traced rate, measured moments before: the probes cost several times what the
+    // allocations do, so anything short of their removal leaves `after` near `traced`. Against
+    // the untraced rate only loosely, as the machine's load drifts.
     assert!(
-        after * 10 >= untraced * 6,
+        after >= traced * 3 && after * 2 >= untraced,
         "after SIGKILL the probes must be gone: {untraced} rounds/window untraced, {traced} traced, {after} after"
     );
     assert!(target.try_wait().expect("wait").is_none(), "the target must survive");
@@ -343,7 +457,7 @@ fn target_exit_mid_trace_reports_what_was_collected() {
     rate.median(3);
     drop(target.stdin.take());
     assert!(target.wait().expect("target exits").success());
-    let out = gotrace_process.wait_with_output().expect("gotrace ends");
+    let out = wait_output(gotrace_process);
     assert!(out.status.success(), "gotrace must exit 0 when the target ends");
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["ended"], "target exited");
@@ -364,19 +478,17 @@ fn attach_shows_a_table_and_stops_after_duration() {
     let (mut target, mut rate) = start_rate(&f);
     rate.median(1);
     let started = Instant::now();
-    let out = gotrace()
-        .args([
-            "attach",
-            &target.id().to_string(),
-            "--duration",
-            "1500ms",
-            "--top",
-            "3",
-            "--interval",
-            "500ms",
-        ])
-        .output()
-        .expect("gotrace attach");
+    let pid = target.id().to_string();
+    let out = output(gotrace().args([
+        "attach",
+        &pid,
+        "--duration",
+        "1500ms",
+        "--top",
+        "3",
+        "--interval",
+        "500ms",
+    ]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(started.elapsed() < Duration::from_secs(15));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -389,31 +501,50 @@ fn attach_shows_a_table_and_stops_after_duration() {
         3,
         "--top 3:\n{last}"
     );
-    assert!(text.contains(&format!("pid {}", target.id())), "{text}");
+    assert!(text.contains(&format!("pid {pid}")), "{text}");
     drop(target.stdin.take());
     let _ = target.wait();
 }
 
 #[test]
-fn run_passes_on_the_program_exit_status() {
-    let Some(_lock) = root_only("run_passes_on_the_program_exit_status") else {
+fn run_passes_on_signals_and_the_program_exit_status() {
+    let Some(_lock) = root_only("run_passes_on_signals_and_the_program_exit_status") else {
         return;
     };
     let f = fixture("1.22", "default");
-    let out = gotrace()
-        .args(["run", "-o", "/dev/null", "--"])
-        .arg(&f.path)
-        .arg("no-such-mode")
-        .output()
-        .expect("gotrace run");
+    let out = output(
+        gotrace()
+            .args(["run", "-o", "/dev/null", "--"])
+            .arg(&f.path)
+            .arg("no-such-mode"),
+    );
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("allocs: usage"));
 
-    let out = gotrace()
-        .args(["run", "--", "/nonexistent/program"])
-        .output()
-        .expect("gotrace run");
+    let out = output(gotrace().args(["run", "--", "/nonexistent/program"]));
     assert_clean_error(&out, "no such file");
+
+    // SIGINT to gotrace (alone, as `kill -INT` would) is passed on to the program, and
+    // gotrace reports once the program has exited, with its status: killed by SIGINT, 128 + 2.
+    let report_file = scratch("signalled.json");
+    let child = gotrace()
+        .args(["run", "--format", "json", "-o"])
+        .arg(&report_file)
+        .arg("--")
+        .arg(&f.path)
+        .args(["rate", "100"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gotrace run");
+    std::thread::sleep(Duration::from_secs(2));
+    signal(child.id(), libc::SIGINT);
+    let out = wait_output(child);
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = read_json(&report_file);
+    assert_eq!(report["ended"], "target exited with status 130");
+    assert!(report["totals"]["allocations"].as_u64().expect("count") > 1000);
 }
 
 fn assert_clean_error(out: &Output, expected: &str) {
@@ -434,18 +565,12 @@ fn bad_targets_get_one_line_errors() {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(4_194_304);
-    let out = gotrace()
-        .args(["attach", &(pid_max + 1).to_string()])
-        .output()
-        .expect("gotrace");
+    let out = output(gotrace().args(["attach", &(pid_max + 1).to_string()]));
     assert_clean_error(&out, "no such process");
 
     // Not a Go program.
     let mut sleep = Command::new("sleep").arg("30").spawn().expect("sleep");
-    let out = gotrace()
-        .args(["attach", &sleep.id().to_string()])
-        .output()
-        .expect("gotrace");
+    let out = output(gotrace().args(["attach", &sleep.id().to_string()]));
     let _ = sleep.kill();
     let _ = sleep.wait();
     assert_clean_error(&out, "not a Go binary");
@@ -476,10 +601,7 @@ fn bad_targets_get_one_line_errors() {
         .expect("stdout")
         .read_exact(&mut first)
         .expect("running");
-    let out = gotrace()
-        .args(["attach", &target.id().to_string()])
-        .output()
-        .expect("gotrace");
+    let out = output(gotrace().args(["attach", &target.id().to_string()]));
     let _ = target.kill();
     let _ = target.wait();
     assert_clean_error(&out, "go1.16.1 is too old");
@@ -487,12 +609,12 @@ fn bad_targets_get_one_line_errors() {
     // Without privileges: the same command as an unprivileged user.
     let (mut target, mut rate) = start_rate(&fixture("1.27", "default"));
     rate.median(1);
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
-        .arg(env!("CARGO_BIN_EXE_gotrace"))
-        .args(["attach", &target.id().to_string()])
-        .output()
-        .expect("setpriv");
+    let out = output(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+            .arg(env!("CARGO_BIN_EXE_gotrace"))
+            .args(["attach", &target.id().to_string()]),
+    );
     drop(target.stdin.take());
     let _ = target.wait();
     assert_clean_error(&out, "CAP_BPF and CAP_PERFMON");
