@@ -334,9 +334,22 @@ fn target_output_is_identical_when_traced() {
     assert!(table.contains("main.runSites"), "{table}");
 }
 
+/// The lines of a child's output, read on a thread of their own (so the child never blocks on
+/// a full pipe) and handed over with timeouts.
+fn lines_of(output: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (send, lines) = channel();
+    std::thread::spawn(move || {
+        // Read to the end even when nobody listens any more, so the child never blocks.
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            let _ = send.send(line);
+        }
+    });
+    lines
+}
+
 /// The windows `allocs rate` prints: rounds completed, and when the window started.
 struct RateReader {
-    windows: Receiver<(u64, SystemTime)>,
+    lines: Receiver<String>,
 }
 
 impl RateReader {
@@ -344,8 +357,12 @@ impl RateReader {
     fn median_after(&mut self, after: SystemTime, n: usize) -> u64 {
         let mut v = Vec::with_capacity(n);
         while v.len() < n {
-            let (count, start) = self.windows.recv_timeout(TIMEOUT).expect("a window");
-            if start >= after {
+            let line = self.lines.recv_timeout(TIMEOUT).expect("a window");
+            let mut fields = line.split_whitespace().map(|f| f.parse::<u64>().expect("a number"));
+            let (Some(count), Some(nanos)) = (fields.next(), fields.next()) else {
+                panic!("unexpected line {line:?}");
+            };
+            if UNIX_EPOCH + Duration::from_nanos(nanos) >= after {
                 v.push(count);
             }
         }
@@ -366,20 +383,8 @@ fn start_rate(f: &Fixture) -> (Child, RateReader) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start allocs rate");
-    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let (send, windows) = channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            let mut fields = line.split_whitespace().map(|f| f.parse::<u64>().expect("a number"));
-            let (Some(count), Some(nanos)) = (fields.next(), fields.next()) else {
-                panic!("unexpected line {line:?}");
-            };
-            if send.send((count, UNIX_EPOCH + Duration::from_nanos(nanos))).is_err() {
-                return;
-            }
-        }
-    });
-    (child, RateReader { windows })
+    let lines = lines_of(child.stdout.take().expect("stdout"));
+    (child, RateReader { lines })
 }
 
 /// Starts `gotrace attach` and waits until its probes are live.
@@ -392,14 +397,7 @@ fn attach(pid: u32, extra: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("gotrace attach");
-    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let (send, lines) = channel();
-    // Keep draining stderr so gotrace never blocks on it.
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            let _ = send.send(line);
-        }
-    });
+    let lines = lines_of(child.stderr.take().expect("stderr"));
     loop {
         let Ok(line) = lines.recv_timeout(Duration::from_secs(30)) else {
             let _ = child.kill();
