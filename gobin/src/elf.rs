@@ -202,6 +202,24 @@ impl<'data> Elf<'data> {
         }
     }
 
+    /// The descriptor of the first ELF note with this name (without its NUL padding) and type,
+    /// from the note sections.
+    pub fn note(&self, name: &[u8], note_type: u32) -> Option<&'data [u8]> {
+        let endian = self.endian();
+        let sections = self.file.elf_header().sections(endian, self.data).ok()?;
+        for section in sections.iter() {
+            let Ok(Some(mut notes)) = section.notes(endian, self.data) else {
+                continue;
+            };
+            while let Ok(Some(note)) = notes.next() {
+                if note.n_type(endian).0 == note_type && note.name() == name {
+                    return Some(note.desc());
+                }
+            }
+        }
+        None
+    }
+
     /// Whether the file has a section header table at all.
     pub fn has_section_headers(&self) -> bool {
         self.file.sections().next().is_some()

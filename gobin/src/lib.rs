@@ -244,6 +244,22 @@ impl<'data> GoBinary<'data> {
         }
     }
 
+    /// The binary's build id, as pprof's `Mapping.build_id` carries it: the GNU build id in
+    /// hex when the linker wrote one (external linking, `-B`), else the Go build id
+    /// (`.note.go.buildid`, `actionID/contentID`).
+    #[must_use]
+    pub fn build_id(&self) -> Option<String> {
+        if let Some(gnu) = self.elf.note(b"GNU", 3) {
+            return Some(gnu.iter().fold(String::new(), |mut hex, b| {
+                use std::fmt::Write as _;
+                let _ = write!(hex, "{b:02x}");
+                hex
+            }));
+        }
+        let go = self.elf.note(b"Go", 4)?;
+        Some(String::from_utf8_lossy(go).into_owned())
+    }
+
     /// PIE, dynamic linking and cgo.
     #[must_use]
     pub fn linkage(&self) -> Linkage {

@@ -142,6 +142,12 @@ impl AddressMap {
         })
     }
 
+    /// The process's mappings of the binary.
+    #[must_use]
+    pub fn mappings(&self) -> &[Mapping] {
+        &self.mappings
+    }
+
     /// The mapping of the binary that maps it at file offset 0, i.e. the load base.
     #[must_use]
     pub fn base(&self) -> Option<u64> {

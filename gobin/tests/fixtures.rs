@@ -714,3 +714,32 @@ fn check_typelinks(name: &str, bin: &GoBinary<'_>, minor: u32) {
         );
     }
 }
+
+/// The build id pprof mappings carry: the GNU one as `readelf -n` prints it, else Go's own as
+/// `go tool buildid` prints it.
+#[test]
+fn build_ids_match_readelf_and_go_tool_buildid() {
+    for f in allocs_fixtures() {
+        let data = f.bytes();
+        let bin = parse(&data, &f);
+        let readelf = std::process::Command::new("readelf")
+            .arg("-n")
+            .arg(&f.path)
+            .output()
+            .expect("readelf");
+        let gnu = String::from_utf8_lossy(&readelf.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_owned));
+        let expected = gnu.unwrap_or_else(|| {
+            let out = f
+                .go_command()
+                .args(["tool", "buildid"])
+                .arg(&f.path)
+                .output()
+                .expect("go tool buildid");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        });
+        assert!(!expected.is_empty(), "{}", f.name());
+        assert_eq!(bin.build_id().as_deref(), Some(expected.as_str()), "{}", f.name());
+    }
+}
