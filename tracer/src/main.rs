@@ -5,7 +5,9 @@
 
 mod cli;
 mod ebpf;
+mod export;
 mod inspect;
+mod live;
 mod privileges;
 mod probes;
 mod process;

@@ -201,11 +201,14 @@ impl Callsite {
 
 /// One distinct full stack, type and size, with its count: what pprof and flame graphs need.
 #[derive(Debug, Clone)]
-#[expect(dead_code, reason = "kept for the pprof and flame-graph exporters, which come next")]
 pub struct Sample {
-    /// Logical frames, innermost first, the runtime's included: the frames of each pc of the
-    /// stack in turn (shared with the symbol cache, not copied).
-    pub frames: Vec<Arc<[Frame]>>,
+    /// The stack, innermost first, the runtime's included: each pc (an address in the
+    /// process) with its logical frames, inlined ones first (shared with the symbol cache, not
+    /// copied).
+    pub locations: Vec<(u64, Arc<[Frame]>)>,
+    /// How many logical frames at the top of the stack are the runtime's, above the callsite
+    /// (0 when the whole stack is the runtime's). Go's own heap profiles leave them out.
+    pub runtime_frames: usize,
     /// The allocated type; `None` for untyped memory.
     pub type_name: Option<Arc<str>>,
     /// How it was allocated.
@@ -237,10 +240,6 @@ pub struct Profile {
     /// By bytes, largest first.
     pub callsites: Vec<Callsite>,
     /// Full stacks.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "kept for the pprof and flame-graph exporters, which come next")
-    )]
     pub samples: Vec<Sample>,
 }
 
@@ -265,14 +264,14 @@ pub fn build(
         } else {
             stack_of(key.stack).unwrap_or_default()
         };
-        let frames = expand(&stack, key.return_address, symbols);
+        let locations = expand(&stack, key.return_address, symbols);
         let type_name = (key.type_address != 0).then(|| {
             symbols
                 .type_name(key.type_address)
                 // A type made at run time (reflect.StructOf, …) has its descriptor in the heap.
                 .unwrap_or_else(|| format!("<unknown type at {:#x}>", key.type_address).into())
         });
-        let (callsite, kind) = callsite_and_kind(&frames, runtime);
+        let (callsite, kind, runtime_frames) = callsite_and_kind(&locations, runtime);
         let callsite_key = CallsiteKey {
             function: callsite.function.as_str().into(),
             file: callsite.file.as_str().into(),
@@ -298,7 +297,8 @@ pub fn build(
         // Auto-resizing histograms accept any value; a failure would only lose the sizes.
         let _ = entry.sizes.record_n(key.size, count);
         samples.push(Sample {
-            frames,
+            locations,
+            runtime_frames,
             type_name,
             kind,
             size: key.size,
@@ -323,27 +323,27 @@ pub fn build(
 /// Logical frames of an allocation, innermost first, as the frames of each pc: the probed
 /// function (from the stack's first pc), then its caller (from the return address the probe
 /// read, which the frame-pointer walk misses at function entry), then the rest of the walk.
-fn expand(stack: &[u64], return_address: u64, symbols: &mut dyn Symbols) -> Vec<Arc<[Frame]>> {
-    let mut frames = Vec::with_capacity(stack.len() + 1);
+fn expand(stack: &[u64], return_address: u64, symbols: &mut dyn Symbols) -> Vec<(u64, Arc<[Frame]>)> {
+    let mut locations = Vec::with_capacity(stack.len() + 1);
     if let Some(&probed) = stack.first() {
-        frames.push(symbols.frames(probed, false));
+        locations.push((probed, symbols.frames(probed, false)));
     }
-    frames.push(symbols.frames(return_address, true));
+    locations.push((return_address, symbols.frames(return_address, true)));
     for &pc in stack.iter().skip(1) {
-        frames.push(symbols.frames(pc, true));
+        locations.push((pc, symbols.frames(pc, true)));
     }
-    frames
+    locations
 }
 
-/// The first frame outside the runtime, and the kind named by the runtime function it called.
-/// Allocations the runtime makes for itself (no frame outside it) are attributed to their
-/// outermost frame.
-fn callsite_and_kind(frames: &[Arc<[Frame]>], runtime: &RuntimeFrames) -> (Frame, Kind) {
+/// The first frame outside the runtime, the kind named by the runtime function it called, and
+/// how many logical frames above it are the runtime's. Allocations the runtime makes for itself
+/// (no frame outside it) are attributed to their outermost frame, with nothing left out.
+fn callsite_and_kind(locations: &[(u64, Arc<[Frame]>)], runtime: &RuntimeFrames) -> (Frame, Kind, usize) {
     let mut kind = None;
     let mut outermost = None;
-    for frame in frames.iter().flat_map(|f| f.iter()) {
+    for (depth, frame) in locations.iter().flat_map(|(_, f)| f.iter()).enumerate() {
         if !runtime.contains(frame) {
-            return (frame.clone(), kind.unwrap_or(Kind::Other));
+            return (frame.clone(), kind.unwrap_or(Kind::Other), depth);
         }
         // The runtime frames between the probe and the callsite: the one nearest the
         // callsite that is an allocation front door names the kind.
@@ -358,7 +358,18 @@ fn callsite_and_kind(frames: &[Arc<[Frame]>], runtime: &RuntimeFrames) -> (Frame
         line: 0,
         inlined: false,
     });
-    (site, Kind::Other)
+    (site, Kind::Other, 0)
+}
+
+impl Sample {
+    /// The logical frames from the callsite outwards (all of them when the whole stack is the
+    /// runtime's), with the pc each belongs to: what Go's own heap profiles show.
+    pub fn user_frames(&self) -> impl Iterator<Item = (u64, &Frame)> {
+        self.locations
+            .iter()
+            .flat_map(|(pc, frames)| frames.iter().map(move |f| (*pc, f)))
+            .skip(self.runtime_frames)
+    }
 }
 
 #[cfg(test)]
@@ -390,8 +401,12 @@ mod tests {
     }
 
     /// One pc per frame, no inlining.
-    fn stack(frames: Vec<Frame>) -> Vec<Arc<[Frame]>> {
-        frames.into_iter().map(|f| Arc::from(vec![f])).collect()
+    fn stack(frames: Vec<Frame>) -> Vec<(u64, Arc<[Frame]>)> {
+        frames
+            .into_iter()
+            .zip(1..)
+            .map(|(f, pc)| (pc, Arc::from(vec![f])))
+            .collect()
     }
 
     #[test]
@@ -402,10 +417,10 @@ mod tests {
             frame("main.build", 16),
             frame("main.main", 30),
         ]);
-        let (site, kind) = callsite_and_kind(&frames, &RuntimeFrames::default());
+        let (site, kind, runtime_frames) = callsite_and_kind(&frames, &RuntimeFrames::default());
         assert_eq!(
-            (site.function.as_str(), site.line, kind),
-            ("main.build", 16, Kind::Growslice)
+            (site.function.as_str(), site.line, kind, runtime_frames),
+            ("main.build", 16, Kind::Growslice, 2)
         );
     }
 
@@ -460,7 +475,7 @@ mod tests {
             at("strings.(*Builder).grow", "/go/src/strings/builder.go"),
             at("main.f", "/app/main.go"),
         ]);
-        let (site, kind) = callsite_and_kind(&frames, &runtime);
+        let (site, kind, _) = callsite_and_kind(&frames, &runtime);
         assert_eq!(
             (site.function.as_str(), kind),
             ("strings.(*Builder).grow", Kind::Makeslice)
@@ -470,7 +485,7 @@ mod tests {
             at("reflect.unsafe_New", "/go/src/runtime/malloc.go"),
             at("reflect.New", "/go/src/reflect/value.go"),
         ]);
-        let (site, kind) = callsite_and_kind(&frames, &runtime);
+        let (site, kind, _) = callsite_and_kind(&frames, &runtime);
         assert_eq!((site.function.as_str(), kind), ("reflect.New", Kind::New));
         // runtime/pprof is a package of its own, not the runtime.
         assert!(!runtime.contains(&at("runtime/pprof.writeHeap", "/go/src/runtime/pprof/pprof.go")));
@@ -549,15 +564,18 @@ mod tests {
         assert_eq!((typed.min_size, typed.max_size), (24, 48));
         assert_eq!(typed.size_at_quantile(0.5), 24);
         assert_eq!(profile.callsites[2].key.type_name, None);
-        let names: Vec<&str> = profile.samples[0]
-            .frames
+        let sample = &profile.samples[0];
+        let names: Vec<&str> = sample
+            .locations
             .iter()
-            .flat_map(|f| f.iter())
+            .flat_map(|(_, f)| f.iter())
             .map(|f| f.function.as_str())
             .collect();
         assert_eq!(
             names,
             ["runtime.mallocgc", "runtime.newobject", "main.build", "main.main"]
         );
+        let user: Vec<(u64, &str)> = sample.user_frames().map(|(pc, f)| (pc, f.function.as_str())).collect();
+        assert_eq!(user, [(0x300, "main.build"), (0x400, "main.main")]);
     }
 }

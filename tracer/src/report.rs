@@ -1,9 +1,8 @@
-//! What a trace produced, and the formats it is written in. Each output format is an
-//! [`Exporter`]; the document itself is [`Report`].
-
-use std::io::{self, Write};
+//! What a trace produced: the document of the table and JSON outputs.
 
 use serde::Serialize;
+
+use tracer_common::ProbeStats;
 
 use crate::profile::{Callsite, Profile, Totals};
 
@@ -113,20 +112,54 @@ pub struct Report {
     /// Why the trace ended early, if it did (`target exited`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended: Option<String>,
+    /// For one document of a `jsonl` stream: the interval it covers, in seconds since the
+    /// trace started; its totals and callsites count that interval only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Interval>,
+}
+
+/// The span of one `jsonl` document.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Interval {
+    /// Start, seconds since the trace started.
+    pub start_secs: f64,
+    /// End, seconds since the trace started.
+    pub end_secs: f64,
 }
 
 impl Report {
     /// The report of `profile`, keeping the `top` callsites by bytes (all with `None`).
     #[must_use]
     pub fn new(target: TargetInfo, profile: &Profile, attached: usize, duration_secs: f64, top: Option<usize>) -> Self {
-        let s = profile.stats;
+        Self::of_callsites(
+            target,
+            profile.totals,
+            profile.stats,
+            &profile.callsites,
+            attached,
+            duration_secs,
+            top,
+        )
+    }
+
+    /// A report of given totals and callsites (most bytes first), keeping the `top` ones.
+    #[must_use]
+    pub fn of_callsites(
+        target: TargetInfo,
+        totals: Totals,
+        stats: ProbeStats,
+        callsites: &[Callsite],
+        attached: usize,
+        duration_secs: f64,
+        top: Option<usize>,
+    ) -> Self {
+        let s = stats;
         Self {
             target,
             mode: "exact",
             duration_secs,
-            totals: profile.totals,
-            callsites: profile
-                .callsites
+            totals,
+            callsites: callsites
                 .iter()
                 .take(top.unwrap_or(usize::MAX))
                 .map(CallsiteReport::from)
@@ -141,83 +174,8 @@ impl Report {
                 dropped_counts_map: s.dropped_counts_map,
             },
             ended: None,
+            interval: None,
         }
-    }
-}
-
-/// An output format.
-pub trait Exporter {
-    /// Writes the report.
-    ///
-    /// # Errors
-    /// When writing fails.
-    fn export(&self, report: &Report, out: &mut dyn Write) -> io::Result<()>;
-}
-
-/// One JSON document.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct JsonExporter;
-
-impl Exporter for JsonExporter {
-    fn export(&self, report: &Report, out: &mut dyn Write) -> io::Result<()> {
-        serde_json::to_writer_pretty(&mut *out, report)?;
-        writeln!(out)
-    }
-}
-
-/// An aligned table, most bytes first.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TableExporter;
-
-impl Exporter for TableExporter {
-    fn export(&self, report: &Report, out: &mut dyn Write) -> io::Result<()> {
-        writeln!(out, "{}", summary_line(report))?;
-        let mut rows = vec![[
-            "BYTES".to_owned(),
-            "ALLOCS".to_owned(),
-            "P50".to_owned(),
-            "P99".to_owned(),
-            "MAX".to_owned(),
-            "KIND".to_owned(),
-            "TYPE".to_owned(),
-            "CALLSITE".to_owned(),
-        ]];
-        for c in &report.callsites {
-            rows.push([
-                human_bytes(c.bytes),
-                thousands(c.allocations),
-                c.size.p50.to_string(),
-                c.size.p99.to_string(),
-                c.size.max.to_string(),
-                c.kind.to_owned(),
-                c.type_name.clone().unwrap_or_else(|| "-".to_owned()),
-                format!("{} {}:{}", c.function, short_path(&c.file), c.line),
-            ]);
-        }
-        // Numbers right-aligned, words left-aligned, the callsite last and unpadded.
-        let mut widths = [0usize; 8];
-        for row in &rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        for row in &rows {
-            let mut line = String::new();
-            for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
-                let sep = if i == 0 { "" } else { "  " };
-                let cell = match i {
-                    0..=4 => format!("{sep}{cell:>w$}"),
-                    7 => format!("{sep}{cell}"),
-                    _ => format!("{sep}{cell:<w$}"),
-                };
-                line.push_str(&cell);
-            }
-            writeln!(out, "{}", line.trim_end())?;
-        }
-        if report.callsites.is_empty() {
-            writeln!(out, "(no allocations recorded)")?;
-        }
-        Ok(())
     }
 }
 
@@ -239,7 +197,7 @@ pub fn summary_line(report: &Report) -> String {
 }
 
 /// The last two elements of a path: enough to recognise a file in a table.
-fn short_path(path: &str) -> &str {
+pub(crate) fn short_path(path: &str) -> &str {
     let mut slashes = path.rmatch_indices('/');
     match (slashes.next(), slashes.next()) {
         (Some(_), Some((i, _))) => &path[i + 1..],

@@ -2,21 +2,26 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::io::{IsTerminal as _, Write as _};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use gobin::procmaps::{AddressMap, process_exe};
 use gobin::{Frame, GoBinary};
 
-use crate::cli::{OutputFormat, TraceConfig};
+use crate::cli::{LiveMode, OutputFormat, TraceConfig};
+use crate::export::{
+    Exporter, FoldedExporter, JsonExporter, MappingInfo, PprofExporter, SvgExporter, TableExporter, Trace,
+    jsonl::JsonlStream,
+};
+use crate::live::{self, LiveView};
 use crate::probes::{Probes, StackCache};
 use crate::process::{self, Child, ExitWatch};
 use crate::profile::{self, Profile, RuntimeFrames, Symbols};
-use crate::report::{Exporter, JsonExporter, Report, TableExporter, TargetInfo, human_bytes, thousands};
+use crate::report::{Report, TargetInfo, human_bytes, thousands};
 
 /// What to trace.
 #[derive(Debug)]
@@ -51,6 +56,10 @@ pub fn run(target: Target, config: &TraceConfig) -> anyhow::Result<ExitCode> {
     // The probes go on the file the process really executes (for `run`: read after the exec,
     // so a binary replaced in between cannot get probes placed for the old one).
     let exe = process_exe(pid).with_context(|| format!("cannot find the executable of process {pid}"))?;
+    eprintln!(
+        "gotrace: reading {} and finding its allocation entry points…",
+        exe.path_in_process.display()
+    );
     let data = std::fs::read(&exe.path).with_context(|| format!("cannot read {}", exe.path.display()))?;
     let binary = GoBinary::parse(&data)
         .with_context(|| format!("process {pid} ({}) cannot be traced", exe.path_in_process.display()))?;
@@ -63,6 +72,7 @@ pub fn run(target: Target, config: &TraceConfig) -> anyhow::Result<ExitCode> {
         addresses: &addresses,
         probes: &probes,
         runtime: runtime_frames(&binary),
+        mapping: mapping_info(&addresses, &exe.path_in_process, &binary),
         target: TargetInfo {
             pid,
             exe: exe.path_in_process.display().to_string(),
@@ -72,8 +82,7 @@ pub fn run(target: Target, config: &TraceConfig) -> anyhow::Result<ExitCode> {
         config,
     };
     session.announce();
-    let (report, exit_code) = session.collect(child)?;
-    finish(&report, config)?;
+    let exit_code = session.collect(child)?;
     Ok(exit_code.map_or(ExitCode::SUCCESS, |code| {
         ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
     }))
@@ -89,6 +98,18 @@ fn runtime_frames(binary: &GoBinary<'_>) -> RuntimeFrames {
         .unwrap_or_default()
 }
 
+/// The executable mapping of the binary, for pprof.
+fn mapping_info(addresses: &AddressMap, exe: &Path, binary: &GoBinary<'_>) -> MappingInfo {
+    let text = addresses.mappings().iter().find(|m| m.is_executable());
+    MappingInfo {
+        start: text.map_or(0, |m| m.start),
+        limit: text.map_or(0, |m| m.end),
+        offset: text.map_or(0, |m| m.offset),
+        path: exe.display().to_string(),
+        build_id: binary.build_id(),
+    }
+}
+
 /// How long a started program gets to exit after gotrace passes it SIGINT or SIGTERM.
 const CHILD_EXIT_GRACE: Duration = Duration::from_secs(10);
 
@@ -98,6 +119,7 @@ struct Session<'a> {
     probes: &'a Probes,
     runtime: RuntimeFrames,
     target: TargetInfo,
+    mapping: MappingInfo,
     config: &'a TraceConfig,
 }
 
@@ -125,19 +147,26 @@ impl Session<'_> {
         );
     }
 
-    /// Collects until Ctrl-C, SIGTERM, the end of `--duration` or the target's exit, then
-    /// builds the final report. With a started program, Ctrl-C and SIGTERM are passed on to it
-    /// and collection goes on until it has exited (or [`CHILD_EXIT_GRACE`] has passed), so
-    /// its last allocations and its exit status are in the report. `--duration` ends the trace
-    /// only; a started program keeps running.
-    fn collect(&self, child: Option<Child>) -> anyhow::Result<(Report, Option<i32>)> {
+    /// Collects until Ctrl-C, SIGTERM, the end of `--duration`, `q` in the live view or the
+    /// target's exit, then writes the final output. With a started program, Ctrl-C and SIGTERM
+    /// are passed on to it and collection goes on until it has exited (or
+    /// [`CHILD_EXIT_GRACE`] has passed), so its last allocations and its exit status are in the
+    /// report. `--duration` ends the trace only; a started program keeps running. Returns the
+    /// started program's exit status, if it ended.
+    fn collect(&self, child: Option<Child>) -> anyhow::Result<Option<i32>> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;
         let started = Instant::now();
+        let started_unix_nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_nanos()).ok())
+            .unwrap_or(0);
         let mut symbols = ProcessSymbols::new(self.binary, self.addresses);
         let mut stacks = StackCache::default();
+        let mut stream = self.open_stream()?;
         let stop = runtime.block_on(async {
             use tokio::signal::unix::{SignalKind, signal};
             let exit = ExitWatch::new(self.target.pid);
@@ -146,9 +175,18 @@ impl Session<'_> {
             let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
             let deadline = tokio::time::sleep(self.config.duration.unwrap_or(Duration::MAX / 4));
             tokio::pin!(deadline);
-            let mut ticker = tokio::time::interval(self.config.interval);
+            // The live view draws at once; tables, lines and documents come once there is an
+            // interval's worth to show.
+            let first = match self.config.live {
+                LiveMode::View => tokio::time::Instant::now(),
+                _ => tokio::time::Instant::now() + self.config.interval,
+            };
+            let mut ticker = tokio::time::interval_at(first, self.config.interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticker.tick().await;
+            let mut view = match self.config.live {
+                LiveMode::View => Some(LiveView::start().context("cannot start the live view")?),
+                _ => None,
+            };
             let signal_number = loop {
                 tokio::select! {
                     biased;
@@ -156,9 +194,20 @@ impl Session<'_> {
                     _ = interrupt.recv() => break libc::SIGINT,
                     _ = terminate.recv() => break libc::SIGTERM,
                     () = &mut deadline => return Ok(Stop::Asked),
-                    _ = ticker.tick() => self.refresh(started, &mut symbols, &mut stacks)?,
+                    Some(key) = next_key(view.as_mut()) => {
+                        if let Some(v) = view.as_mut()
+                            && v.handle(key)? == live::Action::Quit
+                        {
+                            return Ok(Stop::Asked);
+                        }
+                    }
+                    _ = ticker.tick() => {
+                        let profile = self.profile(&mut symbols, &mut stacks)?;
+                        self.show(&profile, started.elapsed().as_secs_f64(), view.as_mut(), stream.as_mut())?;
+                    }
                 }
             };
+            drop(view);
             let Some(child) = child else {
                 return Ok(Stop::Asked);
             };
@@ -173,17 +222,77 @@ impl Session<'_> {
             }
         })?;
         let exit_code = child.and_then(Child::try_exit_code);
-        let profile = self.profile(&mut symbols, &mut stacks)?;
-        let mut report = self.report(&profile, started);
-        if matches!(stop, Stop::TargetExited) {
-            let why = match exit_code {
-                Some(code) => format!("target exited with status {code}"),
-                None => "target exited".to_owned(),
-            };
+        let ended = matches!(stop, Stop::TargetExited).then(|| match exit_code {
+            Some(code) => format!("target exited with status {code}"),
+            None => "target exited".to_owned(),
+        });
+        if let Some(why) = &ended {
             eprintln!("gotrace: the {why}; reporting what was collected until then");
-            report.ended = Some(why);
         }
-        Ok((report, exit_code))
+        let profile = self.profile(&mut symbols, &mut stacks)?;
+        let elapsed = started.elapsed().as_secs_f64();
+        if let Some((mut s, mut sink)) = stream {
+            // The last document covers the time since the last interval.
+            let mut doc = s.next(
+                self.target.clone(),
+                &profile,
+                self.probes.attached,
+                elapsed,
+                self.config.top,
+            );
+            doc.ended.clone_from(&ended);
+            JsonlStream::write(&doc, sink.writer())?;
+            sink.done();
+        }
+        let mut report = self.report(&profile, elapsed, self.config.top);
+        report.ended = ended;
+        self.finish(&Trace {
+            report: &report,
+            profile: &profile,
+            mapping: &self.mapping,
+            started_unix_nanos,
+        })?;
+        Ok(exit_code)
+    }
+
+    /// The jsonl stream and where it goes, when there is one.
+    fn open_stream(&self) -> anyhow::Result<Option<(JsonlStream, Sink)>> {
+        if self.config.live != LiveMode::Stream {
+            return Ok(None);
+        }
+        let path = self
+            .config
+            .outputs
+            .iter()
+            .find(|(_, f)| *f == OutputFormat::Jsonl)
+            .and_then(|(p, _)| p.as_deref());
+        Ok(Some((JsonlStream::default(), Sink::open(path)?)))
+    }
+
+    /// What happens every `--interval`: the live view, the next jsonl document, or
+    /// [`Self::refresh`].
+    fn show(
+        &self,
+        profile: &Profile,
+        elapsed: f64,
+        view: Option<&mut LiveView>,
+        stream: Option<&mut (JsonlStream, Sink)>,
+    ) -> anyhow::Result<()> {
+        match (view, stream) {
+            (Some(v), _) => v.update(self.report(profile, elapsed, None))?,
+            (None, Some((s, sink))) => {
+                let doc = s.next(
+                    self.target.clone(),
+                    profile,
+                    self.probes.attached,
+                    elapsed,
+                    self.config.top,
+                );
+                JsonlStream::write(&doc, sink.writer())?;
+            }
+            (None, None) => self.refresh(&self.report(profile, elapsed, self.config.top))?,
+        }
+        Ok(())
     }
 
     fn profile(&self, symbols: &mut ProcessSymbols<'_>, stacks: &mut StackCache) -> anyhow::Result<Profile> {
@@ -197,33 +306,16 @@ impl Session<'_> {
         ))
     }
 
-    fn report(&self, profile: &Profile, started: Instant) -> Report {
-        Report::new(
-            self.target.clone(),
-            profile,
-            self.probes.attached,
-            started.elapsed().as_secs_f64(),
-            self.config.top,
-        )
+    fn report(&self, profile: &Profile, elapsed: f64, top: Option<usize>) -> Report {
+        Report::new(self.target.clone(), profile, self.probes.attached, elapsed, top)
     }
 
-    /// Every `--interval`: redraw the table on a terminal, or print a status line to stderr
-    /// when stdout is taken (by `-o`, JSON, a pipe or a started program's own output).
-    fn refresh(
-        &self,
-        started: Instant,
-        symbols: &mut ProcessSymbols<'_>,
-        stacks: &mut StackCache,
-    ) -> anyhow::Result<()> {
-        let profile = self.profile(symbols, stacks)?;
-        let report = self.report(&profile, started);
-        if self.config.live_table {
+    /// Every `--interval` without the live view or a stream: a plain table on stdout when it
+    /// is a pipe or file of its own, else a progress line on stderr.
+    fn refresh(&self, report: &Report) -> anyhow::Result<()> {
+        if self.config.live == LiveMode::Tables {
             let mut out = std::io::stdout().lock();
-            if out.is_terminal() {
-                // Home the cursor and clear the screen, like top.
-                write!(out, "\x1b[H\x1b[2J")?;
-            }
-            TableExporter.export(&report, &mut out)?;
+            TableExporter::write(report, &mut out)?;
             writeln!(out)?;
             out.flush()?;
         } else {
@@ -237,25 +329,83 @@ impl Session<'_> {
         }
         Ok(())
     }
+
+    /// Writes the final outputs where the configuration says (the jsonl stream is written
+    /// already). After the live view, whose table vanished with it, the final table goes to
+    /// stdout too.
+    fn finish(&self, trace: &Trace<'_>) -> anyhow::Result<()> {
+        let mut outputs: Vec<(Option<&Path>, OutputFormat)> = self
+            .config
+            .outputs
+            .iter()
+            .map(|(p, f)| (p.as_deref(), *f))
+            .filter(|(_, f)| *f != OutputFormat::Jsonl)
+            .collect();
+        if self.config.live == LiveMode::View && !outputs.iter().any(|(p, _)| p.is_none()) {
+            outputs.push((None, OutputFormat::Table));
+        }
+        for (path, format) in outputs {
+            let exporter: &dyn Exporter = match format {
+                OutputFormat::Table | OutputFormat::Jsonl => &TableExporter,
+                OutputFormat::Json => &JsonExporter,
+                OutputFormat::Pprof => &PprofExporter,
+                OutputFormat::Folded => &FoldedExporter,
+                OutputFormat::Svg => &SvgExporter,
+            };
+            let mut sink = Sink::open(path)?;
+            exporter.export(trace, sink.writer()).with_context(|| {
+                format!(
+                    "cannot write {}",
+                    path.map_or("the report".into(), |p| p.display().to_string())
+                )
+            })?;
+            sink.done();
+        }
+        Ok(())
+    }
 }
 
-/// Writes the final report where the configuration says.
-fn finish(report: &Report, config: &TraceConfig) -> anyhow::Result<()> {
-    let exporter: &dyn Exporter = match config.format {
-        OutputFormat::Table => &TableExporter,
-        OutputFormat::Json => &JsonExporter,
-    };
-    if let Some(path) = &config.output {
-        let mut file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-        exporter
-            .export(report, &mut file)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("gotrace: wrote {}", path.display());
-    } else {
-        let mut out = std::io::stdout().lock();
-        exporter.export(report, &mut out).context("cannot write the report")?;
+/// Where the report goes: a file (`-o`) or stdout.
+enum Sink {
+    Stdout(std::io::Stdout),
+    File(PathBuf, std::io::BufWriter<std::fs::File>),
+}
+
+impl Sink {
+    fn open(path: Option<&Path>) -> anyhow::Result<Self> {
+        Ok(match path {
+            Some(p) => Self::File(
+                p.to_path_buf(),
+                std::io::BufWriter::new(
+                    std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+                ),
+            ),
+            None => Self::Stdout(std::io::stdout()),
+        })
     }
-    Ok(())
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Self::Stdout(out) => out,
+            Self::File(_, file) => file,
+        }
+    }
+
+    /// Flushes, and says where a file went.
+    fn done(mut self) {
+        let _ = self.writer().flush();
+        if let Self::File(path, _) = &self {
+            eprintln!("gotrace: wrote {}", path.display());
+        }
+    }
+}
+
+/// The next key of the live view; never, without one.
+async fn next_key(view: Option<&mut LiveView>) -> Option<ratatui::crossterm::event::KeyEvent> {
+    match view {
+        Some(v) => v.next_key().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Symbols of the traced process: the binary's, through the process's address map, cached.

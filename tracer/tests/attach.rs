@@ -9,28 +9,24 @@
 //! fails the test instead of stalling CI.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::Receiver;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use testkit::{Fixture, allocs_fixtures};
+use testkit::{Fixture, TIMEOUT, allocs_fixtures, fixture, lines_of, output, wait_output};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Rounds of the fixture's allocation sites in the ground-truth runs.
 const ROUNDS: u64 = 200;
 
-/// No single command here takes this long unless something hangs.
-const TIMEOUT: Duration = Duration::from_mins(2);
-
 /// Takes the lock, or returns `None` (and says so) when not root.
 fn root_only(test: &str) -> Option<MutexGuard<'static, ()>> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !testkit::is_root() {
         eprintln!("skipping {test}: attaching uprobes needs root (CI runs this as root)");
         return None;
     }
@@ -46,45 +42,10 @@ fn signal(pid: u32, signal: libc::c_int) {
     unsafe { libc::kill(libc::pid_t::try_from(pid).expect("pid"), signal) };
 }
 
-/// Runs a command to completion like `Command::output`, but kills it and fails the test when
-/// it hangs.
-fn output(command: &mut Command) -> Output {
-    let child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    wait_output(child)
-}
-
-/// `Child::wait_with_output` under [`TIMEOUT`].
-fn wait_output(child: Child) -> Output {
-    let pid = child.id();
-    let (done, finished) = channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if finished.recv_timeout(TIMEOUT).is_err() {
-            signal(pid, libc::SIGKILL);
-            return true;
-        }
-        false
-    });
-    let out = child.wait_with_output().expect("wait");
-    let _ = done.send(());
-    assert!(!watchdog.join().expect("watchdog"), "killed after {TIMEOUT:?}: {out:?}");
-    out
-}
-
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gotrace-attach-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir.join(name)
-}
-
-fn fixture(minor: &str, variant: &str) -> Fixture {
-    allocs_fixtures()
-        .into_iter()
-        .find(|f| f.go_minor == minor && f.goarch == testkit::host_goarch() && f.variant == variant)
-        .unwrap_or_else(|| panic!("no go{minor} {variant} fixture"))
 }
 
 /// Line numbers of the `// gotrace:site NAME` markers in the fixture's source.
@@ -332,19 +293,6 @@ fn target_output_is_identical_when_traced() {
     );
     let table = std::fs::read_to_string(&out).expect("report");
     assert!(table.contains("main.runSites"), "{table}");
-}
-
-/// The lines of a child's output, read on a thread of their own (so the child never blocks on
-/// a full pipe) and handed over with timeouts.
-fn lines_of(output: impl std::io::Read + Send + 'static) -> Receiver<String> {
-    let (send, lines) = channel();
-    std::thread::spawn(move || {
-        // Read to the end even when nobody listens any more, so the child never blocks.
-        for line in BufReader::new(output).lines().map_while(Result::ok) {
-            let _ = send.send(line);
-        }
-    });
-    lines
 }
 
 /// The windows `allocs rate` prints: rounds completed, and when the window started.

@@ -1,0 +1,129 @@
+//! Output formats. Each is an [`Exporter`] over the same [`Trace`]: the report (callsites,
+//! totals) and the profile it came from (full stacks), so that every format tells the same
+//! numbers.
+
+mod flame;
+pub mod jsonl;
+mod pprof;
+
+use std::io::{self, Write};
+
+use crate::profile::Profile;
+use crate::report::{Report, human_bytes, short_path, summary_line, thousands};
+
+pub use flame::{FoldedExporter, SvgExporter};
+pub use pprof::PprofExporter;
+
+/// How the traced binary is mapped in the process, for pprof's `Mapping`.
+#[derive(Debug, Clone, Default)]
+pub struct MappingInfo {
+    /// First address of the executable mapping.
+    pub start: u64,
+    /// One past its last address.
+    pub limit: u64,
+    /// File offset of `start`.
+    pub offset: u64,
+    /// The executable, as the process sees it.
+    pub path: String,
+    /// GNU or Go build id.
+    pub build_id: Option<String>,
+}
+
+/// Everything a format may need.
+#[derive(Debug, Clone, Copy)]
+pub struct Trace<'a> {
+    /// Callsites and totals, cut to `--top`.
+    pub report: &'a Report,
+    /// The profile behind the report, with every stack.
+    pub profile: &'a Profile,
+    /// The binary's mapping.
+    pub mapping: &'a MappingInfo,
+    /// When the trace started, in Unix nanoseconds.
+    pub started_unix_nanos: i64,
+}
+
+/// An output format.
+pub trait Exporter {
+    /// Writes the trace.
+    ///
+    /// # Errors
+    /// When writing fails.
+    fn export(&self, trace: &Trace<'_>, out: &mut dyn Write) -> io::Result<()>;
+}
+
+/// One JSON document.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonExporter;
+
+impl Exporter for JsonExporter {
+    fn export(&self, trace: &Trace<'_>, out: &mut dyn Write) -> io::Result<()> {
+        serde_json::to_writer_pretty(&mut *out, trace.report)?;
+        writeln!(out)
+    }
+}
+
+/// An aligned table, most bytes first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TableExporter;
+
+impl TableExporter {
+    /// Writes the table of a report.
+    ///
+    /// # Errors
+    /// When writing fails.
+    pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(out, "{}", summary_line(report))?;
+        let mut rows = vec![[
+            "BYTES".to_owned(),
+            "ALLOCS".to_owned(),
+            "P50".to_owned(),
+            "P99".to_owned(),
+            "MAX".to_owned(),
+            "KIND".to_owned(),
+            "TYPE".to_owned(),
+            "CALLSITE".to_owned(),
+        ]];
+        for c in &report.callsites {
+            rows.push([
+                human_bytes(c.bytes),
+                thousands(c.allocations),
+                c.size.p50.to_string(),
+                c.size.p99.to_string(),
+                c.size.max.to_string(),
+                c.kind.to_owned(),
+                c.type_name.clone().unwrap_or_else(|| "-".to_owned()),
+                format!("{} {}:{}", c.function, short_path(&c.file), c.line),
+            ]);
+        }
+        // Numbers right-aligned, words left-aligned, the callsite last and unpadded.
+        let mut widths = [0usize; 8];
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        for row in &rows {
+            let mut line = String::new();
+            for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+                let sep = if i == 0 { "" } else { "  " };
+                let cell = match i {
+                    0..=4 => format!("{sep}{cell:>w$}"),
+                    7 => format!("{sep}{cell}"),
+                    _ => format!("{sep}{cell:<w$}"),
+                };
+                line.push_str(&cell);
+            }
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        if report.callsites.is_empty() {
+            writeln!(out, "(no allocations recorded)")?;
+        }
+        Ok(())
+    }
+}
+
+impl Exporter for TableExporter {
+    fn export(&self, trace: &Trace<'_>, out: &mut dyn Write) -> io::Result<()> {
+        Self::write(trace.report, out)
+    }
+}
