@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -283,6 +284,20 @@ pub fn is_root() -> bool {
                 .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
         })
         .unwrap_or(false)
+}
+
+/// Root-only tests share kernel state (uprobes on the same fixture binaries, BPF maps), so a
+/// test binary runs them one at a time under this lock.
+static ROOT_TESTS: Mutex<()> = Mutex::new(());
+
+/// Takes the lock of root-only tests, or returns `None` (and says why the test skips) when not
+/// root.
+pub fn root_only(test: &str) -> Option<MutexGuard<'static, ()>> {
+    if !is_root() {
+        eprintln!("skipping {test}: attaching uprobes needs root (CI runs this as root)");
+        return None;
+    }
+    Some(ROOT_TESTS.lock().unwrap_or_else(PoisonError::into_inner))
 }
 
 /// The `allocs` fixture of a Go minor version and variant, for this machine's architecture.

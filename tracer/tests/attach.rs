@@ -13,25 +13,14 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::Receiver;
-use std::sync::{Mutex, MutexGuard};
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use testkit::{Fixture, TIMEOUT, allocs_fixtures, fixture, lines_of, output, wait_output};
-
-static SERIAL: Mutex<()> = Mutex::new(());
+use testkit::{Fixture, TIMEOUT, allocs_fixtures, fixture, lines_of, output, root_only, wait_output};
 
 /// Rounds of the fixture's allocation sites in the ground-truth runs.
 const ROUNDS: u64 = 200;
-
-/// Takes the lock, or returns `None` (and says so) when not root.
-fn root_only(test: &str) -> Option<MutexGuard<'static, ()>> {
-    if !testkit::is_root() {
-        eprintln!("skipping {test}: attaching uprobes needs root (CI runs this as root)");
-        return None;
-    }
-    Some(SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
-}
 
 fn gotrace() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gotrace"))

@@ -11,21 +11,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use testkit::{Fixture, fixture, output};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn root_only(test: &str) -> Option<MutexGuard<'static, ()>> {
-    if !testkit::is_root() {
-        eprintln!("skipping {test}: tracing needs root (CI runs this as root)");
-        return None;
-    }
-    Some(SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
-}
+use testkit::{Fixture, fixture, output, root_only};
 
 fn gotrace() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gotrace"))
