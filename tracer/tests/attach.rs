@@ -360,8 +360,18 @@ fn sigkill_leaves_the_target_running_at_full_speed() {
     let traced = rate.median(5);
     gotrace_process.kill().expect("SIGKILL gotrace");
     let _ = gotrace_process.wait();
-    let after = rate.median_after(SystemTime::now() + Duration::from_millis(200), 5);
-    eprintln!("rounds per 100 ms window: untraced {untraced}, traced {traced}, after SIGKILL {after}");
+    // The kernel unregisters the uprobes as it closes the dead tracer's descriptors, which can
+    // take a moment on a busy machine: poll the windows until the rate recovers, for a while.
+    let killed = Instant::now();
+    let recovered = |after: u64| after >= traced * 3 && after * 2 >= untraced;
+    let mut after = rate.median(3);
+    while !recovered(after) && killed.elapsed() < Duration::from_secs(10) {
+        after = rate.median(3);
+    }
+    eprintln!(
+        "rounds per 100 ms window: untraced {untraced}, traced {traced}, after SIGKILL {after} ({} ms after)",
+        killed.elapsed().as_millis()
+    );
     assert!(
         traced * 2 < untraced,
         "the probes should slow the target measurably: {untraced} rounds/window untraced, {traced} traced"
@@ -370,7 +380,7 @@ fn sigkill_leaves_the_target_running_at_full_speed() {
     // allocations do, so anything short of their removal leaves `after` near `traced`. Against
     // the untraced rate only loosely, as the machine's load drifts.
     assert!(
-        after >= traced * 3 && after * 2 >= untraced,
+        recovered(after),
         "after SIGKILL the probes must be gone: {untraced} rounds/window untraced, {traced} traced, {after} after"
     );
     assert!(target.try_wait().expect("wait").is_none(), "the target must survive");
