@@ -23,6 +23,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/clippy-ebpf.sh
 
 step "tests (cargo test)"
-cargo test --workspace --locked
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+cargo test --workspace --locked --no-fail-fast
 
 step "all tests passed"
