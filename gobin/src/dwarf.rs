@@ -186,6 +186,61 @@ impl DwarfInfo {
         }
     }
 
+    /// Byte offsets of the members of the named structure types (`DW_TAG_structure_type`, its
+    /// `DW_TAG_member` children and their `DW_AT_data_member_location`), by type name and
+    /// member name. Types not found are absent from the map; when a name is defined more than
+    /// once, the first definition wins (the Go linker writes each type once).
+    pub fn struct_members(&self, wanted: &[&str]) -> Result<HashMap<String, HashMap<String, u64>>> {
+        let mut found: HashMap<String, HashMap<String, u64>> = HashMap::new();
+        let mut units = self.dwarf.units();
+        while let Some(header) = units.next().map_err(Error::Dwarf)? {
+            let unit = self.dwarf.unit(header).map_err(Error::Dwarf)?;
+            let mut entries = unit.entries();
+            // The structure we are inside of, and its depth, while walking its children.
+            let mut current: Option<(String, isize)> = None;
+            while let Some(entry) = entries.next_dfs().map_err(Error::Dwarf)? {
+                let depth = entry.depth();
+                if let Some((_, d)) = &current
+                    && depth <= *d
+                {
+                    current = None;
+                }
+                if entry.tag() == gimli::DW_TAG_structure_type {
+                    let Some(name) = self.name_of(&unit, entry) else {
+                        continue;
+                    };
+                    if wanted.contains(&name.as_str()) && !found.contains_key(&name) {
+                        found.insert(name.clone(), HashMap::new());
+                        current = Some((name, depth));
+                    }
+                    continue;
+                }
+                let Some((structure, struct_depth)) = &current else {
+                    continue;
+                };
+                if entry.tag() != gimli::DW_TAG_member || depth != struct_depth + 1 {
+                    continue;
+                }
+                let (Some(name), Some(offset)) = (
+                    self.name_of(&unit, entry),
+                    entry
+                        .attr_value(gimli::DW_AT_data_member_location)
+                        .and_then(|v| v.udata_value()),
+                ) else {
+                    continue;
+                };
+                if let Some(members) = found.get_mut(structure.as_str()) {
+                    members.insert(name, offset);
+                }
+            }
+            // A structure's members are all in its unit: once every one was seen, stop.
+            if wanted.iter().all(|w| found.contains_key(*w)) {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
     /// Every type with a `DW_AT_go_runtime_type`: descriptor offset → Go type names (several
     /// when aliases share a descriptor). The
     /// offset is relative to `moduledata.types` (the linker's `dwarfGenerateDebugInfo` writes

@@ -56,6 +56,8 @@ pub(crate) struct ElfSymbol<'data> {
     pub address: u64,
     pub size: u64,
     pub is_text: bool,
+    /// `STT_OBJECT`: a variable.
+    pub is_data: bool,
 }
 
 pub(crate) struct Elf<'data> {
@@ -246,6 +248,7 @@ impl<'data> Elf<'data> {
                 address: sym.address(),
                 size: sym.size(),
                 is_text: sym.kind() == SymbolKind::Text,
+                is_data: sym.kind() == SymbolKind::Data,
             })
         })
     }

@@ -24,6 +24,24 @@
 //! Annotating entry points (`makeslice`, `makemap`, `growslice`, …) never count: they call
 //! `mallocgc` themselves, but their arguments say what the allocation is for (a length and
 //! capacity, a map size hint).
+//!
+//! # Sampling probe points
+//!
+//! Every hit on a counting probe costs a trap, so the sampled modes probe runtime functions
+//! that run far less often than once per allocation, each standing for many allocations:
+//!
+//! - [`ProbeRole::GoSample`], `runtime.profilealloc`: the runtime's own heap-profile sampler
+//!   calls it for about one allocation per `runtime.MemProfileRate` bytes (`mallocgc` and its
+//!   helpers in `src/runtime/malloc.go`), with the sampled object's size.
+//! - [`ProbeRole::SpanRefill`], `runtime.(*mcache).refill`: called when a P's cached span of
+//!   one span class is used up (`src/runtime/mcache.go`); the span still in `c.alloc[spc]`
+//!   tells how many objects the cache handed out from it (see
+//!   [`crate::RuntimeLayout`]).
+//! - [`ProbeRole::LargeAlloc`], `runtime.(*mcache).allocLarge`: objects over 32 KiB get a
+//!   span each and never pass `refill`; there are few enough of them to count one by one.
+//!
+//! None of them is subject to the counting rule: they are separate modes, never attached
+//! together with the counting probes.
 
 use std::collections::HashMap;
 
@@ -58,6 +76,42 @@ pub enum ProbeRole {
     Count,
     /// Hits add detail (length, capacity, hint) to an allocation counted elsewhere.
     Annotate,
+    /// Hits are the runtime's heap-profile samples (`runtime.profilealloc`): each stands for
+    /// about `MemProfileRate / size` allocations of its size.
+    GoSample,
+    /// Hits are used-up spans of one span class (`runtime.(*mcache).refill`): each stands for
+    /// the objects the P's cache handed out from the span.
+    SpanRefill,
+    /// Hits are large allocations (over 32 KiB, `runtime.(*mcache).allocLarge`), one each.
+    LargeAlloc,
+    /// Hits hand every cached span of a P back (`runtime.(*mcache).releaseAll`, at each GC
+    /// cycle and when a P goes away): the objects taken from the partly used spans never pass
+    /// `refill`, so they are counted here.
+    SpanRelease,
+}
+
+impl ProbeRole {
+    /// The key used in reports.
+    #[must_use]
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Count => "count",
+            Self::Annotate => "annotate",
+            Self::GoSample => "go_sample",
+            Self::SpanRefill => "span_refill",
+            Self::LargeAlloc => "large_alloc",
+            Self::SpanRelease => "span_release",
+        }
+    }
+
+    /// Whether the role belongs to a sampled mode rather than to exact counting.
+    #[must_use]
+    pub fn is_sampling(self) -> bool {
+        matches!(
+            self,
+            Self::GoSample | Self::SpanRefill | Self::LargeAlloc | Self::SpanRelease
+        )
+    }
 }
 
 /// What an argument means.
@@ -78,6 +132,11 @@ pub enum ArgRole {
     Num,
     /// Size hint (makemap `hint`, makechan `size`).
     Hint,
+    /// The `*runtime.mcache` receiver (`refill`, `allocLarge`).
+    Mcache,
+    /// The `runtime.spanClass` (size class << 1 | noscan) of `refill`. A `uint8`: only the
+    /// register's low byte is the argument (see the catalogue entry).
+    SpanClass,
 }
 
 impl ArgRole {
@@ -92,6 +151,8 @@ impl ArgRole {
             Self::OldCap => "old_cap",
             Self::Num => "num",
             Self::Hint => "hint",
+            Self::Mcache => "mcache",
+            Self::SpanClass => "span_class",
         }
     }
 }
@@ -210,9 +271,9 @@ struct Spec {
     role: ProbeRole,
     kind: &'static str,
     since_minor: u32,
-    /// The signature. It has been the same from Go 1.18 to 1.27 for each function here
-    /// (checked against each release's `src/runtime`); a change gets a new row with
-    /// `since_minor`.
+    /// The signature, receiver first for methods. It has been the same from `since_minor` to
+    /// Go 1.27 for each function here (checked against each release's `src/runtime`); a
+    /// change gets a new row with `since_minor`.
     params: &'static [Param],
 }
 
@@ -305,6 +366,46 @@ const SPECS: &[Spec] = &[
         kind: "makechan",
         since_minor: 18,
         params: &[p("t", ArgRole::Type), p("size", ArgRole::Hint)],
+    },
+    // The sampling probe points. Their signatures were checked in the sources of Go 1.21 to
+    // 1.27, the releases the fixtures cover; older releases get none rather than a guess
+    // (allocLarge, for one, took a `needzero bool` before `noscan` in older runtimes).
+    //
+    // func profilealloc(mp *m, x unsafe.Pointer, size uintptr)   (src/runtime/malloc.go)
+    Spec {
+        name: NameMatch::Exact("runtime.profilealloc"),
+        role: ProbeRole::GoSample,
+        kind: "malloc",
+        since_minor: 21,
+        params: &[skip("mp"), skip("x"), p("size", ArgRole::Size)],
+    },
+    // func (c *mcache) refill(spc spanClass)   (src/runtime/mcache.go)
+    //
+    // spanClass is a uint8. Go's register ABI (src/cmd/compile/abi-internal.md) promises
+    // nothing about the bits above a sub-word argument in its register, and the compiler
+    // may set just the low byte, so whoever reads `spc` must mask it to its low byte.
+    Spec {
+        name: NameMatch::Exact("runtime.(*mcache).refill"),
+        role: ProbeRole::SpanRefill,
+        kind: "malloc",
+        since_minor: 21,
+        params: &[p("c", ArgRole::Mcache), p("spc", ArgRole::SpanClass)],
+    },
+    // func (c *mcache) allocLarge(size uintptr, noscan bool) *mspan   (src/runtime/mcache.go)
+    Spec {
+        name: NameMatch::Exact("runtime.(*mcache).allocLarge"),
+        role: ProbeRole::LargeAlloc,
+        kind: "malloc",
+        since_minor: 21,
+        params: &[p("c", ArgRole::Mcache), p("size", ArgRole::Size), skip("noscan")],
+    },
+    // func (c *mcache) releaseAll()   (src/runtime/mcache.go; the same from 1.21 to 1.27)
+    Spec {
+        name: NameMatch::Exact("runtime.(*mcache).releaseAll"),
+        role: ProbeRole::SpanRelease,
+        kind: "malloc",
+        since_minor: 21,
+        params: &[p("c", ArgRole::Mcache)],
     },
 ];
 

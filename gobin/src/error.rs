@@ -50,6 +50,16 @@ pub enum Error {
     /// The DWARF sections are present but cannot be read.
     #[error("malformed DWARF")]
     Dwarf(#[source] gimli::Error),
+    /// The offsets of the runtime structure members the span-refill probe reads are unknown:
+    /// no DWARF describes them and the Go release is not in gotrace's table.
+    #[error(
+        "the layout of runtime.mcache and runtime.mspan in {version} is unknown: the binary has \
+         no DWARF describing them and gotrace's table covers go1.21 to go1.27"
+    )]
+    UnknownRuntimeLayout {
+        /// The version string from the binary.
+        version: String,
+    },
     /// A process's memory map (`/proc/PID/maps`) could not be understood.
     #[error("cannot parse the memory map of the process: {0}")]
     Maps(String),

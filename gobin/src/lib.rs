@@ -11,6 +11,12 @@
 //! - symbolization of program counters with inlined frames expanded, from DWARF or the
 //!   `.gopclntab` inline tree;
 //! - type names of runtime type descriptors, from DWARF or the descriptors themselves;
+//! - for the sampled modes: the sampling probe points (`runtime.profilealloc`,
+//!   `runtime.(*mcache).refill`, `runtime.(*mcache).allocLarge`, in
+//!   [`GoBinary::probe_points`] with their own [`ProbeRole`]s), the offsets of the runtime
+//!   structure members the span-refill probe reads ([`GoBinary::runtime_layout`]), addresses
+//!   of runtime variables such as `runtime.MemProfileRate` ([`GoBinary::variable`]) and the
+//!   heap's size classes ([`sizeclasses`]);
 //! - for running processes, translation of addresses through `/proc/PID/maps`.
 //!
 //! ```no_run
@@ -31,10 +37,12 @@ mod elf;
 mod entrypoints;
 mod error;
 mod functions;
+mod layout;
 mod moduledata;
 mod pclntab;
 pub mod procmaps;
 pub mod prologue;
+pub mod sizeclasses;
 mod types;
 mod version;
 
@@ -52,6 +60,7 @@ pub use crate::entrypoints::{
 };
 pub use crate::error::{Error, Result};
 pub use crate::functions::{Function, FunctionSource, FunctionTable};
+pub use crate::layout::{LayoutSource, RuntimeLayout};
 pub use crate::moduledata::ModuleData;
 pub use crate::prologue::StackCheck;
 pub use crate::types::runtime_spelling;
@@ -122,6 +131,16 @@ pub enum TypeSource {
     Dwarf,
     /// The runtime type descriptor's name.
     Descriptor,
+}
+
+/// A variable of the binary: a data symbol of `.symtab`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Variable {
+    /// Its link-time address (in a PIE binary, relative to the load base like every other
+    /// address here).
+    pub address: u64,
+    /// Its size in bytes, as the symbol gives it.
+    pub size: u64,
 }
 
 /// A parsed Go binary.
@@ -333,6 +352,45 @@ impl<'data> GoBinary<'data> {
             dwarf_params.as_ref(),
             |addr| self.file_offset(addr),
         ))
+    }
+
+    /// Byte offsets of the members of `runtime.mcache` and `runtime.mspan` that the
+    /// span-refill probe reads: from the binary's DWARF when it describes them, else from
+    /// gotrace's table for the binary's Go release (see [`RuntimeLayout::from_version_table`]).
+    ///
+    /// # Errors
+    /// When the DWARF is malformed, or when the binary has no DWARF describing the structures
+    /// and its Go release is not in the table.
+    pub fn runtime_layout(&self) -> Result<RuntimeLayout> {
+        if let Some(dwarf) = &self.dwarf {
+            let structs = dwarf.struct_members(&[layout::MCACHE, layout::MSPAN])?;
+            if let Some(found) = RuntimeLayout::from_dwarf(&structs) {
+                return Ok(found);
+            }
+        }
+        RuntimeLayout::from_version_table(self.version).ok_or_else(|| Error::UnknownRuntimeLayout {
+            version: self.build_info.go_version.clone(),
+        })
+    }
+
+    /// A variable by its full name, from `.symtab`: `None` when there is no such data symbol,
+    /// or no `.symtab` at all (`-ldflags=-s`; `.gopclntab` names only functions).
+    ///
+    /// The sampled modes read `runtime.MemProfileRate` (an `int`: the heap profile's sampling
+    /// rate in bytes, 0 when profiling is off; `src/runtime/mprof.go`) and
+    /// `runtime.disableMemoryProfiling` (a `bool` the linker sets when the code that reads the
+    /// memory profile is dead, after which `schedinit` sets the rate to 0;
+    /// `linksetup` in `src/cmd/link/internal/ld/lib.go`, `src/runtime/proc.go`). The linker
+    /// puts a true `disableMemoryProfiling` in `.noptrdata`, a false one in `.noptrbss`.
+    #[must_use]
+    pub fn variable(&self, name: &str) -> Option<Variable> {
+        self.elf
+            .symbols()
+            .find(|s| s.is_data && s.name == name)
+            .map(|s| Variable {
+                address: s.address,
+                size: s.size,
+            })
     }
 
     /// Logical frames at a link-time `pc`, innermost first, with inlined calls expanded.

@@ -205,7 +205,15 @@ pub fn process_exe(pid: u32) -> Result<ProcessExe> {
         let path = path.to_owned();
         move |source| Error::Io { path, source }
     };
-    let target = std::fs::read_link(&exe_link).map_err(io_err(&exe_link))?;
+    let seen_from_here = std::fs::read_link(&exe_link).map_err(io_err(&exe_link))?;
+    // The kernel writes the link's path as seen from the reader's root. A process chrooted
+    // (or pivoted) into a directory that is visible here sees the same file without that
+    // directory's prefix, which `/proc/PID/root` names.
+    let target = std::fs::read_link(proc.join("root"))
+        .ok()
+        .filter(|root| root != Path::new("/"))
+        .and_then(|root| seen_from_here.strip_prefix(&root).ok().map(|p| Path::new("/").join(p)))
+        .unwrap_or(seen_from_here);
     let meta = std::fs::metadata(&exe_link).map_err(io_err(&exe_link))?;
     // `/proc/PID/root/<path>` is the same file unless it was deleted or replaced since the
     // process started; then fall back to the magic link, which always opens the mapped file.

@@ -13,8 +13,8 @@ use std::path::Path;
 
 use gobin::procmaps::{AddressMap, ProcessMaps};
 use gobin::{
-    Arch, ArgSource, GoBinary, ProbeRole, Register, ReturnAddress, StackCheck, SymbolSource, TypeSource,
-    runtime_spelling, table_registers,
+    Arch, ArgRole, ArgSource, GoBinary, LayoutSource, ProbeRole, Register, ReturnAddress, RuntimeLayout, StackCheck,
+    SymbolSource, TypeSource, runtime_spelling, table_registers,
 };
 use testkit::{Fixture, LiveOracle, allocs_fixtures, default_variant_of, hex, objdump};
 
@@ -149,10 +149,7 @@ fn golden_path(f: &Fixture) -> std::path::PathBuf {
 fn entry_point_summary(bin: &GoBinary<'_>) -> String {
     let mut s = String::new();
     for p in bin.probe_points().expect("probe points") {
-        let role = match p.role {
-            ProbeRole::Count => "count",
-            ProbeRole::Annotate => "annotate",
-        };
+        let role = p.role.key();
         let args: Vec<String> = p
             .args
             .iter()
@@ -282,6 +279,149 @@ fn argument_registers_from_dwarf_agree_with_the_abi_table() {
         assert_eq!(malloc.arg(gobin::ArgRole::Size), Some(size), "{}", f.name());
         assert_eq!(malloc.arg(gobin::ArgRole::Type), Some(typ), "{}", f.name());
     }
+}
+
+/// The sampled modes' probe points are in every fixture, stripped ones included (their names
+/// come from `.gopclntab` there), with the registers of Go's register ABI.
+#[test]
+fn sampling_probe_points_are_found_in_every_fixture() {
+    for f in allocs_fixtures() {
+        let data = f.bytes();
+        let bin = parse(&data, &f);
+        let name = f.name();
+        let probes = bin.probe_points().expect("probe points");
+        let sampling: Vec<_> = probes.iter().filter(|p| p.role.is_sampling()).collect();
+        let found: Vec<(&str, ProbeRole)> = sampling.iter().map(|p| (p.function.as_str(), p.role)).collect();
+        assert_eq!(
+            found,
+            [
+                ("runtime.profilealloc", ProbeRole::GoSample),
+                ("runtime.(*mcache).refill", ProbeRole::SpanRefill),
+                ("runtime.(*mcache).allocLarge", ProbeRole::LargeAlloc),
+                ("runtime.(*mcache).releaseAll", ProbeRole::SpanRelease),
+            ],
+            "{name}"
+        );
+        let [r0, r1, r2] = match bin.arch() {
+            Arch::X86_64 => [Register::Rax, Register::Rbx, Register::Rcx],
+            Arch::Aarch64 => [Register::X(0), Register::X(1), Register::X(2)],
+        };
+        let regs = |p: &gobin::ProbePoint| -> Vec<(ArgRole, Register)> {
+            p.args.iter().map(|a| (a.role, a.register)).collect()
+        };
+        assert_eq!(regs(sampling[0]), [(ArgRole::Size, r2)], "{name}: profilealloc");
+        assert_eq!(
+            regs(sampling[1]),
+            [(ArgRole::Mcache, r0), (ArgRole::SpanClass, r1)],
+            "{name}: refill"
+        );
+        assert_eq!(
+            regs(sampling[2]),
+            [(ArgRole::Mcache, r0), (ArgRole::Size, r1)],
+            "{name}: allocLarge"
+        );
+        assert_eq!(regs(sampling[3]), [(ArgRole::Mcache, r0)], "{name}: releaseAll");
+        let params: Vec<&str> = sampling[1].args.iter().map(|a| a.param.as_str()).collect();
+        assert_eq!(params, ["c", "spc"], "{name}: DWARF names the receiver c");
+        for p in &sampling {
+            assert!(
+                matches!(p.stack_check, StackCheck::Checked { .. }),
+                "{name}: {} has no stack check",
+                p.function
+            );
+            assert!(
+                p.skip_if_caller_in.is_empty() && !p.skip_zero_size,
+                "{name}: {}",
+                p.function
+            );
+        }
+    }
+}
+
+/// DWARF's member offsets of `runtime.mcache` and `runtime.mspan` are what the version table
+/// says, on both architectures and in every link mode; binaries without DWARF get the table.
+#[test]
+fn runtime_layout_from_dwarf_matches_the_version_table() {
+    let mut from_dwarf = 0;
+    for f in allocs_fixtures() {
+        let data = f.bytes();
+        let bin = parse(&data, &f);
+        let layout = bin.runtime_layout().unwrap_or_else(|e| panic!("{}: {e}", f.name()));
+        let table = RuntimeLayout::from_version_table(bin.go_version())
+            .unwrap_or_else(|| panic!("{}: not in the table", f.name()));
+        if f.has_dwarf() {
+            assert_eq!(layout.source, LayoutSource::Dwarf, "{}", f.name());
+            from_dwarf += 1;
+        } else {
+            assert_eq!(layout.source, LayoutSource::VersionTable, "{}", f.name());
+        }
+        assert_eq!(
+            RuntimeLayout {
+                source: LayoutSource::VersionTable,
+                ..layout
+            },
+            table,
+            "{}",
+            f.name()
+        );
+    }
+    assert!(from_dwarf > 20, "only {from_dwarf} fixtures with DWARF");
+}
+
+/// `runtime.MemProfileRate` and `runtime.disableMemoryProfiling` are found by name where
+/// `.symtab` exists, at the address `go tool nm` gives, and not at all in stripped binaries.
+#[test]
+fn runtime_variables_come_from_the_symbol_table() {
+    let all = allocs_fixtures();
+    for f in &all {
+        let data = f.bytes();
+        let bin = parse(&data, f);
+        let name = f.name();
+        let rate = bin.variable("runtime.MemProfileRate");
+        let disable = bin.variable("runtime.disableMemoryProfiling");
+        assert!(
+            bin.variable("runtime.mallocgc").is_none(),
+            "{name}: a function is no variable"
+        );
+        assert!(bin.variable("runtime.noSuchVariable").is_none(), "{name}");
+        if !f.has_symtab() {
+            assert_eq!((rate, disable), (None, None), "{name}");
+            continue;
+        }
+        let rate = rate.unwrap_or_else(|| panic!("{name}: no runtime.MemProfileRate"));
+        let disable = disable.unwrap_or_else(|| panic!("{name}: no runtime.disableMemoryProfiling"));
+        assert_eq!((rate.size, disable.size), (8, 1), "{name}");
+        // The initial value, in .noptrdata: `var MemProfileRate int = 512 * 1024`.
+        let offset = usize::try_from(bin.file_offset(rate.address).expect("in the file")).expect("offset");
+        let bytes: [u8; 8] = data[offset..offset + 8].try_into().expect("8 bytes");
+        assert_eq!(u64::from_le_bytes(bytes), 512 * 1024, "{name}");
+        let nm = go_tool_nm(f);
+        assert_eq!(nm.get("runtime.MemProfileRate"), Some(&rate.address), "{name}");
+        assert_eq!(
+            nm.get("runtime.disableMemoryProfiling"),
+            Some(&disable.address),
+            "{name}"
+        );
+    }
+}
+
+/// Every symbol's address by name, by Go's own symbol reader.
+fn go_tool_nm(f: &Fixture) -> HashMap<String, u64> {
+    let out = f
+        .go_command()
+        .args(["tool", "nm"])
+        .arg(&f.path)
+        .output()
+        .expect("go tool nm");
+    assert!(out.status.success(), "{}: go tool nm failed", f.name());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.trim_start().splitn(3, ' ');
+            let (addr, _, name) = (fields.next()?, fields.next()?, fields.next()?);
+            Some((name.to_owned(), u64::from_str_radix(addr, 16).ok()?))
+        })
+        .collect()
 }
 
 /// objdump prints arm64 instructions as 32-bit words; the file holds them little-endian.

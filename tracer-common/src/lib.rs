@@ -13,8 +13,35 @@
 /// every counting entry point (`runtime.mallocgc` and Go 1.27's size-specialised mallocs).
 pub const ALLOC_COUNT_PROGRAM: &str = "alloc_count";
 
+/// Name of the Go-sampler program (`go_sample` in `tracer-ebpf`). It goes on
+/// `runtime.profilealloc`, which the runtime calls only for the allocations its own heap
+/// profiler samples (one per `runtime.MemProfileRate` bytes on average, a Poisson process).
+pub const GO_SAMPLE_PROGRAM: &str = "go_sample";
+/// Name of the span-refill program (`span_refill`). It goes on `runtime.(*mcache).refill`, which
+/// runs when a P's cached span of one size class is used up: one hit stands for every object
+/// the cache handed out from that span.
+pub const SPAN_REFILL_PROGRAM: &str = "span_refill";
+/// Name of the large-allocation program (`large_alloc`), on `runtime.(*mcache).allocLarge`:
+/// objects over 32 KiB get a span each and never pass `refill`.
+pub const LARGE_ALLOC_PROGRAM: &str = "large_alloc";
+
+/// Name of the span-release program (`span_release`), on `runtime.(*mcache).releaseAll`: at
+/// every GC cycle each P hands its cached spans back, and the objects it took from the partly
+/// used ones never pass `refill`. They are counted against the stack of the refill that
+/// brought the span in ([`LAST_REFILL_MAP`]).
+pub const SPAN_RELEASE_PROGRAM: &str = "span_release";
+/// Name of the last-refill map: an `LRU_HASH` from [`CacheClass`] to the [`AllocKey`] of the
+/// latest refill of that P's cache and span class.
+pub const LAST_REFILL_MAP: &str = "LAST_REFILL";
+/// Capacity of [`LAST_REFILL_MAP`]: 136 span classes for each of 480 Ps (`GOMAXPROCS`);
+/// least recently refilled entries go first when a bigger program fills it.
+pub const LAST_REFILL_MAP_ENTRIES: u32 = 136 * 480;
+
 /// Name of the configuration map: an `ARRAY` with one [`ProbeConfig`].
 pub const CONFIG_MAP: &str = "CONFIG";
+/// Name of the epoch map: an `ARRAY` with one `u32`, 0 or 1, naming the counts map the probes
+/// write to ([`COUNTS_MAP`] or [`COUNTS_ALT_MAP`]). User space flips it and drains the other.
+pub const EPOCH_MAP: &str = "EPOCH";
 /// Name of the statistics map: a `PERCPU_ARRAY` with one [`ProbeStats`] per CPU.
 pub const STATS_MAP: &str = "STATS";
 /// Name of the stack map: a `HASH` from a stack's 64-bit content hash to its [`UserStack`].
@@ -28,6 +55,12 @@ pub const STACKS_MAP: &str = "STACKS";
 pub const STACK_SCRATCH_MAP: &str = "STACK_SCRATCH";
 /// Name of the counts map: a `PERCPU_HASH` from [`AllocKey`] to a `u64` count.
 pub const COUNTS_MAP: &str = "COUNTS";
+/// Name of the second counts map, written while [`EPOCH_MAP`] holds 1.
+///
+/// Two maps so that user space can empty one while the probes fill the other: reading a key
+/// and deleting it in a single map would lose whatever the probes add in between, and a map
+/// that is never emptied grows with every stack and size the target ever uses.
+pub const COUNTS_ALT_MAP: &str = "COUNTS_ALT";
 
 /// Capacity of [`COUNTS_MAP`]: distinct (stack, caller, type, size) combinations. A full map
 /// drops further new combinations and counts them in [`ProbeStats::dropped_counts_map`]. The
@@ -110,6 +143,15 @@ pub const MAX_NESTED_RANGES: usize = 8;
 /// `&zerobase` without allocating).
 pub const FLAG_SKIP_ZERO_SIZE: u32 = 1 << 0;
 
+/// [`AllocKey::size`] of a span-refill sample: this bit, or'ed with the `spanClass` (size
+/// class << 1 | noscan) of the span that was used up. User space turns the class into the
+/// object size. Real sizes never have the top bit set.
+pub const SIZE_IS_SPAN_CLASS: u64 = 1 << 63;
+/// How many span classes the runtime has (`numSpanClasses` = 68 size classes × scan/noscan,
+/// `src/runtime/mheap.go`); the probe refuses a larger class rather than read outside
+/// `mcache.alloc`.
+pub const NUM_SPAN_CLASSES: u64 = 136;
+
 /// A half-open range of addresses in the traced process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -139,6 +181,14 @@ pub struct ProbeConfig {
     /// The runtime's malloc implementation, in the process's addresses: a hit whose return
     /// address is in one of these ranges is a nested call for an allocation already counted.
     pub nested: [AddressRange; MAX_NESTED_RANGES],
+    /// Byte offset of `alloc [numSpanClasses]*mspan` in `runtime.mcache` (span-refill mode).
+    pub mcache_alloc_offset: u32,
+    /// Byte offset of `allocCount uint16` in `runtime.mspan`.
+    pub span_alloc_count_offset: u32,
+    /// Byte offset of `allocCountBeforeCache uint16` in `runtime.mspan`.
+    pub span_alloc_count_before_cache_offset: u32,
+    /// Always zero.
+    pub padding: u32,
 }
 
 /// What the counting probe did, per CPU. User space sums the CPUs.
@@ -160,6 +210,11 @@ pub struct ProbeStats {
     pub dropped_return_address: u64,
     /// Allocations lost because [`COUNTS_MAP`] refused a new key (full).
     pub dropped_counts_map: u64,
+    /// Span-refill hits that could not read the used-up span (a bad class, unreadable memory).
+    pub dropped_span_read: u64,
+    /// Objects of partly used spans handed back by `releaseAll` whose span's refill was not
+    /// seen (it happened before gotrace attached): not counted.
+    pub unattributed_release: u64,
 }
 
 impl ProbeStats {
@@ -174,17 +229,33 @@ impl ProbeStats {
             without_stack: self.without_stack.wrapping_add(other.without_stack),
             dropped_return_address: self.dropped_return_address.wrapping_add(other.dropped_return_address),
             dropped_counts_map: self.dropped_counts_map.wrapping_add(other.dropped_counts_map),
+            dropped_span_read: self.dropped_span_read.wrapping_add(other.dropped_span_read),
+            unattributed_release: self.unattributed_release.wrapping_add(other.unattributed_release),
         }
     }
 
     /// Allocations the probe saw but could not record.
     #[must_use]
     pub const fn dropped(&self) -> u64 {
-        self.dropped_return_address.wrapping_add(self.dropped_counts_map)
+        self.dropped_return_address
+            .wrapping_add(self.dropped_counts_map)
+            .wrapping_add(self.dropped_span_read)
     }
 }
 
-/// One recorded kind of allocation: where from, what, how big. The value is a count.
+/// A P's cache (`*runtime.mcache`, an address in the traced process) and a span class.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CacheClass {
+    /// The mcache.
+    pub mcache: u64,
+    /// The span class (0 to [`NUM_SPAN_CLASSES`] - 1).
+    pub span_class: u64,
+}
+
+/// One recorded kind of allocation: where from, what, how big. The value is a count: of
+/// allocations (exact and large-allocation probes), of Go's profile samples (Go-sampler), or of
+/// objects handed out from used-up spans (span refill).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AllocKey {
@@ -195,15 +266,16 @@ pub struct AllocKey {
     pub return_address: u64,
     /// The `*abi.Type` argument (0 for untyped memory), an address in the traced process.
     pub type_address: u64,
-    /// Bytes requested.
+    /// Bytes requested; for span-refill samples [`SIZE_IS_SPAN_CLASS`] | the span class.
     pub size: u64,
 }
 
 // The layouts are part of the contract with the probe; a field added later must keep them free
 // of implicit padding.
 const _: () = assert!(core::mem::size_of::<AddressRange>() == 16);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 8 + 16 * MAX_NESTED_RANGES);
-const _: () = assert!(core::mem::size_of::<ProbeStats>() == 7 * 8);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 8 + 16 * MAX_NESTED_RANGES + 16);
+const _: () = assert!(core::mem::size_of::<ProbeStats>() == 9 * 8);
+const _: () = assert!(core::mem::size_of::<CacheClass>() == 16);
 const _: () = assert!(core::mem::size_of::<AllocKey>() == 32);
 const _: () = assert!(core::mem::size_of::<UserStack>() == 8 * (1 + MAX_STACK_DEPTH));
 
@@ -217,5 +289,7 @@ unsafe impl aya::Pod for ProbeConfig {}
 unsafe impl aya::Pod for ProbeStats {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for AllocKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for CacheClass {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for UserStack {}

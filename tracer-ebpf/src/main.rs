@@ -5,27 +5,37 @@
 //! host the crate compiles to an empty program, so `cargo check --workspace` and clippy work
 //! there too; the probe code is still type-checked on the host, against the host's `pt_regs`.
 //!
-//! One program, `alloc_count`, sits on every counting allocation entry point of the traced
+//! Exact mode: `alloc_count` sits on every counting allocation entry point of the traced
 //! binary (`runtime.mallocgc`, and Go 1.27's `runtime.mallocgc*SC<n>`), at the instruction after
 //! the stack-bound check. Per allocation it reads the size and type from Go's register ABI and
 //! the caller's return address, walks the user stack, and counts the combination in a per-CPU
 //! hash map: no event goes to user space, which reads the maps when it wants.
+//!
+//! Sampled modes put other programs on functions the runtime calls far less often, and record
+//! the same kind of key with a weight: `go_sample` on `runtime.profilealloc` (Go's own heap
+//! profile sampler), `span_refill` on `runtime.(*mcache).refill` and `large_alloc` on
+//! `runtime.(*mcache).allocLarge` (span-refill mode).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // For the atomic add in `bump` (see there); the eBPF crate is built with RUSTC_BOOTSTRAP=1.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", expect(internal_features, reason = "core_intrinsics, see bump"))]
+// The sampling paths are forced inline: BPF-to-BPF calls can neither return a struct nor keep
+// a register read at a constant offset from the context pointer, which the verifier requires
+// (see try_record).
+#![expect(clippy::inline_always, reason = "the verifier needs the sampling paths inlined")]
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::bpf_probe_read_user,
     macros::{map, uprobe},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::ProbeContext,
 };
 use tracer_common::{
-    AllocKey, COUNTS_MAP_ENTRIES, FLAG_SKIP_ZERO_SIZE, MAX_NESTED_RANGES, MAX_STACK_DEPTH, NO_STACK, ProbeConfig,
-    ProbeStats, STACKS_MAP_ENTRIES, StackHasher, UserStack, stack_hash,
+    AllocKey, COUNTS_MAP_ENTRIES, CacheClass, FLAG_SKIP_ZERO_SIZE, LAST_REFILL_MAP_ENTRIES, MAX_NESTED_RANGES,
+    MAX_STACK_DEPTH, NO_STACK, NUM_SPAN_CLASSES, ProbeConfig, ProbeStats, SIZE_IS_SPAN_CLASS, STACKS_MAP_ENTRIES,
+    StackHasher, UserStack, stack_hash,
 };
 
 /// Written once by user space before the probes are attached.
@@ -49,6 +59,20 @@ static STACK_SCRATCH: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(1, 
 #[map]
 static COUNTS: PerCpuHashMap<AllocKey, u64> = PerCpuHashMap::with_max_entries(COUNTS_MAP_ENTRIES, BPF_F_NO_PREALLOC);
 
+/// The same while [`EPOCH`] is 1; user space drains whichever map the probes are not writing.
+#[map]
+static COUNTS_ALT: PerCpuHashMap<AllocKey, u64> =
+    PerCpuHashMap::with_max_entries(COUNTS_MAP_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// The key of the latest refill of each P's cache and span class: whoever brought a span into
+/// the cache is charged, at `releaseAll`, with the objects taken from it since.
+#[map]
+static LAST_REFILL: LruHashMap<CacheClass, AllocKey> = LruHashMap::with_max_entries(LAST_REFILL_MAP_ENTRIES, 0);
+
+/// Which counts map the probes write to: 0 for [`COUNTS`], 1 for [`COUNTS_ALT`].
+#[map]
+static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
 /// `-EEXIST` from `bpf_map_update_elem` with `BPF_NOEXIST`: another CPU inserted the key first.
 const EEXIST: i32 = 17;
 /// A missing map slot: the kernel's convention for a failed lookup.
@@ -67,7 +91,52 @@ fn alloc_count(ctx: ProbeContext) -> u32 {
     }
 }
 
+/// Entry uprobe on `runtime.profilealloc(mp *m, x unsafe.Pointer, size uintptr)`: one of Go's
+/// own heap-profile samples. The runtime calls it from `mallocgc` (and Go 1.27's specialised
+/// mallocs) only when the allocation crosses the P's next sampling point, so the probe fires
+/// about once per `MemProfileRate` bytes; user space scales the samples the way pprof does.
+#[uprobe]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[uprobe] builds the context and hands it over by value"
+)]
+fn go_sample(ctx: ProbeContext) -> u32 {
+    match try_record(&ctx, Source::ProfileAlloc) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+/// Entry uprobe on `runtime.(*mcache).refill(c *mcache, spc spanClass)`: the P's cached span of
+/// class `spc` is used up. Every object the cache handed out of it since it was cached,
+/// `allocCount - allocCountBeforeCache` (what `refill` itself adds to the heap statistics as
+/// `slotsUsed`, `src/runtime/mcache.go`), is counted against the allocation that used it up.
+#[uprobe]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[uprobe] builds the context and hands it over by value"
+)]
+fn span_refill(ctx: ProbeContext) -> u32 {
+    match try_record(&ctx, Source::Refill) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+/// Entry uprobe on `runtime.(*mcache).allocLarge(c *mcache, size uintptr, noscan bool)`: an
+/// object over 32 KiB, which gets a span of its own and never passes `refill`. Rare and
+/// expensive for the runtime (a fresh span from the heap), so probing each one costs little.
+#[uprobe]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[uprobe] builds the context and hands it over by value"
+)]
+fn large_alloc(ctx: ProbeContext) -> u32 {
+    match try_record(&ctx, Source::LargeAlloc) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
 /// What happened to one hit, for [`STATS`].
+#[derive(Clone, Copy)]
 enum Outcome {
     Recorded,
     RecordedWithoutStack,
@@ -75,9 +144,86 @@ enum Outcome {
     ZeroSize,
     NoReturnAddress,
     CountsMapRefused,
+    SpanUnreadable,
 }
 
-/// Adds 1 to a counter in map memory.
+/// Entry uprobe on `runtime.(*mcache).releaseAll(c *mcache)`: the P hands back every cached
+/// span (`src/runtime/mcache.go`). For each span class, the objects the cache took from its
+/// span since the refill that brought it in (`allocCount - allocCountBeforeCache`, what
+/// `releaseAll` adds to the heap statistics) are charged to that refill's key.
+#[uprobe]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[uprobe] builds the context and hands it over by value"
+)]
+fn span_release(ctx: ProbeContext) -> u32 {
+    match try_span_release(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+fn try_span_release(ctx: &ProbeContext) -> Result<u32, u32> {
+    let config = CONFIG.get(0).ok_or(0_u32)?;
+    let stats = STATS.get_ptr_mut(0).ok_or(0_u32)?;
+    let mcache = go_int_arg::<0>(ctx);
+    for span_class in 0..NUM_SPAN_CLASSES {
+        let Some(used) = objects_taken(mcache, span_class, config) else {
+            continue;
+        };
+        if used == 0 {
+            continue;
+        }
+        let class = CacheClass { mcache, span_class };
+        // SAFETY: a value of the LRU map, copied out at once.
+        let key = unsafe { LAST_REFILL.get(class) }.copied();
+        // SAFETY: this CPU's slot of the per-CPU array, valid for the whole run.
+        unsafe {
+            match key {
+                Some(key) if increment(&key, used).is_ok() => {}
+                Some(_) => bump_by(&raw mut (*stats).dropped_counts_map, 1),
+                None => bump_by(&raw mut (*stats).unattributed_release, used),
+            }
+        }
+    }
+    // SAFETY: as above.
+    unsafe { bump(&raw mut (*stats).hits) };
+    Ok(0)
+}
+
+/// The objects the cache `mcache` took from its current span of `span_class` since that span
+/// was cached: `allocCount - allocCountBeforeCache`, as `refill` and `releaseAll` compute it.
+#[inline(always)]
+fn objects_taken(mcache: u64, span_class: u64, config: &ProbeConfig) -> Option<u64> {
+    let slot = mcache
+        .checked_add(u64::from(config.mcache_alloc_offset))?
+        .checked_add(span_class * 8)?;
+    // SAFETY: bpf_probe_read_user checks the user address and fails cleanly on a bad one.
+    let span: u64 = unsafe { bpf_probe_read_user(slot as *const u64) }.ok()?;
+    let read_u16 = |offset: u32| -> Option<u64> {
+        let at = span.checked_add(u64::from(offset))?;
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_user(at as *const u16) }.ok().map(u64::from)
+    };
+    let alloc_count = read_u16(config.span_alloc_count_offset)?;
+    let before_cache = read_u16(config.span_alloc_count_before_cache_offset)?;
+    Some(alloc_count.saturating_sub(before_cache))
+}
+
+/// Which function a sampling probe sits on.
+#[derive(Clone, Copy)]
+enum Source {
+    ProfileAlloc,
+    Refill,
+    LargeAlloc,
+}
+
+/// What a sampling probe records: the size field of the key and the weight to add.
+struct Sample {
+    size: u64,
+    weight: u64,
+}
+
+/// Adds `n` to a counter in map memory.
 ///
 /// Atomically: uprobe programs run with migration disabled but, on preemptible kernels, not
 /// with preemption disabled (`bpf_prog_run_array_uprobe`), so another task on this CPU can run
@@ -87,21 +233,140 @@ enum Outcome {
 /// # Safety
 /// `counter` must point into map memory that stays valid for the run of the program.
 unsafe fn bump(counter: *mut u64) {
+    // SAFETY: as promised by the caller.
+    unsafe { bump_by(counter, 1) }
+}
+
+/// [`bump`] by `n`.
+///
+/// # Safety
+/// As for [`bump`].
+unsafe fn bump_by(counter: *mut u64, n: u64) {
     // The bpf target declares no atomics to `core` (it has no compare-and-swap before v3), so
     // `AtomicU64` is missing there; the intrinsic lowers to BPF's atomic add all the same.
     // SAFETY: the caller promises a valid, aligned u64 in map memory.
     #[cfg(target_arch = "bpf")]
     unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(counter, 1);
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(counter, n);
     }
     // SAFETY: as above.
     #[cfg(not(target_arch = "bpf"))]
-    unsafe { core::sync::atomic::AtomicU64::from_ptr(counter) }.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(counter) }.fetch_add(n, core::sync::atomic::Ordering::Relaxed);
 }
 
 fn try_alloc_count(ctx: &ProbeContext) -> Result<u32, u32> {
+    account(count(ctx))
+}
+
+/// Records one hit of a sampling probe. Inlined into each program so that `source` is a
+/// constant there: otherwise LLVM turns the register reads into one load at a computed offset
+/// from the context pointer, which the verifier refuses ("dereference of modified ctx ptr").
+#[inline(always)]
+fn try_record(ctx: &ProbeContext, source: Source) -> Result<u32, u32> {
+    account(record(ctx, source))
+}
+
+// Inlined, like the readers below: BPF-to-BPF calls cannot return a struct.
+#[inline(always)]
+fn record(ctx: &ProbeContext, source: Source) -> Outcome {
+    let Some(config) = CONFIG.get(0) else {
+        return Outcome::CountsMapRefused;
+    };
+    let sample = match source {
+        Source::ProfileAlloc => Some(sample_of_profilealloc(ctx)),
+        Source::Refill => sample_of_refill(ctx, config),
+        Source::LargeAlloc => Some(sample_of_large_alloc(ctx)),
+    };
+    let Some(Sample { size, weight }) = sample else {
+        return Outcome::SpanUnreadable;
+    };
+    let refill = matches!(source, Source::Refill);
+    // A refill that hands out nothing (the P's placeholder `emptymspan` was "used up") still
+    // brings a span in, which releaseAll may later charge to it.
+    if weight == 0 && !refill {
+        return Outcome::ZeroSize;
+    }
+    let Some(return_address) = return_address(ctx) else {
+        return Outcome::NoReturnAddress;
+    };
+    let stack = store_user_stack(ctx);
+    let key = AllocKey {
+        stack,
+        return_address,
+        type_address: 0,
+        size,
+    };
+    // Who brought the used-up span in, for refills: its objects were taken between that
+    // allocation and this one.
+    let mut started_by = None;
+    if refill {
+        let class = CacheClass {
+            mcache: go_int_arg::<0>(ctx),
+            span_class: size & !SIZE_IS_SPAN_CLASS,
+        };
+        // SAFETY: a value of the LRU map, copied out at once.
+        started_by = unsafe { LAST_REFILL.get(class) }.copied();
+        // A full LRU map evicts its oldest entry rather than fail; a failure only costs the
+        // attribution of that span's leftovers (counted as unattributed).
+        let _ = LAST_REFILL.insert(class, key, 0);
+    }
+    if weight == 0 {
+        return Outcome::ZeroSize;
+    }
+    // A span used by one callsite is started and finished by it. One started by another
+    // callsite was shared at some point unknown here: half to each is the unbiased guess,
+    // where charging all of it to the one that finished it would favour whoever allocates
+    // right after a switch (a periodic program would see the same callsite win every time).
+    let weight = match started_by {
+        Some(starter) if starter != key => {
+            let half = weight / 2;
+            if half > 0 && increment(&starter, half).is_err() {
+                return Outcome::CountsMapRefused;
+            }
+            weight - half
+        }
+        _ => weight,
+    };
+    match increment(&key, weight) {
+        Ok(()) if stack == NO_STACK => Outcome::RecordedWithoutStack,
+        Ok(()) => Outcome::Recorded,
+        Err(_) => Outcome::CountsMapRefused,
+    }
+}
+
+#[inline(always)]
+fn sample_of_profilealloc(ctx: &ProbeContext) -> Sample {
+    Sample {
+        size: go_int_arg::<2>(ctx),
+        weight: 1,
+    }
+}
+
+#[inline(always)]
+fn sample_of_large_alloc(ctx: &ProbeContext) -> Sample {
+    Sample {
+        size: go_int_arg::<1>(ctx),
+        weight: 1,
+    }
+}
+
+#[inline(always)]
+fn sample_of_refill(ctx: &ProbeContext, config: &ProbeConfig) -> Option<Sample> {
+    let mcache = go_int_arg::<0>(ctx);
+    // spanClass is a uint8: Go's register ABI leaves the upper bits of its register undefined.
+    let span_class = go_int_arg::<1>(ctx) & 0xff;
+    if span_class >= NUM_SPAN_CLASSES {
+        return None;
+    }
+    Some(Sample {
+        size: SIZE_IS_SPAN_CLASS | span_class,
+        weight: objects_taken(mcache, span_class, config)?,
+    })
+}
+
+/// Adds a hit and its outcome to this CPU's [`STATS`].
+fn account(outcome: Outcome) -> Result<u32, u32> {
     let stats = STATS.get_ptr_mut(0).ok_or(0_u32)?;
-    let outcome = count(ctx);
     // SAFETY: this CPU's slot of the per-CPU array, valid for the whole run.
     unsafe {
         bump(&raw mut (*stats).hits);
@@ -115,6 +380,7 @@ fn try_alloc_count(ctx: &ProbeContext) -> Result<u32, u32> {
             Outcome::ZeroSize => &raw mut (*stats).zero_size,
             Outcome::NoReturnAddress => &raw mut (*stats).dropped_return_address,
             Outcome::CountsMapRefused => &raw mut (*stats).dropped_counts_map,
+            Outcome::SpanUnreadable => &raw mut (*stats).dropped_span_read,
         });
     }
     Ok(0)
@@ -150,7 +416,7 @@ fn count(ctx: &ProbeContext) -> Outcome {
         type_address,
         size,
     };
-    match increment(&key) {
+    match increment(&key, 1) {
         Ok(()) if stack == NO_STACK => Outcome::RecordedWithoutStack,
         Ok(()) => Outcome::Recorded,
         Err(_) => Outcome::CountsMapRefused,
@@ -231,20 +497,30 @@ fn store_user_stack(ctx: &ProbeContext) -> u64 {
     }
 }
 
-fn increment(key: &AllocKey) -> Result<(), i32> {
-    if let Some(count) = COUNTS.get_ptr_mut(key) {
+/// Adds `weight` to the key's count in the counts map of the current epoch.
+fn increment(key: &AllocKey, weight: u64) -> Result<(), i32> {
+    // A missing slot cannot happen (index 0 of an array); it reads as epoch 0.
+    if EPOCH.get(0).copied() == Some(1) {
+        increment_in(&COUNTS_ALT, key, weight)
+    } else {
+        increment_in(&COUNTS, key, weight)
+    }
+}
+
+fn increment_in(counts: &PerCpuHashMap<AllocKey, u64>, key: &AllocKey, weight: u64) -> Result<(), i32> {
+    if let Some(count) = counts.get_ptr_mut(key) {
         // SAFETY: this CPU's copy of the value, valid for the run of the program.
-        unsafe { bump(count) };
+        unsafe { bump_by(count, weight) };
         return Ok(());
     }
-    match COUNTS.insert(key, 1, u64::from(BPF_NOEXIST)) {
+    match counts.insert(key, weight, u64::from(BPF_NOEXIST)) {
         Ok(()) => Ok(()),
         // Another run created the key between the lookup and the insert: its per-CPU slots
         // start at zero, so this CPU's slot can be incremented now.
         Err(e) if e == -EEXIST => {
-            let count = COUNTS.get_ptr_mut(key).ok_or(-ENOENT)?;
+            let count = counts.get_ptr_mut(key).ok_or(-ENOENT)?;
             // SAFETY: as above.
-            unsafe { bump(count) };
+            unsafe { bump_by(count, weight) };
             Ok(())
         }
         Err(e) => Err(e),
@@ -261,15 +537,27 @@ fn increment(key: &AllocKey) -> Result<(), i32> {
 /// AAPCS64 ABIs) is wrong on amd64. Go passes integer arguments in RAX, RBX, RCX, RDI, RSI, R8,
 /// R9, R10, R11 on amd64 and in R0..R15 on arm64 (`src/cmd/compile/abi-internal.md`).
 fn go_size_and_type(ctx: &ProbeContext) -> (u64, u64) {
+    (go_int_arg::<0>(ctx), go_int_arg::<1>(ctx))
+}
+
+/// The `N`th integer argument (from 0) under Go's register ABI, for `N` < 3: RAX, RBX, RCX on
+/// amd64; R0, R1, R2 on arm64. User space checks the analysis of the binary agrees before it
+/// attaches each program.
+#[inline(always)]
+fn go_int_arg<const N: usize>(ctx: &ProbeContext) -> u64 {
     // SAFETY: a uprobe program's context is the traced task's saved `struct pt_regs`. The
     // verifier lets it read any aligned 8-byte word of that struct directly
     // (kprobe_prog_is_valid_access in kernel/trace/bpf_trace.c), which is what this compiles to.
     let regs = unsafe { &*ctx.regs };
     #[cfg(bpf_target_arch = "x86_64")]
-    let args = (regs.rax, regs.rbx);
+    let value = match N {
+        0 => regs.rax,
+        1 => regs.rbx,
+        _ => regs.rcx,
+    };
     #[cfg(bpf_target_arch = "aarch64")]
-    let args = (regs.regs[0], regs.regs[1]);
-    args
+    let value = regs.regs[if N < 3 { N } else { 2 }];
+    value
 }
 
 /// The frame pointer (the caller's frame at the probe) and the probed pc.

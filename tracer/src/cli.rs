@@ -10,6 +10,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use crate::mode::Mode;
+
 /// See where a running Go program allocates heap memory: each callsite, the type it
 /// allocates, how often and how big. No recompiling, no pprof import, no restart.
 #[derive(Debug, Parser)]
@@ -59,6 +61,106 @@ pub enum Command {
         sudo gotrace run -- ./server --port 8080\n  \
         sudo gotrace run --format json -o allocs.json -- go-program arg1 arg2")]
     Run(RunArgs),
+
+    /// Run as a sidecar: follow one Go process (by --pid, --exe or --name), trace it with low
+    /// overhead for as long as it runs, and serve what was collected over HTTP. Runs until
+    /// SIGINT or SIGTERM.
+    ///
+    /// Endpoints (GET only; none can change what is traced): /metrics (Prometheus text:
+    /// per-callsite byte and object counters for the top --top-k callsites plus an "other"
+    /// series, and gotrace's own health), /debug/pprof/allocs (a pprof profile like Go's
+    /// net/http/pprof serves: cumulative, or the next N seconds with ?seconds=N), /healthz.
+    ///
+    /// When the target exits, its last data stays served, marked stale, until a new process
+    /// running the same executable (or with the same name) appears; gotrace attaches to it
+    /// within about a second. Processes in containers work: the binary is read through
+    /// /proc/PID/root. Needs CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (or root).
+    #[command(after_help = "Examples:
+          sudo gotrace serve --name my-service                    span or go-sampler, on 127.0.0.1:9464
+          sudo gotrace serve --exe /srv/app/server --listen 0.0.0.0:9464
+          sudo gotrace serve --pid 4242 --mode go-sampler --set-mem-profile-rate 524288
+          curl -s localhost:9464/metrics | grep gotrace_alloc_bytes_total
+          go tool pprof -top http://127.0.0.1:9464/debug/pprof/allocs
+          go tool pprof http://127.0.0.1:9464/debug/pprof/allocs?seconds=30")]
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "exe", "name"])))]
+pub struct ServeArgs {
+    /// Follow this process; after it exits, processes running the same executable.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Follow processes running this executable (the oldest, when several do).
+    #[arg(long, value_name = "PATH")]
+    pub exe: Option<PathBuf>,
+
+    /// Follow processes with this name (as in /proc/PID/comm: its first 15 characters).
+    #[arg(long, value_name = "COMM")]
+    pub name: Option<String>,
+
+    /// Address to serve HTTP on. The default is loopback only: expose it deliberately.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+
+    /// Callsites with series of their own in /metrics (the first N by bytes; the rest add up
+    /// in "other").
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub top_k: usize,
+
+    /// How often the probes' counts are collected and the served data renewed.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
+    pub interval: Duration,
+
+    /// Distinct (stack, size) keys kept per target; beyond it, new ones are added to one
+    /// "other callsites" entry. Bounds gotrace's memory: under 64 MiB at the default (measured
+    /// with `cargo xtask soak`); each 10,000 more keys cost about 15 MiB.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_keys: usize,
+
+    /// How allocations are observed; see attach --help. auto: go-sampler when the target's
+    /// memory profiling is on, else span.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
+
+    /// For go-sampler: set the target's runtime.MemProfileRate to BYTES while tracing it; see
+    /// attach --help for the risk.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub set_mem_profile_rate: Option<u64>,
+}
+
+impl ServeArgs {
+    /// Validates the options.
+    pub fn resolve(self) -> anyhow::Result<crate::serve::ServeConfig> {
+        use crate::serve::Selector;
+        let selector = match (self.pid, self.exe, self.name) {
+            (Some(0), _, _) => bail!("0 is not a valid process id"),
+            (Some(pid), None, None) => Selector::Pid(pid),
+            (None, Some(exe), None) => Selector::Exe(exe),
+            (None, None, Some(name)) if !name.is_empty() => Selector::Name(name),
+            (None, None, Some(_)) => bail!("--name must not be empty"),
+            _ => bail!("give exactly one of --pid, --exe and --name"),
+        };
+        if self.top_k == 0 {
+            bail!("--top-k must be at least 1");
+        }
+        if self.max_keys < 100 {
+            bail!("--max-keys must be at least 100");
+        }
+        if self.interval < Duration::from_millis(100) {
+            bail!("--interval must be at least 100ms");
+        }
+        Ok(crate::serve::ServeConfig {
+            selector,
+            listen: self.listen,
+            mode: self.mode,
+            set_mem_profile_rate: self.set_mem_profile_rate,
+            top_k: self.top_k,
+            interval: self.interval,
+            max_keys: self.max_keys,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +209,29 @@ pub struct TraceArgs {
     /// (anything else: --format).
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// How allocations are observed (shared by attach, run and serve).
+#[derive(Debug, Args)]
+pub struct SamplingArgs {
+    /// How allocations are observed. exact counts every allocation with its type but slows
+    /// allocation-heavy programs several times; the sampled modes cost the target almost
+    /// nothing, report estimates (scaled, marked as such in every output) and cannot know
+    /// types ("unknown").
+    #[arg(long, value_enum, default_value_t = Mode::Exact)]
+    pub mode: Mode,
+
+    /// For go-sampler: set the target's runtime.MemProfileRate to BYTES while tracing (put
+    /// back on exit), e.g. 524288 when the target's memory profiling is off. Risk: it writes
+    /// into the running process's memory; the target then pays for its own heap profiling,
+    /// whose records Go never frees (memory grows with distinct allocation stacks); and if
+    /// gotrace is killed with SIGKILL the rate stays set. Needs Go 1.24+ when profiling was
+    /// off from the start.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub set_mem_profile_rate: Option<u64>,
 }
 
 /// Report formats of `attach` and `run`.
@@ -150,6 +275,10 @@ pub struct TraceConfig {
     pub outputs: Vec<(Option<PathBuf>, OutputFormat)>,
     /// What to show while tracing.
     pub live: LiveMode,
+    /// How allocations are observed (may still be `auto`).
+    pub mode: Mode,
+    /// `--set-mem-profile-rate`.
+    pub set_mem_profile_rate: Option<u64>,
 }
 
 impl OutputFormat {
@@ -233,6 +362,8 @@ impl TraceArgs {
             top,
             outputs,
             live,
+            mode: self.sampling.mode,
+            set_mem_profile_rate: self.sampling.set_mem_profile_rate,
         })
     }
 }

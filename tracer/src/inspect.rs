@@ -354,10 +354,7 @@ fn render_probes(s: &mut String, probes: &[ProbeReport]) {
             StackCheck::Checked { .. } => format!("{:#x} (+{:#x})", p.probe_address, p.probe_address - p.address),
             StackCheck::NoSplit => format!("{:#x} (nosplit)", p.probe_address),
         };
-        let role = match p.role {
-            ProbeRole::Count => "count",
-            ProbeRole::Annotate => "annotate",
-        };
+        let role = p.role.key();
         let args = p
             .args_in_order
             .iter()

@@ -321,6 +321,8 @@ mod tests {
                     arch: "x86_64".to_owned(),
                 },
                 mode: "exact",
+                method: "exact",
+                estimated: false,
                 duration_secs: 1.0,
                 totals: Totals::default(),
                 callsites: vec![

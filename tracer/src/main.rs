@@ -8,12 +8,16 @@ mod ebpf;
 mod export;
 mod inspect;
 mod live;
+mod memprofile;
+mod mode;
 mod privileges;
 mod probes;
 mod process;
 mod profile;
 mod report;
+mod serve;
 mod session;
+mod store;
 
 use std::process::ExitCode;
 
@@ -44,6 +48,10 @@ fn main() -> ExitCode {
                 (Ok(_), None) => Err(anyhow::anyhow!("no program given after --")),
             }
         }
+        cli::Command::Serve(args) => args
+            .resolve()
+            .and_then(|config| serve::run(&config))
+            .map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

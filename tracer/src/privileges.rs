@@ -11,8 +11,8 @@ const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// What gotrace needs, in words, for error messages and `--help`.
-pub const REQUIRED: &str = "root, or the capabilities CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN on kernels \
-before 5.8), plus CAP_SYS_PTRACE to read /proc/PID of another user's process";
+pub const REQUIRED: &str = "root, or the capabilities CAP_BPF and CAP_PERFMON (and CAP_SYS_ADMIN on kernels \
+before 5.8 or whose uprobe PMU does not honour CAP_PERFMON), plus CAP_SYS_PTRACE for another user's process";
 
 /// Fails with a message naming the missing capabilities.
 pub fn check_tracing_privileges() -> anyhow::Result<()> {

@@ -1,22 +1,24 @@
 //! The eBPF side as user space sees it: load the probes, configure them for one process,
 //! attach them to its allocation entry points, and read what they counted.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use aya::Ebpf;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
 use aya::programs::UProbe;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
+use aya::{Ebpf, EbpfLoader};
 use gobin::procmaps::AddressMap;
 use gobin::{ArgRole, GoBinary, ProbePoint, ProbeRole};
 use tracer_common::{
-    ALLOC_COUNT_PROGRAM, AddressRange, AllocKey, CONFIG_MAP, COUNTS_MAP, FLAG_SKIP_ZERO_SIZE, MAX_NESTED_RANGES,
-    ProbeConfig, ProbeStats, STACKS_MAP, STATS_MAP, UserStack,
+    ALLOC_COUNT_PROGRAM, AddressRange, AllocKey, CONFIG_MAP, COUNTS_ALT_MAP, COUNTS_MAP, EPOCH_MAP,
+    FLAG_SKIP_ZERO_SIZE, GO_SAMPLE_PROGRAM, LARGE_ALLOC_PROGRAM, MAX_NESTED_RANGES, ProbeConfig, ProbeStats,
+    SPAN_REFILL_PROGRAM, SPAN_RELEASE_PROGRAM, STACKS_MAP, STATS_MAP, UserStack,
 };
+
+use crate::mode::Mode;
 
 /// Probes attached to one process.
 pub struct Probes {
@@ -24,8 +26,14 @@ pub struct Probes {
     /// detaches when this process dies, however it dies (the links are file descriptors).
     _ebpf: Ebpf,
     stats: PerCpuArray<MapData, ProbeStats>,
-    counts: PerCpuHashMap<MapData, AllocKey, u64>,
+    /// `COUNTS` and `COUNTS_ALT`, by epoch.
+    counts: [PerCpuHashMap<MapData, AllocKey, u64>; 2],
+    epoch_map: Array<MapData, u32>,
+    /// The epoch the probes write to now.
+    epoch: u32,
     stacks: BpfHashMap<MapData, u64, UserStack>,
+    /// What the probes observe (never [`Mode::Auto`]).
+    pub mode: Mode,
     /// How many uprobes were attached.
     pub attached: usize,
     /// How long loading and attaching took.
@@ -35,37 +43,42 @@ pub struct Probes {
 impl std::fmt::Debug for Probes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Probes")
+            .field("mode", &self.mode)
             .field("attached", &self.attached)
             .finish_non_exhaustive()
     }
 }
 
-/// What the probes have counted so far (cumulative).
-#[derive(Debug, Default, Clone)]
-pub struct Snapshot {
-    /// Summed over CPUs.
-    pub stats: ProbeStats,
-    /// Allocation counts by key, summed over CPUs.
-    pub counts: Vec<(AllocKey, u64)>,
-}
+/// How long a drain waits after flipping the epoch before it reads the old map: a probe that
+/// read the old epoch just before the flip finishes its update within microseconds (uprobe
+/// programs run to completion with migration disabled); this leaves ample margin.
+const EPOCH_SETTLE: Duration = Duration::from_millis(2);
 
 impl Probes {
-    /// Loads the probes and attaches them to every counting entry point of `binary` (read from
-    /// `binary_path`), in process `pid` only, whose address space `addresses` describes.
-    pub fn attach(binary: &GoBinary<'_>, binary_path: &Path, pid: u32, addresses: &AddressMap) -> anyhow::Result<Self> {
+    /// Loads the probes of `mode` and attaches them to `binary` (read from `binary_path`), in
+    /// process `pid` only, whose address space `addresses` describes.
+    pub fn attach(
+        binary: &GoBinary<'_>,
+        binary_path: &Path,
+        pid: u32,
+        addresses: &AddressMap,
+        mode: Mode,
+    ) -> anyhow::Result<Self> {
         let started = Instant::now();
-        let probes = binary
+        let points = binary
             .probe_points()
             .context("cannot find the allocation entry points")?;
-        let counting: Vec<&ProbePoint> = probes.iter().filter(|p| p.role == ProbeRole::Count).collect();
-        if counting.is_empty() {
-            bail!("the binary has no runtime.mallocgc: it cannot be traced");
-        }
-        check_registers(binary, &counting)?;
-        let config = probe_config(binary, &counting, addresses)?;
+        let plan = plan(binary, &points, mode)?;
+        let config = probe_config(binary, &points, addresses, mode)?;
 
         raise_memlock_limit();
-        let mut ebpf = Ebpf::load(crate::ebpf::object()).context("cannot load gotrace's eBPF object")?;
+        // Without the kernel's BTF: the probes use no CO-RE relocations (they read `pt_regs`
+        // through the layout they were compiled for), and parsing /sys/kernel/btf/vmlinux
+        // would cost tens of MiB of memory at every attach, the sidecar's high-water mark.
+        let mut ebpf = EbpfLoader::new()
+            .btf(None)
+            .load(crate::ebpf::object())
+            .context("cannot load gotrace's eBPF object")?;
         let mut config_map: Array<_, ProbeConfig> = Array::try_from(
             ebpf.map_mut(CONFIG_MAP)
                 .with_context(|| format!("the eBPF object has no map {CONFIG_MAP}"))?,
@@ -73,68 +86,172 @@ impl Probes {
         config_map
             .set(0, config, 0)
             .context("cannot write the probe configuration")?;
-
-        let program: &mut UProbe = ebpf
-            .program_mut(ALLOC_COUNT_PROGRAM)
-            .with_context(|| format!("the eBPF object has no program {ALLOC_COUNT_PROGRAM}"))?
-            .try_into()?;
-        program
-            .load()
-            .context("the kernel refused gotrace's allocation probe")?;
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0 cannot be traced")?);
-        for probe in &counting {
+        let mut attached = 0;
+        for (program_name, points) in &plan {
+            let program: &mut UProbe = ebpf
+                .program_mut(program_name)
+                .with_context(|| format!("the eBPF object has no program {program_name}"))?
+                .try_into()?;
             program
-                .attach(
-                    UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
-                    binary_path,
-                    scope,
-                )
-                .with_context(|| {
-                    format!(
-                        "cannot attach a uprobe to {} at file offset {:#x} of {}",
-                        probe.function,
-                        probe.file_offset,
-                        binary_path.display()
+                .load()
+                .with_context(|| format!("the kernel refused gotrace's probe {program_name}"))?;
+            for probe in points {
+                program
+                    .attach(
+                        UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
+                        binary_path,
+                        scope,
                     )
-                })?;
+                    .with_context(|| {
+                        format!(
+                            "cannot attach a uprobe to {} at file offset {:#x} of {}",
+                            probe.function,
+                            probe.file_offset,
+                            binary_path.display()
+                        )
+                    })?;
+                attached += 1;
+            }
         }
         let stats = PerCpuArray::try_from(take(&mut ebpf, STATS_MAP)?)?;
-        let counts = PerCpuHashMap::try_from(take(&mut ebpf, COUNTS_MAP)?)?;
+        let counts = [
+            PerCpuHashMap::try_from(take(&mut ebpf, COUNTS_MAP)?)?,
+            PerCpuHashMap::try_from(take(&mut ebpf, COUNTS_ALT_MAP)?)?,
+        ];
+        let epoch_map = Array::try_from(take(&mut ebpf, EPOCH_MAP)?)?;
         let stacks = BpfHashMap::try_from(take(&mut ebpf, STACKS_MAP)?)?;
         Ok(Self {
             _ebpf: ebpf,
             stats,
             counts,
+            epoch_map,
+            epoch: 0,
             stacks,
-            attached: counting.len(),
+            mode,
+            attached,
             attach_time: started.elapsed(),
         })
     }
 
-    /// Reads the counts and statistics. The maps are cumulative; nothing is reset.
-    pub fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        let stats = self
+    /// What the probes did so far, summed over CPUs (cumulative).
+    pub fn stats(&self) -> anyhow::Result<ProbeStats> {
+        Ok(self
             .stats
             .get(&0, 0)
             .context("cannot read the probe statistics")?
             .iter()
-            .fold(ProbeStats::default(), |acc, cpu| acc.merged(*cpu));
-        let mut counts = Vec::new();
-        for entry in &self.counts {
-            // A key deleted between listing and lookup cannot happen (nothing deletes), but a
-            // failed read is not worth aborting the trace for: it shows up as missing counts.
-            let Ok((key, per_cpu)) = entry else { continue };
-            let total = per_cpu.iter().fold(0u64, |acc, n| acc.wrapping_add(*n));
-            if total > 0 {
-                counts.push((key, total));
+            .fold(ProbeStats::default(), |acc, cpu| acc.merged(*cpu)))
+    }
+
+    /// Takes what the probes counted since the last drain, summed over CPUs, and empties the
+    /// kernel's map of it: the probes switch to the other counts map first, so nothing they
+    /// add is lost, and the kernel side never holds more than one interval's keys.
+    pub fn drain(&mut self) -> anyhow::Result<Vec<(AllocKey, u64)>> {
+        let old = self.epoch;
+        let new = 1 - old;
+        self.epoch_map
+            .set(0, new, 0)
+            .context("cannot switch the probes' counts map")?;
+        self.epoch = new;
+        std::thread::sleep(EPOCH_SETTLE);
+        let map = &mut self.counts[old as usize];
+        // Keys first: deleting while the kernel iterates would restart the walk.
+        let keys: Vec<AllocKey> = map.keys().filter_map(Result::ok).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            // A failed read is not worth aborting the trace for: it shows up as missing counts.
+            if let Ok(per_cpu) = map.get(&key, 0) {
+                let total = per_cpu.iter().fold(0u64, |acc, n| acc.wrapping_add(*n));
+                if total > 0 {
+                    out.push((key, total));
+                }
             }
+            let _ = map.remove(&key);
         }
-        Ok(Snapshot { stats, counts })
+        Ok(out)
     }
 
     /// The user stack with the given key, innermost frame first (addresses in the process).
     pub fn stack(&self, key: u64) -> Option<Vec<u64>> {
         Some(self.stacks.get(&key, 0).ok()?.frames().to_vec())
+    }
+
+    /// Empties the kernel's stack map (user space keeps copies of the stacks it needs), so
+    /// that a target whose stacks keep changing does not fill it for good. A probe that finds
+    /// its stack gone stores it again.
+    pub fn forget_stacks(&mut self) {
+        let keys: Vec<u64> = self.stacks.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = self.stacks.remove(&key);
+        }
+    }
+}
+
+/// Which eBPF program goes on which entry points, for a mode.
+fn plan<'p>(
+    binary: &GoBinary<'_>,
+    points: &'p [ProbePoint],
+    mode: Mode,
+) -> anyhow::Result<Vec<(&'static str, Vec<&'p ProbePoint>)>> {
+    let with_role = |role: ProbeRole| -> Vec<&ProbePoint> { points.iter().filter(|p| p.role == role).collect() };
+    let regs = binary.arch().int_arg_registers();
+    // Each program reads its arguments from fixed registers of Go's register ABI; make sure the
+    // analysis of this binary agrees before attaching.
+    let check = |points: &[&ProbePoint], wanted: &[(ArgRole, usize)]| -> anyhow::Result<()> {
+        for probe in points {
+            for &(role, index) in wanted {
+                let found = probe.arg(role);
+                if found != regs.get(index).copied() {
+                    bail!(
+                        "{} takes its {} in {}, not in integer argument register {index} where \
+                         gotrace's probe reads it",
+                        probe.function,
+                        role.key(),
+                        found.map_or_else(|| "no register".to_owned(), gobin::Register::name),
+                    );
+                }
+            }
+        }
+        Ok(())
+    };
+    match mode {
+        Mode::Exact => {
+            let counting = with_role(ProbeRole::Count);
+            if counting.is_empty() {
+                bail!("the binary has no runtime.mallocgc: it cannot be traced");
+            }
+            check(&counting, &[(ArgRole::Size, 0), (ArgRole::Type, 1)])?;
+            Ok(vec![(ALLOC_COUNT_PROGRAM, counting)])
+        }
+        Mode::GoSampler => {
+            let sampler = with_role(ProbeRole::GoSample);
+            if sampler.is_empty() {
+                bail!("the binary has no runtime.profilealloc: --mode go-sampler cannot be used (try --mode span)");
+            }
+            check(&sampler, &[(ArgRole::Size, 2)])?;
+            Ok(vec![(GO_SAMPLE_PROGRAM, sampler)])
+        }
+        Mode::Span => {
+            let refill = with_role(ProbeRole::SpanRefill);
+            let large = with_role(ProbeRole::LargeAlloc);
+            let release = with_role(ProbeRole::SpanRelease);
+            if refill.is_empty() || large.is_empty() || release.is_empty() {
+                bail!(
+                    "the binary lacks runtime.(*mcache).refill, allocLarge or releaseAll (Go 1.21 or later has \
+                     them): --mode span cannot be used (try --mode exact)"
+                );
+            }
+            check(&refill, &[(ArgRole::Mcache, 0), (ArgRole::SpanClass, 1)])?;
+            check(&large, &[(ArgRole::Size, 1)])?;
+            check(&release, &[(ArgRole::Mcache, 0)])?;
+            Ok(vec![
+                (SPAN_REFILL_PROGRAM, refill),
+                (LARGE_ALLOC_PROGRAM, large),
+                (SPAN_RELEASE_PROGRAM, release),
+            ])
+        }
+        Mode::Auto => bail!("internal error: --mode auto must be resolved before attaching"),
     }
 }
 
@@ -143,32 +260,14 @@ fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
         .with_context(|| format!("the eBPF object has no map {name}"))
 }
 
-/// The probe reads `size` and `typ` from the first two integer argument registers of Go's
-/// register ABI; make sure the analysis of this binary agrees for every counting function.
-fn check_registers(binary: &GoBinary<'_>, counting: &[&ProbePoint]) -> anyhow::Result<()> {
-    let regs = binary.arch().int_arg_registers();
-    for probe in counting {
-        let size = probe.arg(ArgRole::Size);
-        let typ = probe.arg(ArgRole::Type);
-        if size != regs.first().copied() || typ != regs.get(1).copied() {
-            bail!(
-                "{} takes its size in {} and its type in {}, not in the first two argument \
-                 registers where gotrace's probe reads them",
-                probe.function,
-                size.map_or_else(|| "no register".to_owned(), gobin::Register::name),
-                typ.map_or_else(|| "no register".to_owned(), gobin::Register::name),
-            );
-        }
-    }
-    Ok(())
-}
-
 /// The malloc implementation's address ranges in the process, for the no-double-count rule.
 fn probe_config(
     binary: &GoBinary<'_>,
-    counting: &[&ProbePoint],
+    points: &[ProbePoint],
     addresses: &AddressMap,
+    mode: Mode,
 ) -> anyhow::Result<ProbeConfig> {
+    let counting: Vec<&ProbePoint> = points.iter().filter(|p| p.role == ProbeRole::Count).collect();
     // Every counting probe has the same set (gobin::COUNTING_RULE); take the union anyway.
     let mut names: Vec<&str> = counting
         .iter()
@@ -192,7 +291,16 @@ fn probe_config(
         },
         nested_len: u32::try_from(ranges.len()).unwrap_or(0),
         nested: [AddressRange::default(); MAX_NESTED_RANGES],
+        ..ProbeConfig::default()
     };
+    if mode == Mode::Span {
+        let layout = binary
+            .runtime_layout()
+            .context("span mode needs the layout of runtime.mcache and runtime.mspan")?;
+        config.mcache_alloc_offset = layout.mcache_alloc;
+        config.span_alloc_count_offset = layout.mspan_alloc_count;
+        config.span_alloc_count_before_cache_offset = layout.mspan_alloc_count_before_cache;
+    }
     for (slot, range) in config.nested.iter_mut().zip(&ranges) {
         let start = addresses
             .to_runtime(range.start)
@@ -215,17 +323,4 @@ fn raise_memlock_limit() {
     };
     // SAFETY: setrlimit reads the struct we pass and has no other preconditions.
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
-}
-
-/// A stack cache: a stack's key is a hash of its content, so it never changes meaning.
-#[derive(Debug, Default)]
-pub struct StackCache {
-    stacks: HashMap<u64, Option<Vec<u64>>>,
-}
-
-impl StackCache {
-    /// The stack with this key, read from the probes once.
-    pub fn get(&mut self, probes: &Probes, key: u64) -> Option<&[u64]> {
-        self.stacks.entry(key).or_insert_with(|| probes.stack(key)).as_deref()
-    }
 }

@@ -12,6 +12,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tracer_common::{AllocKey, NO_STACK, ProbeStats};
 
+use crate::mode::Mode;
+
 /// How an allocation was asked for, judged by the runtime function the callsite called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -149,6 +151,9 @@ impl RuntimeFrames {
     }
 }
 
+/// The type shown by modes that cannot know it.
+pub const UNKNOWN_TYPE: &str = "unknown";
+
 /// Where symbols come from: the traced binary and the process's address map.
 pub trait Symbols {
     /// Logical frames at a process address, innermost first. `return_address` says the address
@@ -156,7 +161,19 @@ pub trait Symbols {
     fn frames(&mut self, pc: u64, return_address: bool) -> Arc<[Frame]>;
     /// The name of the type whose descriptor is at this process address.
     fn type_name(&mut self, address: u64) -> Option<Arc<str>>;
+
+    /// The logical frames of a whole allocation stack (see [`expand`]); `stack_id` names the
+    /// content of `stack`, so an implementation may cache by (`stack_id`, `return_address`).
+    fn locations(&mut self, _stack_id: u64, stack: &[u64], return_address: u64) -> Locations {
+        expand(stack, return_address, self).into()
+    }
+
+    /// Called at the end of each [`build`]: a cache may drop what that build did not use.
+    fn build_done(&mut self) {}
 }
+
+/// A stack's pcs, each with its logical frames (innermost first).
+pub type Locations = Arc<[(u64, Arc<[Frame]>)]>;
 
 /// One allocating line with everything known about it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -205,7 +222,7 @@ pub struct Sample {
     /// The stack, innermost first, the runtime's included: each pc (an address in the
     /// process) with its logical frames, inlined ones first (shared with the symbol cache, not
     /// copied).
-    pub locations: Vec<(u64, Arc<[Frame]>)>,
+    pub locations: Locations,
     /// How many logical frames at the top of the stack are the runtime's, above the callsite
     /// (0 when the whole stack is the runtime's). Go's own heap profiles leave them out.
     pub runtime_frames: usize,
@@ -231,8 +248,10 @@ pub struct Totals {
 }
 
 /// The allocation profile of a traced process so far.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Profile {
+    /// How the counts were obtained.
+    pub mode: Mode,
     /// What the probes did.
     pub stats: ProbeStats,
     /// Sums.
@@ -245,12 +264,18 @@ pub struct Profile {
 
 /// Builds the profile from cumulative counts. `stack_of` gives the user stack of a stack key
 /// (innermost first, starting at the probed pc).
+///
+/// `size_sigfigs` is the precision of each callsite's size histogram (1 to 5 significant
+/// figures): 3 for reports; a sidecar that shows no quantiles keeps it at 1, since a
+/// 3-figure histogram takes tens of KiB per callsite.
 pub fn build(
+    mode: Mode,
     stats: ProbeStats,
     counts: &[(AllocKey, u64)],
     mut stack_of: impl FnMut(u64) -> Option<Vec<u64>>,
     symbols: &mut dyn Symbols,
     runtime: &RuntimeFrames,
+    size_sigfigs: u8,
 ) -> Profile {
     let mut by_callsite: HashMap<CallsiteKey, Callsite> = HashMap::new();
     let mut samples = Vec::with_capacity(counts.len());
@@ -264,13 +289,18 @@ pub fn build(
         } else {
             stack_of(key.stack).unwrap_or_default()
         };
-        let locations = expand(&stack, key.return_address, symbols);
-        let type_name = (key.type_address != 0).then(|| {
-            symbols
-                .type_name(key.type_address)
-                // A type made at run time (reflect.StructOf, …) has its descriptor in the heap.
-                .unwrap_or_else(|| format!("<unknown type at {:#x}>", key.type_address).into())
-        });
+        let locations = symbols.locations(key.stack, &stack, key.return_address);
+        // The sampled modes' probes sit where the type is no longer known.
+        let type_name = if mode.is_sampled() {
+            Some(Arc::from(UNKNOWN_TYPE))
+        } else {
+            (key.type_address != 0).then(|| {
+                symbols
+                    .type_name(key.type_address)
+                    // A type made at run time (reflect.StructOf, …) has its descriptor in the heap.
+                    .unwrap_or_else(|| format!("<unknown type at {:#x}>", key.type_address).into())
+            })
+        };
         let (callsite, kind, runtime_frames) = callsite_and_kind(&locations, runtime);
         let callsite_key = CallsiteKey {
             function: callsite.function.as_str().into(),
@@ -286,7 +316,8 @@ pub fn build(
             key: callsite_key,
             allocations: 0,
             bytes: 0,
-            sizes: Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures is valid")),
+            sizes: Histogram::new(size_sigfigs.clamp(1, 5))
+                .unwrap_or_else(|_| unreachable!("1 to 5 significant figures is valid")),
             min_size: u64::MAX,
             max_size: 0,
         });
@@ -305,6 +336,7 @@ pub fn build(
             count,
         });
     }
+    symbols.build_done();
     let mut callsites: Vec<Callsite> = by_callsite.into_values().collect();
     callsites.sort_by(|a, b| {
         b.bytes
@@ -313,6 +345,7 @@ pub fn build(
             .then_with(|| a.key.cmp(&b.key))
     });
     Profile {
+        mode,
         stats,
         totals,
         callsites,
@@ -320,10 +353,53 @@ pub fn build(
     }
 }
 
+impl Profile {
+    /// What was added between `earlier` and this profile (both cumulative, of the same
+    /// process): each full stack's count minus what it was then. Callsites are left empty; the
+    /// totals are the samples' sums. For pprof deltas (`/debug/pprof/allocs?seconds=N`).
+    #[must_use]
+    pub fn since(&self, earlier: &Self) -> Self {
+        fn key(s: &Sample) -> (Vec<u64>, Option<&str>, Kind, u64) {
+            (
+                s.locations.iter().map(|(pc, _)| *pc).collect(),
+                s.type_name.as_deref(),
+                s.kind,
+                s.size,
+            )
+        }
+        let mut before: HashMap<_, u64> = HashMap::new();
+        for s in &earlier.samples {
+            *before.entry(key(s)).or_insert(0) += s.count;
+        }
+        let mut totals = Totals {
+            dropped: self.totals.dropped.saturating_sub(earlier.totals.dropped),
+            ..Totals::default()
+        };
+        let mut samples = Vec::new();
+        for s in &self.samples {
+            let then = before.get(&key(s)).copied().unwrap_or(0);
+            let count = s.count.saturating_sub(then);
+            if count == 0 {
+                continue;
+            }
+            totals.allocations = totals.allocations.saturating_add(count);
+            totals.bytes = totals.bytes.saturating_add(count.saturating_mul(s.size));
+            samples.push(Sample { count, ..s.clone() });
+        }
+        Self {
+            mode: self.mode,
+            stats: self.stats,
+            totals,
+            callsites: Vec::new(),
+            samples,
+        }
+    }
+}
+
 /// Logical frames of an allocation, innermost first, as the frames of each pc: the probed
 /// function (from the stack's first pc), then its caller (from the return address the probe
 /// read, which the frame-pointer walk misses at function entry), then the rest of the walk.
-fn expand(stack: &[u64], return_address: u64, symbols: &mut dyn Symbols) -> Vec<(u64, Arc<[Frame]>)> {
+pub fn expand<S: Symbols + ?Sized>(stack: &[u64], return_address: u64, symbols: &mut S) -> Vec<(u64, Arc<[Frame]>)> {
     let mut locations = Vec::with_capacity(stack.len() + 1);
     if let Some(&probed) = stack.first() {
         locations.push((probed, symbols.frames(probed, false)));
@@ -533,11 +609,13 @@ mod tests {
             ..ProbeStats::default()
         };
         let profile = build(
+            Mode::Exact,
             stats,
             &counts,
             |_| Some(vec![0x100, 0x300, 0x400]),
             &mut symbols,
             &RuntimeFrames::default(),
+            3,
         );
         assert_eq!(
             profile.totals,

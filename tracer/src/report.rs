@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use tracer_common::ProbeStats;
 
+use crate::mode::Mode;
 use crate::profile::{Callsite, Profile, Totals};
 
 /// The traced process.
@@ -99,8 +100,13 @@ pub struct ProbeSummary {
 pub struct Report {
     /// The traced process.
     pub target: TargetInfo,
-    /// How allocations were observed: `exact` counts every one.
+    /// How allocations were observed: `exact` counts every one; `go-sampler` and `span`
+    /// estimate from samples.
     pub mode: &'static str,
+    /// How the numbers were obtained, in one sentence.
+    pub method: &'static str,
+    /// Whether allocations and bytes are estimates scaled from samples.
+    pub estimated: bool,
     /// How long the trace ran.
     pub duration_secs: f64,
     /// Sums over all callsites, and what was dropped.
@@ -133,6 +139,7 @@ impl Report {
     pub fn new(target: TargetInfo, profile: &Profile, attached: usize, duration_secs: f64, top: Option<usize>) -> Self {
         Self::of_callsites(
             target,
+            profile.mode,
             profile.totals,
             profile.stats,
             &profile.callsites,
@@ -144,8 +151,10 @@ impl Report {
 
     /// A report of given totals and callsites (most bytes first), keeping the `top` ones.
     #[must_use]
+    #[expect(clippy::too_many_arguments, reason = "the parts of a report, each different")]
     pub fn of_callsites(
         target: TargetInfo,
+        mode: Mode,
         totals: Totals,
         stats: ProbeStats,
         callsites: &[Callsite],
@@ -156,7 +165,9 @@ impl Report {
         let s = stats;
         Self {
             target,
-            mode: "exact",
+            mode: mode.as_str(),
+            method: mode.method(),
+            estimated: mode.is_sampled(),
             duration_secs,
             totals,
             callsites: callsites
@@ -188,7 +199,11 @@ pub fn summary_line(report: &Report) -> String {
         report.target.pid,
         report.target.exe,
         report.target.go_version,
-        report.mode,
+        if report.estimated {
+            format!("{} mode: estimates from samples", report.mode)
+        } else {
+            report.mode.to_owned()
+        },
         report.duration_secs,
         thousands(report.totals.allocations),
         human_bytes(report.totals.bytes),

@@ -1,5 +1,6 @@
 //! A tracing session: attach to a process (or start one), collect until told to stop, report.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::Write;
@@ -18,10 +19,12 @@ use crate::export::{
     jsonl::JsonlStream,
 };
 use crate::live::{self, LiveView};
-use crate::probes::{Probes, StackCache};
+use crate::memprofile::{self, MemProfileRate};
+use crate::probes::Probes;
 use crate::process::{self, Child, ExitWatch};
-use crate::profile::{self, Profile, RuntimeFrames, Symbols};
+use crate::profile::{self, Locations, Profile, RuntimeFrames, Symbols};
 use crate::report::{Report, TargetInfo, human_bytes, thousands};
+use crate::store::{OTHER_CALLSITES, OTHER_CALLSITES_NAME, Store};
 
 /// What to trace.
 #[derive(Debug)]
@@ -65,20 +68,20 @@ pub fn run(target: Target, config: &TraceConfig) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("process {pid} ({}) cannot be traced", exe.path_in_process.display()))?;
     let addresses = AddressMap::for_process(pid, &exe, binary.load_segments())
         .with_context(|| format!("cannot read the memory map of process {pid}"))?;
-    let probes = Probes::attach(&binary, &exe.path, pid, &addresses)?;
+    let (mode, rate, _rate_override) =
+        memprofile::prepare(config.mode, config.set_mem_profile_rate, &binary, pid, &addresses)?;
+    let probes = Probes::attach(&binary, &exe.path, pid, &addresses, mode)?;
     let child = stopped.map(process::StoppedChild::resume).transpose()?;
     let session = Session {
         binary: &binary,
         addresses: &addresses,
-        probes: &probes,
+        probes: RefCell::new(probes),
+        store: RefCell::new(Store::new(ATTACH_MAX_KEYS, tracer_common::MAX_STACK_DEPTH)),
+        rate,
+        last_rate: std::cell::Cell::new(memprofile::DEFAULT_RATE),
         runtime: runtime_frames(&binary),
         mapping: mapping_info(&addresses, &exe.path_in_process, &binary),
-        target: TargetInfo {
-            pid,
-            exe: exe.path_in_process.display().to_string(),
-            go_version: binary.build_info().go_version.clone(),
-            arch: binary.arch().name().to_owned(),
-        },
+        target: target_info(pid, &exe.path_in_process, &binary),
         config,
     };
     session.announce();
@@ -88,8 +91,18 @@ pub fn run(target: Target, config: &TraceConfig) -> anyhow::Result<ExitCode> {
     }))
 }
 
+/// What reports say of the traced process.
+pub(crate) fn target_info(pid: u32, exe: &Path, binary: &GoBinary<'_>) -> TargetInfo {
+    TargetInfo {
+        pid,
+        exe: exe.display().to_string(),
+        go_version: binary.build_info().go_version.clone(),
+        arch: binary.arch().name().to_owned(),
+    }
+}
+
 /// Where this binary's runtime sources are, from the file of `runtime.mallocgc`.
-fn runtime_frames(binary: &GoBinary<'_>) -> RuntimeFrames {
+pub(crate) fn runtime_frames(binary: &GoBinary<'_>) -> RuntimeFrames {
     binary
         .functions()
         .by_name("runtime.mallocgc")
@@ -99,7 +112,7 @@ fn runtime_frames(binary: &GoBinary<'_>) -> RuntimeFrames {
 }
 
 /// The executable mapping of the binary, for pprof.
-fn mapping_info(addresses: &AddressMap, exe: &Path, binary: &GoBinary<'_>) -> MappingInfo {
+pub(crate) fn mapping_info(addresses: &AddressMap, exe: &Path, binary: &GoBinary<'_>) -> MappingInfo {
     let text = addresses.mappings().iter().find(|m| m.is_executable());
     MappingInfo {
         start: text.map_or(0, |m| m.start),
@@ -110,13 +123,26 @@ fn mapping_info(addresses: &AddressMap, exe: &Path, binary: &GoBinary<'_>) -> Ma
     }
 }
 
+/// Precision of the size quantiles in reports.
+const REPORT_SIZE_SIGFIGS: u8 = 3;
+
 /// How long a started program gets to exit after gotrace passes it SIGINT or SIGTERM.
 const CHILD_EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// How many distinct (stack, caller, type, size) keys `attach` and `run` keep before folding
+/// new ones into "other callsites": far more than any real program has in a trace, yet a
+/// bound (about 100 bytes each).
+const ATTACH_MAX_KEYS: usize = 1_000_000;
 
 struct Session<'a> {
     binary: &'a GoBinary<'a>,
     addresses: &'a AddressMap,
-    probes: &'a Probes,
+    probes: RefCell<Probes>,
+    store: RefCell<Store>,
+    /// The target's `runtime.MemProfileRate`, for go-sampler mode.
+    rate: Option<MemProfileRate>,
+    /// The last rate read that was not 0.
+    last_rate: std::cell::Cell<u64>,
     runtime: RuntimeFrames,
     target: TargetInfo,
     mapping: MappingInfo,
@@ -133,13 +159,15 @@ enum Stop {
 
 impl Session<'_> {
     fn announce(&self) {
+        let probes = self.probes.borrow();
         eprintln!(
-            "gotrace: attached {} probes to pid {} ({}, {}) in {} ms; {}",
-            self.probes.attached,
+            "gotrace: attached {} probes to pid {} ({}, {}) in {} ms, {} mode; {}",
+            probes.attached,
             self.target.pid,
             self.target.exe,
             self.target.go_version,
-            self.probes.attach_time.as_millis(),
+            probes.attach_time.as_millis(),
+            probes.mode.as_str(),
             match self.config.duration {
                 Some(d) => format!("tracing for {:.1} s (Ctrl-C stops early)", d.as_secs_f64()),
                 None => "tracing until Ctrl-C or until the target exits".to_owned(),
@@ -165,7 +193,6 @@ impl Session<'_> {
             .and_then(|d| i64::try_from(d.as_nanos()).ok())
             .unwrap_or(0);
         let mut symbols = ProcessSymbols::new(self.binary, self.addresses);
-        let mut stacks = StackCache::default();
         let mut stream = self.open_stream()?;
         let stop = runtime.block_on(async {
             use tokio::signal::unix::{SignalKind, signal};
@@ -202,7 +229,7 @@ impl Session<'_> {
                         }
                     }
                     _ = ticker.tick() => {
-                        let profile = self.profile(&mut symbols, &mut stacks)?;
+                        let profile = self.profile(&mut symbols)?;
                         self.show(&profile, started.elapsed().as_secs_f64(), view.as_mut(), stream.as_mut())?;
                     }
                 }
@@ -229,14 +256,14 @@ impl Session<'_> {
         if let Some(why) = &ended {
             eprintln!("gotrace: the {why}; reporting what was collected until then");
         }
-        let profile = self.profile(&mut symbols, &mut stacks)?;
+        let profile = self.profile(&mut symbols)?;
         let elapsed = started.elapsed().as_secs_f64();
         if let Some((mut s, mut sink)) = stream {
             // The last document covers the time since the last interval.
             let mut doc = s.next(
                 self.target.clone(),
                 &profile,
-                self.probes.attached,
+                self.probes.borrow().attached,
                 elapsed,
                 self.config.top,
             );
@@ -284,7 +311,7 @@ impl Session<'_> {
                 let doc = s.next(
                     self.target.clone(),
                     profile,
-                    self.probes.attached,
+                    self.probes.borrow().attached,
                     elapsed,
                     self.config.top,
                 );
@@ -295,19 +322,33 @@ impl Session<'_> {
         Ok(())
     }
 
-    fn profile(&self, symbols: &mut ProcessSymbols<'_>, stacks: &mut StackCache) -> anyhow::Result<Profile> {
-        let snapshot = self.probes.snapshot()?;
+    fn profile(&self, symbols: &mut ProcessSymbols<'_>) -> anyhow::Result<Profile> {
+        let mut probes = self.probes.borrow_mut();
+        let mut store = self.store.borrow_mut();
+        let mut last_rate = self.last_rate.get();
+        let weighing = memprofile::weighing(probes.mode, self.rate.as_ref(), &mut last_rate);
+        self.last_rate.set(last_rate);
+        store.collect(&mut probes, weighing)?;
+        let stats = probes.stats()?;
         Ok(profile::build(
-            snapshot.stats,
-            &snapshot.counts,
-            |id| stacks.get(self.probes, id).map(<[u64]>::to_vec),
+            probes.mode,
+            stats,
+            &store.counts(),
+            |id| store.stack(id),
             symbols,
             &self.runtime,
+            REPORT_SIZE_SIGFIGS,
         ))
     }
 
     fn report(&self, profile: &Profile, elapsed: f64, top: Option<usize>) -> Report {
-        Report::new(self.target.clone(), profile, self.probes.attached, elapsed, top)
+        Report::new(
+            self.target.clone(),
+            profile,
+            self.probes.borrow().attached,
+            elapsed,
+            top,
+        )
     }
 
     /// Every `--interval` without the live view or a stream: a plain table on stdout when it
@@ -409,27 +450,55 @@ async fn next_key(view: Option<&mut LiveView>) -> Option<ratatui::crossterm::eve
 }
 
 /// Symbols of the traced process: the binary's, through the process's address map, cached.
-struct ProcessSymbols<'a> {
+pub(crate) struct ProcessSymbols<'a> {
     binary: &'a GoBinary<'a>,
     addresses: &'a AddressMap,
     frames: HashMap<(u64, bool), Arc<[Frame]>>,
     types: HashMap<u64, Option<Arc<str>>>,
+    /// Expanded stacks by (stack key, return address), and whether the current build used
+    /// them: profiles built one after another share them instead of holding copies.
+    locations: HashMap<(u64, u64), (Locations, bool)>,
 }
 
 impl<'a> ProcessSymbols<'a> {
-    fn new(binary: &'a GoBinary<'a>, addresses: &'a AddressMap) -> Self {
+    pub(crate) fn new(binary: &'a GoBinary<'a>, addresses: &'a AddressMap) -> Self {
         Self {
             binary,
             addresses,
             frames: HashMap::new(),
             types: HashMap::new(),
+            locations: HashMap::new(),
         }
     }
 }
 
 impl Symbols for ProcessSymbols<'_> {
+    fn locations(&mut self, stack_id: u64, stack: &[u64], return_address: u64) -> Locations {
+        if let Some((locations, used)) = self.locations.get_mut(&(stack_id, return_address)) {
+            *used = true;
+            return locations.clone();
+        }
+        let locations: Locations = profile::expand(stack, return_address, self).into();
+        self.locations
+            .insert((stack_id, return_address), (locations.clone(), true));
+        locations
+    }
+
+    fn build_done(&mut self) {
+        self.locations.retain(|_, (_, used)| std::mem::take(used));
+    }
+
     fn frames(&mut self, pc: u64, return_address: bool) -> Arc<[Frame]> {
         let (binary, addresses) = (self.binary, self.addresses);
+        if pc == OTHER_CALLSITES {
+            return vec![Frame {
+                function: OTHER_CALLSITES_NAME.to_owned(),
+                file: "?".to_owned(),
+                line: 0,
+                inlined: false,
+            }]
+            .into();
+        }
         self.frames
             .entry((pc, return_address))
             .or_insert_with(|| {

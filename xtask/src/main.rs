@@ -4,6 +4,7 @@
 //! - `demo`: README's main job: build gotrace and the demo Go program, run the demo, point
 //!   gotrace at it;
 //! - `fixtures`: build the Go fixture programs for every Go version and variant;
+//! - `soak`: the full memory soak of `gotrace serve` (ten minutes, release build);
 //! - `go <minor> -- ARGS...`: run one of the project's Go toolchains with the project's Go
 //!   environment.
 
@@ -31,6 +32,13 @@ enum Command {
     Demo,
     /// Build the Go fixtures into target/fixtures and write target/fixtures/manifest.json
     Fixtures(fixtures::Args),
+    /// Soak `gotrace serve` against a target with churning stacks for --minutes (default 10)
+    /// and check its memory stays under the documented cap (needs root; builds in release)
+    Soak {
+        /// How long
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// Run a project Go toolchain (GOTOOLCHAIN=local, caches under .cache/), e.g.
     /// `cargo xtask go 1.27 -- version`
     Go {
@@ -58,7 +66,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo => demo::run(&repo).map(|()| ExitCode::SUCCESS),
         Command::Fixtures(args) => fixtures::run(&repo, &args).map(|()| ExitCode::SUCCESS),
         Command::Go { minor, args } => run_go(&repo, &minor, &args),
+        Command::Soak { minutes } => soak(&repo, minutes),
     }
+}
+
+/// `cargo xtask soak`: the soak test of `tracer/tests/soak.rs`, at full length, on a release
+/// build (what an operator would run), with the fixtures it needs.
+fn soak(repo: &Path, minutes: u64) -> Result<ExitCode> {
+    fixtures::run(repo, &fixtures::Args::all())?;
+    eprintln!("soak: {minutes} minutes; progress from the test follows");
+    let status = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(repo)
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "tracer",
+            "--test",
+            "soak",
+            "--",
+            "--nocapture",
+        ])
+        .env("GOTRACE_SOAK_SECONDS", (minutes * 60).to_string())
+        .status()
+        .context("cannot run cargo test")?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// The workspace root: the parent of this crate's directory, wherever cargo runs from.

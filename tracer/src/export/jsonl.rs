@@ -43,6 +43,7 @@ impl JsonlStream {
         };
         let mut report = Report::of_callsites(
             target,
+            profile.mode,
             totals,
             profile.stats,
             &deltas,

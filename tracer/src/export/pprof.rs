@@ -124,7 +124,7 @@ fn build(trace: &Trace<'_>) -> Profile {
     for sample in &trace.profile.samples {
         let mut location_id = Vec::with_capacity(sample.locations.len());
         let mut skip = sample.runtime_frames;
-        for (pc, frames) in &sample.locations {
+        for (pc, frames) in sample.locations.iter() {
             if skip >= frames.len() {
                 skip -= frames.len();
                 continue;
@@ -175,8 +175,8 @@ fn build(trace: &Trace<'_>) -> Profile {
     }];
     let report = trace.report;
     let comment = vec![t.string(&format!(
-        "gotrace {} mode: every heap allocation of pid {} ({}, {})",
-        report.mode, report.target.pid, report.target.exe, report.target.go_version
+        "gotrace {} mode ({}); pid {} ({}, {})",
+        report.mode, report.method, report.target.pid, report.target.exe, report.target.go_version
     ))];
     let period_type = Some(ValueType {
         r#type: t.string("space"),
@@ -195,7 +195,8 @@ fn build(trace: &Trace<'_>) -> Profile {
         time_nanos: trace.started_unix_nanos,
         duration_nanos,
         period_type,
-        // Exact mode: every allocation is a sample of itself.
+        // Exact mode: every allocation is a sample of itself. Sampled modes: the values are
+        // already scaled to estimates, as Go's own heap profiles are.
         period: 1,
         comment,
         default_sample_type,

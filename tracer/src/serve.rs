@@ -1,0 +1,692 @@
+//! `gotrace serve`: a sidecar that follows one target process, traces it in a sampled mode for
+//! as long as it runs, and serves what it collected over HTTP: Prometheus metrics, a pprof
+//! profile with `net/http/pprof`'s semantics, and a health check.
+//!
+//! Two threads: the collector owns the probes and the target's binary (attaching, draining,
+//! symbolizing, re-attaching after a restart) and publishes an immutable snapshot every
+//! interval; the HTTP server only reads the latest snapshot. No endpoint can change what is
+//! traced: the server has no handle on the collector but the snapshot.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use gobin::GoBinary;
+use gobin::procmaps::{AddressMap, process_exe};
+use serde::Deserialize;
+use tracer_common::ProbeStats;
+
+use crate::export::{Exporter as _, MappingInfo, PprofExporter, Trace};
+use crate::memprofile;
+use crate::mode::Mode;
+use crate::probes::Probes;
+use crate::profile::{self, CallsiteKey, Profile};
+use crate::report::{Report, TargetInfo};
+use crate::session::{ProcessSymbols, mapping_info, runtime_frames, target_info};
+use crate::store::Store;
+
+/// Which process to follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// This process first; after it ends, processes running the same executable.
+    Pid(u32),
+    /// Processes running this executable (the same file: device and inode, so a path inside
+    /// a container's root matches too).
+    Exe(PathBuf),
+    /// Processes whose `comm` (the kernel's 15-character process name) is this.
+    Name(String),
+}
+
+/// `gotrace serve`, validated.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub selector: Selector,
+    pub listen: SocketAddr,
+    pub mode: Mode,
+    pub set_mem_profile_rate: Option<u64>,
+    /// Callsites with series of their own in `/metrics`.
+    pub top_k: usize,
+    /// How often the probes are drained and the snapshot renewed.
+    pub interval: Duration,
+    /// Distinct keys the store keeps per target.
+    pub max_keys: usize,
+}
+
+/// How often the collector checks whether its target still lives, and looks for a new one.
+const POLL: Duration = Duration::from_millis(100);
+/// A process that could not be traced is not tried again for this long.
+const RETRY_FAILED_AFTER: Duration = Duration::from_secs(10);
+/// Size histograms are not shown by the sidecar; one significant figure keeps them tiny.
+const SERVE_SIZE_SIGFIGS: u8 = 1;
+/// Frames kept per stack: deeper frames cost the sidecar memory and say little about the
+/// callsite (Go's own heap profile kept 32 until Go 1.23).
+const SERVE_MAX_FRAMES: usize = 32;
+/// The longest `?seconds=N` a profile request may ask for.
+const MAX_DELTA_SECONDS: u64 = 3600;
+
+/// What the collector publishes, read by every request.
+#[derive(Debug, Default)]
+struct Snapshot {
+    target: Option<TargetInfo>,
+    mode: Option<Mode>,
+    /// Counts one traced process; a new process starts a new generation (and fresh counters).
+    generation: u64,
+    /// The target has exited; the data is its last.
+    stale: bool,
+    profile: Option<Arc<Profile>>,
+    mapping: MappingInfo,
+    /// When tracing of the current generation started.
+    started: Option<(Instant, i64)>,
+    attached_probes: usize,
+    /// Probe statistics of earlier generations, summed.
+    earlier_stats: ProbeStats,
+    reattaches: u64,
+    last_error: Option<String>,
+    store_keys: usize,
+    overflowed_keys: u64,
+    /// Sticky membership of the callsites with series of their own (see `metrics`).
+    exported: HashSet<CallsiteKey>,
+}
+
+type Shared = Arc<Mutex<Snapshot>>;
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Snapshot> {
+    // A panic while holding the lock leaves a snapshot that is still consistent enough to read.
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub fn run(config: &ServeConfig) -> anyhow::Result<()> {
+    crate::privileges::check_tracing_privileges()?;
+    match &config.selector {
+        Selector::Pid(pid) => {
+            process_exe(*pid).with_context(|| format!("cannot follow process {pid}"))?;
+        }
+        Selector::Exe(path) => {
+            std::fs::metadata(path).with_context(|| format!("cannot follow {}", path.display()))?;
+        }
+        Selector::Name(_) => {}
+    }
+    let shared: Shared = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(config.listen))
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = listener.local_addr().context("cannot read the listening address")?;
+    // Tests and scripts read this line to find the port of --listen 127.0.0.1:0.
+    eprintln!("gotrace: serving http://{local}/metrics, /debug/pprof/allocs and /healthz");
+    let collector = {
+        let (config, shared, stop) = (config.clone(), shared.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("collector".to_owned())
+            .spawn(move || collect(&config, &shared, &stop))
+            .context("cannot start the collector thread")?
+    };
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/debug/pprof/allocs", get(pprof_allocs))
+        .route("/healthz", get(healthz))
+        .with_state((shared, config.top_k));
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        };
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("the HTTP server failed")
+    })?;
+    eprintln!("gotrace: stopping");
+    stop.store(true, Ordering::Relaxed);
+    // The collector notices within one poll; it detaches its probes and puts a changed rate
+    // back as it goes.
+    let _ = collector.join();
+    Ok(())
+}
+
+/// A process and when it started (a pid can be reused; the pair cannot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ProcessId {
+    pid: u32,
+    start_time: u64,
+}
+
+impl ProcessId {
+    fn of(pid: u32) -> Option<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Field 22, counted after the parenthesised name (which may contain spaces).
+        let after_name = &stat[stat.rfind(')')? + 1..];
+        let start_time = after_name.split_whitespace().nth(19)?.parse().ok()?;
+        Some(Self { pid, start_time })
+    }
+
+    fn alive(self) -> bool {
+        Self::of(self.pid) == Some(self)
+    }
+}
+
+/// The executable a process runs, as a file identity.
+fn exe_identity(pid: u32) -> Option<(u64, u64)> {
+    let meta = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
+/// What the collector follows once it has seen its first target.
+#[derive(Debug, Clone)]
+enum Follow {
+    Pid(u32),
+    Exe((u64, u64)),
+    Name(String),
+}
+
+/// The oldest live process that matches, other than gotrace itself and those that failed.
+fn find_target(follow: &Follow, failed: &HashMap<ProcessId, Instant>) -> Option<ProcessId> {
+    let own = std::process::id();
+    let candidates: Vec<u32> = match follow {
+        Follow::Pid(pid) => vec![*pid],
+        _ => std::fs::read_dir("/proc")
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&pid| pid != own)
+            .collect(),
+    };
+    candidates
+        .into_iter()
+        .filter(|&pid| match follow {
+            Follow::Pid(_) => true,
+            Follow::Exe(identity) => exe_identity(pid) == Some(*identity),
+            Follow::Name(name) => std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end_matches('\n') == comm_of(name)),
+        })
+        .filter_map(ProcessId::of)
+        .filter(|id| failed.get(id).is_none_or(|at| at.elapsed() > RETRY_FAILED_AFTER))
+        .min_by_key(|id| (id.start_time, id.pid))
+}
+
+/// The kernel keeps the first 15 bytes of a process's name (`TASK_COMM_LEN` is 16 with the
+/// terminating zero).
+fn comm_of(name: &str) -> &str {
+    let mut end = name.len().min(15);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
+/// The collector thread: find the target, trace it until it exits, find the next.
+fn collect(config: &ServeConfig, shared: &Shared, stop: &AtomicBool) {
+    let mut follow = match &config.selector {
+        Selector::Pid(pid) => Follow::Pid(*pid),
+        Selector::Exe(path) => match std::fs::metadata(path) {
+            Ok(meta) => Follow::Exe((meta.dev(), meta.ino())),
+            Err(_) => return,
+        },
+        Selector::Name(name) => Follow::Name(name.clone()),
+    };
+    let mut failed: HashMap<ProcessId, Instant> = HashMap::new();
+    let mut announced_wait = false;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(target) = find_target(&follow, &failed) else {
+            if !announced_wait {
+                eprintln!("gotrace: waiting for a process to trace ({follow:?})");
+                announced_wait = true;
+            }
+            std::thread::sleep(POLL);
+            continue;
+        };
+        announced_wait = false;
+        // After the first target, follow its executable: a restart has a new pid.
+        if let Follow::Pid(pid) = follow
+            && let Some(identity) = exe_identity(pid)
+        {
+            follow = Follow::Exe(identity);
+        }
+        if let Err(error) = trace_target(config, target, shared, stop) {
+            eprintln!("gotrace: cannot trace process {}: {error:#}", target.pid);
+            lock(shared).last_error = Some(format!("process {}: {error:#}", target.pid));
+            failed.insert(target, Instant::now());
+        }
+        failed.retain(|id, _| id.alive());
+    }
+}
+
+/// Traces one process until it exits or gotrace is stopped.
+fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: &AtomicBool) -> anyhow::Result<()> {
+    let pid = target.pid;
+    let exe = process_exe(pid).with_context(|| format!("cannot find the executable of process {pid}"))?;
+    let data = std::fs::read(&exe.path).with_context(|| format!("cannot read {}", exe.path.display()))?;
+    let binary =
+        GoBinary::parse(&data).with_context(|| format!("{} cannot be traced", exe.path_in_process.display()))?;
+    let addresses = AddressMap::for_process(pid, &exe, binary.load_segments())
+        .with_context(|| format!("cannot read the memory map of process {pid}"))?;
+    let (mode, rate, _rate_override) =
+        memprofile::prepare(config.mode, config.set_mem_profile_rate, &binary, pid, &addresses)?;
+    let mut probes = Probes::attach(&binary, &exe.path, pid, &addresses, mode)?;
+    let target_info = target_info(pid, &exe.path_in_process, &binary);
+    eprintln!(
+        "gotrace: attached {} probes to pid {pid} ({}, {}) in {} ms, {} mode",
+        probes.attached,
+        target_info.exe,
+        target_info.go_version,
+        probes.attach_time.as_millis(),
+        mode.as_str()
+    );
+    {
+        let mut s = lock(shared);
+        if let Some(previous) = s.profile.as_ref() {
+            s.earlier_stats = s.earlier_stats.merged(previous.stats);
+        }
+        if s.generation > 0 {
+            s.reattaches += 1;
+        }
+        s.generation += 1;
+        s.target = Some(target_info);
+        s.mode = Some(mode);
+        s.stale = false;
+        s.profile = None;
+        s.exported.clear();
+        s.mapping = mapping_info(&addresses, &exe.path_in_process, &binary);
+        s.started = Some((Instant::now(), unix_nanos()));
+        s.attached_probes = probes.attached;
+        s.last_error = None;
+    }
+    // Loading parsed the kernel's BTF (megabytes) and dropped it; give the memory back.
+    release_free_memory();
+    let runtime = runtime_frames(&binary);
+    let mut symbols = ProcessSymbols::new(&binary, &addresses);
+    let mut store = Store::new(config.max_keys, SERVE_MAX_FRAMES);
+    let mut last_rate = memprofile::DEFAULT_RATE;
+    let mut next_collect = Instant::now() + config.interval;
+    loop {
+        let ended = !target.alive();
+        let stopping = stop.load(Ordering::Relaxed);
+        if ended || stopping || Instant::now() >= next_collect {
+            let weighing = memprofile::weighing(mode, rate.as_ref(), &mut last_rate);
+            store.collect(&mut probes, weighing)?;
+            let profile = profile::build(
+                mode,
+                probes.stats()?,
+                &store.counts(),
+                |id| store.stack(id),
+                &mut symbols,
+                &runtime,
+                SERVE_SIZE_SIGFIGS,
+            );
+            let mut s = lock(shared);
+            s.profile = Some(Arc::new(profile));
+            drop(s);
+            // The previous profile is gone now (unless a request still reads it).
+            release_free_memory();
+            let mut s = lock(shared);
+            s.store_keys = store.len();
+            s.overflowed_keys = store.overflowed;
+            s.stale = ended;
+            next_collect = Instant::now() + config.interval;
+        }
+        if ended {
+            eprintln!("gotrace: process {pid} exited; serving its last data (stale) until a new one appears");
+            // Detaching can take a while (one RCU grace period per probe); the next target
+            // should not wait for it.
+            std::thread::spawn(move || drop(probes));
+            return Ok(());
+        }
+        if stopping {
+            return Ok(());
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Returns freed heap memory to the kernel. glibc keeps freed memory in its arenas for reuse,
+/// so a sidecar that once parsed the kernel's BTF, or built one big profile, would keep that
+/// high-water mark as RSS for good.
+fn release_free_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe { libc::malloc_trim(0) };
+}
+
+fn unix_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_nanos()).ok())
+        .unwrap_or(0)
+}
+
+type AppState = (Shared, usize);
+
+/// `/healthz`: 200 while the tracer works, with what it is doing.
+async fn healthz(State((shared, _)): State<AppState>) -> Response {
+    let s = lock(&shared);
+    let status = match (&s.target, s.stale) {
+        (None, _) => "waiting for a target".to_owned(),
+        (Some(t), false) => format!("tracing pid {}", t.pid),
+        (Some(t), true) => format!("pid {} exited; serving its last data (stale)", t.pid),
+    };
+    let error = s
+        .last_error
+        .as_deref()
+        .map_or_else(String::new, |e| format!("\nlast error: {e}"));
+    (StatusCode::OK, format!("ok: {status}{error}\n")).into_response()
+}
+
+/// Escapes a Prometheus label value: backslash, double quote and newline.
+fn label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The tracer's resident memory, from `/proc/self/statm` (pages).
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages.saturating_mul(u64::try_from(page).unwrap_or(4096))
+}
+
+/// `/metrics`: the Prometheus text format (version 0.0.4).
+///
+/// Cardinality is bounded: the first `top_k` callsites by bytes get series of their own, and
+/// keep them for the life of the target (so that a series never disappears while its process
+/// runs); everything else adds up in one `other` series per counter.
+async fn metrics(State((shared, top_k)): State<AppState>) -> Response {
+    let mut s = lock(&shared);
+    let text = render_metrics(&mut s, top_k);
+    drop(s);
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+fn render_metrics(s: &mut Snapshot, top_k: usize) -> String {
+    let mut out = String::new();
+    let profile = s.profile.clone();
+    if let Some(profile) = &profile {
+        render_callsites(&mut out, s, profile, top_k);
+    }
+    render_own_metrics(&mut out, s, profile.as_deref());
+    out
+}
+
+/// The per-callsite counters: the sticky top K, and `other`.
+fn render_callsites(out: &mut String, s: &mut Snapshot, profile: &Profile, top_k: usize) {
+    {
+        for callsite in &profile.callsites {
+            if s.exported.len() >= top_k {
+                break;
+            }
+            s.exported.insert(callsite.key.clone());
+        }
+        let estimated = if s.mode.is_some_and(Mode::is_sampled) {
+            " Estimated from samples, scaled (see gotrace_target_info's mode)."
+        } else {
+            ""
+        };
+        let mut other = (0u64, 0u64);
+        let mut series = Vec::new();
+        for c in &profile.callsites {
+            if s.exported.contains(&c.key) {
+                series.push(c);
+            } else {
+                other.0 = other.0.saturating_add(c.bytes);
+                other.1 = other.1.saturating_add(c.allocations);
+            }
+        }
+        for (name, help, value_of, other_value) in [
+            (
+                "gotrace_alloc_bytes_total",
+                "Heap bytes allocated, per callsite.",
+                (|c: &profile::Callsite| c.bytes) as fn(&profile::Callsite) -> u64,
+                other.0,
+            ),
+            (
+                "gotrace_alloc_objects_total",
+                "Heap objects allocated, per callsite.",
+                |c: &profile::Callsite| c.allocations,
+                other.1,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}{estimated}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for c in &series {
+                let _ = writeln!(
+                    out,
+                    "{name}{{function=\"{}\",file=\"{}\",line=\"{}\",type=\"{}\",kind=\"{}\"}} {}",
+                    label(&c.key.function),
+                    label(&c.key.file),
+                    c.key.line,
+                    label(c.key.type_name.as_deref().unwrap_or("-")),
+                    c.key.kind.as_str(),
+                    value_of(c)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}{{function=\"other\",file=\"\",line=\"0\",type=\"\",kind=\"other\"}} {other_value}"
+            );
+        }
+    }
+}
+
+/// gotrace's own health, and what it traces.
+fn render_own_metrics(out: &mut String, s: &Snapshot, profile: Option<&Profile>) {
+    let stats = profile.map_or(s.earlier_stats, |p| s.earlier_stats.merged(p.stats));
+    let attached = u8::from(s.target.is_some() && !s.stale);
+    let gauges: [(&str, &str, &str, u64); 8] = [
+        (
+            "gotrace_probe_hits_total",
+            "counter",
+            "Times gotrace's probes fired.",
+            stats.hits,
+        ),
+        (
+            "gotrace_dropped_events_total",
+            "counter",
+            "Allocations or samples the probes saw but could not record.",
+            stats.dropped(),
+        ),
+        (
+            "gotrace_without_stack_total",
+            "counter",
+            "Allocations or samples recorded without their stack (stack map full).",
+            stats.without_stack,
+        ),
+        (
+            "gotrace_attached_targets",
+            "gauge",
+            "Processes traced now (0 while waiting, or after the target exited).",
+            u64::from(attached),
+        ),
+        (
+            "gotrace_reattaches_total",
+            "counter",
+            "Times gotrace attached to a new process after the first.",
+            s.reattaches,
+        ),
+        (
+            "gotrace_resident_memory_bytes",
+            "gauge",
+            "gotrace's own resident memory.",
+            resident_bytes(),
+        ),
+        (
+            "gotrace_store_keys",
+            "gauge",
+            "Distinct (stack, size) keys held for the current target.",
+            u64::try_from(s.store_keys).unwrap_or(u64::MAX),
+        ),
+        (
+            "gotrace_store_overflowed_keys_total",
+            "counter",
+            "Keys folded into the other callsite because the key limit was reached.",
+            s.overflowed_keys,
+        ),
+    ];
+    for (name, kind, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    }
+    if let (Some(t), Some(mode)) = (&s.target, s.mode) {
+        let _ = writeln!(
+            out,
+            "# HELP gotrace_target_info The traced process; stale=\"true\" after it exited."
+        );
+        let _ = writeln!(out, "# TYPE gotrace_target_info gauge");
+        let _ = writeln!(
+            out,
+            "gotrace_target_info{{pid=\"{}\",exe=\"{}\",go_version=\"{}\",mode=\"{}\",stale=\"{}\"}} 1",
+            t.pid,
+            label(&t.exe),
+            label(&t.go_version),
+            mode.as_str(),
+            s.stale
+        );
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct PprofQuery {
+    seconds: Option<u64>,
+}
+
+/// `/debug/pprof/allocs`: as Go's `net/http/pprof` serves it, a gzipped pprof profile of every
+/// allocation since the target started being traced; with `?seconds=N`, only those of the
+/// next N seconds.
+async fn pprof_allocs(State((shared, _)): State<AppState>, Query(query): Query<PprofQuery>) -> Response {
+    let current = || {
+        let s = lock(&shared);
+        (s.generation, s.profile.clone(), s.stale)
+    };
+    let (generation, first, _) = current();
+    let Some(first) = first else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no profile yet: no target traced so far\n",
+        )
+            .into_response();
+    };
+    let profile = match query.seconds {
+        None | Some(0) => first,
+        Some(n) if n > MAX_DELTA_SECONDS => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("seconds must be at most {MAX_DELTA_SECONDS}\n"),
+            )
+                .into_response();
+        }
+        Some(n) => {
+            tokio::time::sleep(Duration::from_secs(n)).await;
+            let (generation_now, last, _) = current();
+            let last = last.unwrap_or_else(|| first.clone());
+            if generation_now == generation {
+                Arc::new(last.since(&first))
+            } else {
+                // A new process: all of its profile is new.
+                last
+            }
+        }
+    };
+    let s = lock(&shared);
+    let Some(target) = s.target.clone() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no target\n").into_response();
+    };
+    let (elapsed, started_unix_nanos) = s
+        .started
+        .map_or((0.0, 0), |(at, unix)| (at.elapsed().as_secs_f64(), unix));
+    let mapping = s.mapping.clone();
+    let attached = s.attached_probes;
+    let stale = s.stale;
+    drop(s);
+    let report = Report::new(target, &profile, attached, elapsed, Some(0));
+    let mut body = Vec::new();
+    if let Err(e) = PprofExporter.export(
+        &Trace {
+            report: &report,
+            profile: &profile,
+            mapping: &mapping,
+            started_unix_nanos,
+        },
+        &mut body,
+    ) {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the profile: {e}\n"),
+        )
+            .into_response();
+    }
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"allocs\""),
+    );
+    if stale {
+        headers.insert("x-gotrace-stale", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(label(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(label("x\ny"), "x\\ny");
+    }
+
+    #[test]
+    fn comm_is_cut_like_the_kernel_cuts_it() {
+        assert_eq!(comm_of("my-go-service-with-a-long-name"), "my-go-service-w");
+        assert_eq!(comm_of("short"), "short");
+    }
+
+    #[test]
+    fn own_process_has_an_identity() {
+        let me = ProcessId::of(std::process::id()).unwrap();
+        assert!(me.alive());
+        assert!(exe_identity(std::process::id()).is_some());
+    }
+}
