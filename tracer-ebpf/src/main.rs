@@ -180,7 +180,7 @@ fn try_span_release(ctx: &ProbeContext) -> Result<u32, u32> {
         unsafe {
             match key {
                 Some(key) if increment(&key, used).is_ok() => {}
-                Some(_) => bump_by(&raw mut (*stats).dropped_counts_map, 1),
+                Some(_) => bump_by(&raw mut (*stats).dropped_counts_map, used),
                 None => bump_by(&raw mut (*stats).unattributed_release, used),
             }
         }
@@ -287,6 +287,14 @@ fn record(ctx: &ProbeContext, source: Source) -> Outcome {
         return Outcome::ZeroSize;
     }
     let Some(return_address) = return_address(ctx) else {
+        if refill {
+            // The span brought in now has no known owner: its leftovers go unattributed
+            // rather than to whoever brought in the previous one.
+            let _ = LAST_REFILL.remove(CacheClass {
+                mcache: go_int_arg::<0>(ctx),
+                span_class: size & !SIZE_IS_SPAN_CLASS,
+            });
+        }
         return Outcome::NoReturnAddress;
     };
     let stack = store_user_stack(ctx);

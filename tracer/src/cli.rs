@@ -148,8 +148,8 @@ impl ServeArgs {
         if self.max_keys < 100 {
             bail!("--max-keys must be at least 100");
         }
-        if self.interval < Duration::from_millis(100) {
-            bail!("--interval must be at least 100ms");
+        if self.interval < Duration::from_millis(100) || self.interval > Duration::from_hours(1) {
+            bail!("--interval must be between 100ms and 1h");
         }
         Ok(crate::serve::ServeConfig {
             selector,

@@ -246,6 +246,9 @@ pub fn prepare(
 pub struct RateOverride {
     rate: MemProfileRate,
     original: u64,
+    /// The run of the program the rate was written into: nothing is written back into a
+    /// process that has exited, reused the pid or exec'd another program since.
+    target: Option<crate::process::ProcessId>,
 }
 
 impl RateOverride {
@@ -253,14 +256,17 @@ impl RateOverride {
     pub fn set(rate: MemProfileRate, new: u64, go_minor: u32) -> anyhow::Result<Self> {
         let original = rate.read()?;
         check_rate_change_supported(go_minor, original)?;
+        let target = crate::process::ProcessId::of(rate.pid);
         rate.write(new)?;
-        Ok(Self { rate, original })
+        Ok(Self { rate, original, target })
     }
 }
 
 impl Drop for RateOverride {
     fn drop(&mut self) {
         // The target may be gone; nothing to put back then.
-        let _ = self.rate.write(self.original);
+        if self.target.is_some_and(crate::process::ProcessId::alive) {
+            let _ = self.rate.write(self.original);
+        }
     }
 }

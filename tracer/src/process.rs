@@ -270,3 +270,44 @@ pub fn alive(pid: u32) -> bool {
         })
         .is_some_and(|state| state != 'Z' && state != 'X')
 }
+
+/// One run of one program: a pid, when the process started (a pid can be reused; the pair
+/// cannot) and the executable it runs (an `execve` keeps the pid and the start time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProcessId {
+    /// The pid in gotrace's PID namespace.
+    pub pid: u32,
+    /// Field 22 of `/proc/PID/stat`, in clock ticks since boot.
+    pub start_time: u64,
+    /// Device and inode of `/proc/PID/exe`.
+    pub exe: (u64, u64),
+}
+
+impl ProcessId {
+    /// The process with this pid now, unless it has exited (zombies included).
+    #[must_use]
+    pub fn of(pid: u32) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the parenthesised name (which may contain spaces and parentheses):
+        // the state is field 3, the start time field 22.
+        let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+        let state = fields.next()?;
+        if state == "Z" || state == "X" {
+            return None;
+        }
+        let start_time = fields.nth(18)?.parse().ok()?;
+        let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+        Some(Self {
+            pid,
+            start_time,
+            exe: (exe.dev(), exe.ino()),
+        })
+    }
+
+    /// Whether this same run of this program is still going.
+    #[must_use]
+    pub fn alive(self) -> bool {
+        Self::of(self.pid) == Some(self)
+    }
+}

@@ -30,6 +30,7 @@ use crate::export::{Exporter as _, MappingInfo, PprofExporter, Trace};
 use crate::memprofile;
 use crate::mode::Mode;
 use crate::probes::Probes;
+use crate::process::ProcessId;
 use crate::profile::{self, CallsiteKey, Profile};
 use crate::report::{Report, TargetInfo};
 use crate::session::{ProcessSymbols, mapping_info, runtime_frames, target_info};
@@ -64,8 +65,12 @@ pub struct ServeConfig {
 
 /// How often the collector checks whether its target still lives, and looks for a new one.
 const POLL: Duration = Duration::from_millis(100);
-/// A process that could not be traced is not tried again for this long.
+/// A process that could not be traced is tried again after this long, then twice as long
+/// after each further failure, up to [`RETRY_FAILED_MAX`].
 const RETRY_FAILED_AFTER: Duration = Duration::from_secs(10);
+const RETRY_FAILED_MAX: Duration = Duration::from_mins(10);
+/// At most this many `?seconds=N` requests wait at once; more get 429.
+const MAX_WAITING_DELTAS: usize = 4;
 /// Size histograms are not shown by the sidecar; one significant figure keeps them tiny.
 const SERVE_SIZE_SIGFIGS: u8 = 1;
 /// Frames kept per stack: deeper frames cost the sidecar memory and say little about the
@@ -94,6 +99,10 @@ struct Snapshot {
     last_error: Option<String>,
     store_keys: usize,
     overflowed_keys: u64,
+    /// When the collector last published; `/healthz` fails when it stops doing so.
+    last_collection: Option<Instant>,
+    /// The collector thread has ended (it only does when gotrace stops, or on a bug).
+    collector_gone: bool,
     /// Sticky membership of the callsites with series of their own (see `metrics`).
     exported: HashSet<CallsiteKey>,
 }
@@ -133,14 +142,32 @@ pub fn run(config: &ServeConfig) -> anyhow::Result<()> {
         let (config, shared, stop) = (config.clone(), shared.clone(), stop.clone());
         std::thread::Builder::new()
             .name("collector".to_owned())
-            .spawn(move || collect(&config, &shared, &stop))
+            .spawn(move || {
+                /// Marks the collector gone however it ends, a panic included.
+                struct Gone(Shared);
+                impl Drop for Gone {
+                    fn drop(&mut self) {
+                        lock(&self.0).collector_gone = true;
+                    }
+                }
+                let _gone = Gone(shared.clone());
+                collect(&config, &shared, &stop);
+            })
             .context("cannot start the collector thread")?
     };
+    let (stopping, stopping_seen) = tokio::sync::watch::channel(false);
     let app = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/debug/pprof/allocs", get(pprof_allocs))
         .route("/healthz", get(healthz))
-        .with_state((shared, config.top_k));
+        .with_state(AppState {
+            shared,
+            top_k: config.top_k,
+            interval: config.interval,
+            stopping: stopping_seen,
+            waiting_deltas: Arc::new(tokio::sync::Semaphore::new(MAX_WAITING_DELTAS)),
+        });
+    let stop_now = stop.clone();
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -150,6 +177,10 @@ pub fn run(config: &ServeConfig) -> anyhow::Result<()> {
                 _ = interrupt.recv() => {}
                 _ = terminate.recv() => {}
             }
+            // The collector starts detaching (and putting a changed rate back) at once, and
+            // requests waiting out a ?seconds=N end now rather than hold the shutdown up.
+            stop_now.store(true, Ordering::Relaxed);
+            let _ = stopping.send(true);
         };
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -164,27 +195,6 @@ pub fn run(config: &ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A process and when it started (a pid can be reused; the pair cannot).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct ProcessId {
-    pid: u32,
-    start_time: u64,
-}
-
-impl ProcessId {
-    fn of(pid: u32) -> Option<Self> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Field 22, counted after the parenthesised name (which may contain spaces).
-        let after_name = &stat[stat.rfind(')')? + 1..];
-        let start_time = after_name.split_whitespace().nth(19)?.parse().ok()?;
-        Some(Self { pid, start_time })
-    }
-
-    fn alive(self) -> bool {
-        Self::of(self.pid) == Some(self)
-    }
-}
-
 /// The executable a process runs, as a file identity.
 fn exe_identity(pid: u32) -> Option<(u64, u64)> {
     let meta = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
@@ -195,12 +205,45 @@ fn exe_identity(pid: u32) -> Option<(u64, u64)> {
 #[derive(Debug, Clone)]
 enum Follow {
     Pid(u32),
-    Exe((u64, u64)),
+    /// A program: processes whose executable is this path (as gotrace sees it, stat'd afresh
+    /// on each look, so a binary replaced by a deploy still matches), or this very file (a
+    /// path inside a container's root).
+    Exe {
+        path: PathBuf,
+        file: Option<(u64, u64)>,
+    },
     Name(String),
 }
 
-/// The oldest live process that matches, other than gotrace itself and those that failed.
-fn find_target(follow: &Follow, failed: &HashMap<ProcessId, Instant>) -> Option<ProcessId> {
+/// `readlink /proc/PID/exe`, without the " (deleted)" the kernel appends once the file was
+/// replaced.
+fn exe_path(pid: u32) -> Option<PathBuf> {
+    let link = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let text = link.to_str()?;
+    Some(PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(text)))
+}
+
+impl Follow {
+    fn matches(&self, pid: u32, fresh_file: Option<(u64, u64)>) -> bool {
+        match self {
+            Self::Pid(wanted) => pid == *wanted,
+            Self::Exe { path, file } => {
+                let identity = exe_identity(pid);
+                (identity.is_some() && (identity == *file || identity == fresh_file))
+                    || exe_path(pid).as_deref() == Some(path.as_path())
+            }
+            Self::Name(name) => std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end_matches('\n') == comm_of(name)),
+        }
+    }
+}
+
+/// Processes that could not be traced, and when each may be tried again.
+type Failed = HashMap<ProcessId, (Instant, Duration)>;
+
+/// The oldest live process that matches, other than gotrace itself and those that failed
+/// recently.
+fn find_target(follow: &Follow, failed: &Failed) -> Option<ProcessId> {
     let own = std::process::id();
     let candidates: Vec<u32> = match follow {
         Follow::Pid(pid) => vec![*pid],
@@ -210,16 +253,16 @@ fn find_target(follow: &Follow, failed: &HashMap<ProcessId, Instant>) -> Option<
             .filter(|&pid| pid != own)
             .collect(),
     };
+    let fresh_file = match follow {
+        Follow::Exe { path, .. } => std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino())),
+        _ => None,
+    };
+    let now = Instant::now();
     candidates
         .into_iter()
-        .filter(|&pid| match follow {
-            Follow::Pid(_) => true,
-            Follow::Exe(identity) => exe_identity(pid) == Some(*identity),
-            Follow::Name(name) => std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| comm.trim_end_matches('\n') == comm_of(name)),
-        })
+        .filter(|&pid| follow.matches(pid, fresh_file))
         .filter_map(ProcessId::of)
-        .filter(|id| failed.get(id).is_none_or(|at| at.elapsed() > RETRY_FAILED_AFTER))
+        .filter(|id| failed.get(id).is_none_or(|(retry_at, _)| now >= *retry_at))
         .min_by_key(|id| (id.start_time, id.pid))
 }
 
@@ -237,13 +280,13 @@ fn comm_of(name: &str) -> &str {
 fn collect(config: &ServeConfig, shared: &Shared, stop: &AtomicBool) {
     let mut follow = match &config.selector {
         Selector::Pid(pid) => Follow::Pid(*pid),
-        Selector::Exe(path) => match std::fs::metadata(path) {
-            Ok(meta) => Follow::Exe((meta.dev(), meta.ino())),
-            Err(_) => return,
+        Selector::Exe(path) => Follow::Exe {
+            path: std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()),
+            file: std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino())),
         },
         Selector::Name(name) => Follow::Name(name.clone()),
     };
-    let mut failed: HashMap<ProcessId, Instant> = HashMap::new();
+    let mut failed = Failed::new();
     let mut announced_wait = false;
     while !stop.load(Ordering::Relaxed) {
         let Some(target) = find_target(&follow, &failed) else {
@@ -257,14 +300,20 @@ fn collect(config: &ServeConfig, shared: &Shared, stop: &AtomicBool) {
         announced_wait = false;
         // After the first target, follow its executable: a restart has a new pid.
         if let Follow::Pid(pid) = follow
-            && let Some(identity) = exe_identity(pid)
+            && let Some(path) = exe_path(pid)
         {
-            follow = Follow::Exe(identity);
+            follow = Follow::Exe {
+                path,
+                file: Some(target.exe),
+            };
         }
         if let Err(error) = trace_target(config, target, shared, stop) {
             eprintln!("gotrace: cannot trace process {}: {error:#}", target.pid);
             lock(shared).last_error = Some(format!("process {}: {error:#}", target.pid));
-            failed.insert(target, Instant::now());
+            let backoff = failed
+                .get(&target)
+                .map_or(RETRY_FAILED_AFTER, |(_, b)| (*b * 2).min(RETRY_FAILED_MAX));
+            failed.insert(target, (Instant::now() + backoff, backoff));
         }
         failed.retain(|id, _| id.alive());
     }
@@ -291,7 +340,7 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
         probes.attach_time.as_millis(),
         mode.as_str()
     );
-    {
+    let overflowed_before = {
         let mut s = lock(shared);
         if let Some(previous) = s.profile.as_ref() {
             s.earlier_stats = s.earlier_stats.merged(previous.stats);
@@ -309,8 +358,10 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
         s.started = Some((Instant::now(), unix_nanos()));
         s.attached_probes = probes.attached;
         s.last_error = None;
-    }
-    // Loading parsed the kernel's BTF (megabytes) and dropped it; give the memory back.
+        s.last_collection = Some(Instant::now());
+        s.overflowed_keys
+    };
+    // Attaching parsed the binary's tables and dropped some; give the memory back.
     release_free_memory();
     let runtime = runtime_frames(&binary);
     let mut symbols = ProcessSymbols::new(&binary, &addresses);
@@ -339,8 +390,9 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
             release_free_memory();
             let mut s = lock(shared);
             s.store_keys = store.len();
-            s.overflowed_keys = store.overflowed;
+            s.overflowed_keys = overflowed_before + store.overflowed;
             s.stale = ended;
+            s.last_collection = Some(Instant::now());
             next_collect = Instant::now() + config.interval;
         }
         if ended {
@@ -373,11 +425,33 @@ fn unix_nanos() -> i64 {
         .unwrap_or(0)
 }
 
-type AppState = (Shared, usize);
+/// What the HTTP handlers share: the snapshot, and nothing that reaches the probes.
+#[derive(Debug, Clone)]
+struct AppState {
+    shared: Shared,
+    top_k: usize,
+    interval: Duration,
+    /// Becomes true when gotrace is asked to stop.
+    stopping: tokio::sync::watch::Receiver<bool>,
+    /// Permits for `?seconds=N` requests, which each hold a profile while they wait.
+    waiting_deltas: Arc<tokio::sync::Semaphore>,
+}
 
-/// `/healthz`: 200 while the tracer works, with what it is doing.
-async fn healthz(State((shared, _)): State<AppState>) -> Response {
-    let s = lock(&shared);
+/// `/healthz`: 200 while the tracer works, with what it is doing; 503 when the collector has
+/// stopped publishing (it ended, or it is stuck).
+async fn healthz(State(app): State<AppState>) -> Response {
+    let s = lock(&app.shared);
+    let stuck = s.target.is_some()
+        && !s.stale
+        && s.last_collection
+            .is_some_and(|at| at.elapsed() > app.interval.saturating_mul(5) + Duration::from_secs(10));
+    if s.collector_gone || stuck {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy: the collector stopped publishing\n",
+        )
+            .into_response();
+    }
     let status = match (&s.target, s.stale) {
         (None, _) => "waiting for a target".to_owned(),
         (Some(t), false) => format!("tracing pid {}", t.pid),
@@ -422,9 +496,9 @@ fn resident_bytes() -> u64 {
 /// Cardinality is bounded: the first `top_k` callsites by bytes get series of their own, and
 /// keep them for the life of the target (so that a series never disappears while its process
 /// runs); everything else adds up in one `other` series per counter.
-async fn metrics(State((shared, top_k)): State<AppState>) -> Response {
-    let mut s = lock(&shared);
-    let text = render_metrics(&mut s, top_k);
+async fn metrics(State(app): State<AppState>) -> Response {
+    let mut s = lock(&app.shared);
+    let text = render_metrics(&mut s, app.top_k);
     drop(s);
     let mut response = text.into_response();
     response.headers_mut().insert(
@@ -447,8 +521,22 @@ fn render_metrics(s: &mut Snapshot, top_k: usize) -> String {
 /// The per-callsite counters: the sticky top K, and `other`.
 fn render_callsites(out: &mut String, s: &mut Snapshot, profile: &Profile, top_k: usize) {
     {
+        // Membership only grows, so no series disappears while its process lives: the first
+        // `top_k` callsites by bytes get in, and later a callsite that outgrows the smallest
+        // member, up to twice `top_k` series.
         for callsite in &profile.callsites {
-            if s.exported.len() >= top_k {
+            if s.exported.contains(&callsite.key) {
+                continue;
+            }
+            let smallest = profile
+                .callsites
+                .iter()
+                .filter(|c| s.exported.contains(&c.key))
+                .map(|c| c.bytes)
+                .min();
+            let admit = s.exported.len() < top_k
+                || (s.exported.len() < top_k.saturating_mul(2) && smallest.is_some_and(|m| callsite.bytes > m));
+            if !admit {
                 break;
             }
             s.exported.insert(callsite.key.clone());
@@ -589,9 +677,10 @@ struct PprofQuery {
 /// `/debug/pprof/allocs`: as Go's `net/http/pprof` serves it, a gzipped pprof profile of every
 /// allocation since the target started being traced; with `?seconds=N`, only those of the
 /// next N seconds.
-async fn pprof_allocs(State((shared, _)): State<AppState>, Query(query): Query<PprofQuery>) -> Response {
+async fn pprof_allocs(State(app): State<AppState>, Query(query): Query<PprofQuery>) -> Response {
+    let shared = &app.shared;
     let current = || {
-        let s = lock(&shared);
+        let s = lock(shared);
         (s.generation, s.profile.clone(), s.stale)
     };
     let (generation, first, _) = current();
@@ -612,34 +701,67 @@ async fn pprof_allocs(State((shared, _)): State<AppState>, Query(query): Query<P
                 .into_response();
         }
         Some(n) => {
-            tokio::time::sleep(Duration::from_secs(n)).await;
+            let Ok(_permit) = app.waiting_deltas.clone().try_acquire_owned() else {
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("at most {MAX_WAITING_DELTAS} ?seconds=N requests at a time\n"),
+                )
+                    .into_response();
+            };
+            let mut stopping = app.stopping.clone();
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(n)) => {}
+                _ = stopping.wait_for(|stop| *stop) => {
+                    return (StatusCode::SERVICE_UNAVAILABLE, "gotrace is stopping\n").into_response();
+                }
+            }
             let (generation_now, last, _) = current();
-            let last = last.unwrap_or_else(|| first.clone());
-            if generation_now == generation {
-                Arc::new(last.since(&first))
-            } else {
+            match last {
+                Some(last) if generation_now == generation => Arc::new(last.since(&first)),
                 // A new process: all of its profile is new.
-                last
+                Some(last) => last,
+                None => {
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the target restarted during the window and has no profile yet\n",
+                    )
+                        .into_response();
+                }
             }
         }
     };
-    let s = lock(&shared);
+    pprof_response(shared, &profile, query.seconds.filter(|&n| n > 0))
+}
+
+/// The profile as a gzipped pprof file, with the metadata of the current target; `window`:
+/// the delta's length in seconds.
+fn pprof_response(shared: &Shared, profile: &Profile, window: Option<u64>) -> Response {
+    let s = lock(shared);
     let Some(target) = s.target.clone() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "no target\n").into_response();
     };
-    let (elapsed, started_unix_nanos) = s
+    let (mut elapsed, mut started_unix_nanos) = s
         .started
         .map_or((0.0, 0), |(at, unix)| (at.elapsed().as_secs_f64(), unix));
+    if let Some(n) = window {
+        // A delta covers the last N seconds.
+        #[expect(clippy::cast_precision_loss, reason = "seconds, at most an hour")]
+        let seconds = n as f64;
+        elapsed = elapsed.min(seconds);
+        #[expect(clippy::cast_possible_truncation, reason = "an hour of nanoseconds fits")]
+        let back = (elapsed * 1e9) as i64;
+        started_unix_nanos = unix_nanos().saturating_sub(back);
+    }
     let mapping = s.mapping.clone();
     let attached = s.attached_probes;
     let stale = s.stale;
     drop(s);
-    let report = Report::new(target, &profile, attached, elapsed, Some(0));
+    let report = Report::new(target, profile, attached, elapsed, Some(0));
     let mut body = Vec::new();
     if let Err(e) = PprofExporter.export(
         &Trace {
             report: &report,
-            profile: &profile,
+            profile,
             mapping: &mapping,
             started_unix_nanos,
         },
@@ -677,6 +799,111 @@ mod tests {
         assert_eq!(label("x\ny"), "x\\ny");
     }
 
+    fn profile_of(callsites: &[(&str, u64)]) -> Profile {
+        let callsites = callsites
+            .iter()
+            .map(|&(function, bytes)| profile::Callsite {
+                key: CallsiteKey {
+                    function: function.into(),
+                    file: "/app/main.go".into(),
+                    line: 7,
+                    type_name: Some("unknown".into()),
+                    kind: profile::Kind::New,
+                },
+                allocations: bytes / 8,
+                bytes,
+                sizes: hdrhistogram::Histogram::new(1).unwrap(),
+                min_size: 8,
+                max_size: 8,
+            })
+            .collect();
+        Profile {
+            mode: Mode::Span,
+            stats: ProbeStats::default(),
+            totals: profile::Totals::default(),
+            callsites,
+            samples: Vec::new(),
+        }
+    }
+
+    fn series(text: &str, name: &str) -> Vec<(String, u64)> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .map(|l| {
+                let function = l.split("function=\"").nth(1).unwrap().split('"').next().unwrap();
+                (function.to_owned(), l.rsplit(' ').next().unwrap().parse().unwrap())
+            })
+            .collect()
+    }
+
+    /// The top K get series, the rest add up in `other`; membership only grows, and a
+    /// callsite that outgrows the smallest member joins, up to 2K.
+    #[test]
+    fn metrics_keep_cardinality_bounded_and_series_stable() {
+        let mut s = Snapshot {
+            target: Some(TargetInfo {
+                pid: 7,
+                exe: "/app/with \"quotes\"".to_owned(),
+                go_version: "go1.27.3".to_owned(),
+                arch: "x86_64".to_owned(),
+            }),
+            mode: Some(Mode::Span),
+            profile: Some(Arc::new(profile_of(&[
+                ("main.a", 800),
+                ("main.b", 400),
+                ("main.c", 200),
+                ("main.d", 100),
+            ]))),
+            ..Snapshot::default()
+        };
+        let text = render_metrics(&mut s, 2);
+        assert_eq!(
+            series(&text, "gotrace_alloc_bytes_total"),
+            [
+                ("main.a".to_owned(), 800),
+                ("main.b".to_owned(), 400),
+                ("other".to_owned(), 300)
+            ]
+        );
+        assert!(text.contains("# TYPE gotrace_alloc_bytes_total counter"));
+        assert!(text.contains("exe=\"/app/with \\\"quotes\\\"\""), "{text}");
+        assert!(text.contains("Estimated from samples"));
+        // main.d grows past main.b: it joins; main.b keeps its series.
+        s.profile = Some(Arc::new(profile_of(&[
+            ("main.a", 900),
+            ("main.d", 500),
+            ("main.b", 450),
+            ("main.c", 300),
+        ])));
+        let text = render_metrics(&mut s, 2);
+        let names: Vec<String> = series(&text, "gotrace_alloc_bytes_total")
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        assert_eq!(names, ["main.a", "main.d", "main.b", "other"]);
+        // main.c outgrows them too and is the fourth member: 2K, the limit.
+        s.profile = Some(Arc::new(profile_of(&[
+            ("main.c", 5000),
+            ("main.a", 900),
+            ("main.d", 500),
+            ("main.b", 450),
+        ])));
+        let text = render_metrics(&mut s, 2);
+        let bytes = series(&text, "gotrace_alloc_bytes_total");
+        assert!(bytes.contains(&("main.c".to_owned(), 5000)), "{bytes:?}");
+        assert_eq!(s.exported.len(), 4);
+        // Past 2K nobody else joins, however big.
+        s.profile = Some(Arc::new(profile_of(&[
+            ("main.e", 9000),
+            ("main.c", 5000),
+            ("main.a", 900),
+        ])));
+        let text = render_metrics(&mut s, 2);
+        let bytes = series(&text, "gotrace_alloc_bytes_total");
+        assert!(bytes.contains(&("other".to_owned(), 9000)), "{bytes:?}");
+        assert_eq!(s.exported.len(), 4);
+    }
+
     #[test]
     fn comm_is_cut_like_the_kernel_cuts_it() {
         assert_eq!(comm_of("my-go-service-with-a-long-name"), "my-go-service-w");
@@ -687,6 +914,7 @@ mod tests {
     fn own_process_has_an_identity() {
         let me = ProcessId::of(std::process::id()).unwrap();
         assert!(me.alive());
-        assert!(exe_identity(std::process::id()).is_some());
+        assert_eq!(exe_identity(std::process::id()), Some(me.exe));
+        assert_eq!(exe_path(std::process::id()), std::env::current_exe().ok());
     }
 }

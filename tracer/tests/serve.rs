@@ -552,3 +552,35 @@ fn memory_profiling_off_is_reported_and_can_be_turned_on() {
     assert!(!refused.status.success());
     assert!(stderr.contains("before Go 1.24"), "{stderr}");
 }
+
+/// SIGTERM ends gotrace promptly even while a `?seconds=N` request waits (that request gets
+/// 503), with exit status 0, and the target runs on.
+#[test]
+fn serve_stops_promptly_on_sigterm() {
+    let Some(_lock) = root_only("serve_stops_promptly_on_sigterm") else {
+        return;
+    };
+    let f = fixture("1.25", "default");
+    let target = start_target(&f.path);
+    let mut server = start_serve(serve_command(&["--pid", &target.0.id().to_string()]));
+    let port = server.port;
+    wait_for(port, Duration::from_secs(20), "fixture series", has_fixture_series);
+    let waiting = std::thread::spawn(move || http(port, "GET", "/debug/pprof/allocs?seconds=600").0);
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = Instant::now();
+    kill(server.child.0.id(), libc::SIGTERM);
+    let status = loop {
+        if let Some(status) = server.child.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "gotrace did not stop within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("stopped {:?} after SIGTERM", asked.elapsed());
+    assert!(status.success(), "{status}");
+    assert_eq!(waiting.join().expect("request"), 503);
+    assert!(target.0.id() > 0 && Path::new(&format!("/proc/{}", target.0.id())).exists());
+}
