@@ -30,11 +30,11 @@ pub const LARGE_ALLOC_PROGRAM: &str = "large_alloc";
 /// used ones never pass `refill`. They are counted against the stack of the refill that
 /// brought the span in ([`LAST_REFILL_MAP`]).
 pub const SPAN_RELEASE_PROGRAM: &str = "span_release";
-/// Name of the last-refill map: an `LRU_HASH` from [`CacheClass`] to the [`AllocKey`] of the
+/// Name of the last-refill map: a `HASH` from [`CacheClass`] to the [`AllocKey`] of the
 /// latest refill of that P's cache and span class.
 pub const LAST_REFILL_MAP: &str = "LAST_REFILL";
-/// Capacity of [`LAST_REFILL_MAP`]: 136 span classes for each of 480 Ps (`GOMAXPROCS`);
-/// least recently refilled entries go first when a bigger program fills it.
+/// Capacity of [`LAST_REFILL_MAP`]: 136 span classes for each of 480 Ps (`GOMAXPROCS`). Not
+/// preallocated: it costs memory for the (P, class) pairs a program really uses.
 pub const LAST_REFILL_MAP_ENTRIES: u32 = 136 * 480;
 
 /// Name of the configuration map: an `ARRAY` with one [`ProbeConfig`].
@@ -187,8 +187,9 @@ pub struct ProbeConfig {
     pub span_alloc_count_offset: u32,
     /// Byte offset of `allocCountBeforeCache uint16` in `runtime.mspan`.
     pub span_alloc_count_before_cache_offset: u32,
-    /// Always zero.
-    pub padding: u32,
+    /// Frames the probes walk per stack, at most [`MAX_STACK_DEPTH`] (0 means that). Each
+    /// frame is one read of user memory: a deep stack walked in full costs microseconds.
+    pub max_stack_depth: u32,
 }
 
 /// What the counting probe did, per CPU. User space sums the CPUs.

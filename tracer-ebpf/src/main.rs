@@ -29,7 +29,7 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::bpf_probe_read_user,
     macros::{map, uprobe},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::ProbeContext,
 };
 use tracer_common::{
@@ -67,7 +67,8 @@ static COUNTS_ALT: PerCpuHashMap<AllocKey, u64> =
 /// The key of the latest refill of each P's cache and span class: whoever brought a span into
 /// the cache is charged, at `releaseAll`, with the objects taken from it since.
 #[map]
-static LAST_REFILL: LruHashMap<CacheClass, AllocKey> = LruHashMap::with_max_entries(LAST_REFILL_MAP_ENTRIES, 0);
+static LAST_REFILL: HashMap<CacheClass, AllocKey> =
+    HashMap::with_max_entries(LAST_REFILL_MAP_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Which counts map the probes write to: 0 for [`COUNTS`], 1 for [`COUNTS_ALT`].
 #[map]
@@ -174,7 +175,7 @@ fn try_span_release(ctx: &ProbeContext) -> Result<u32, u32> {
             continue;
         }
         let class = CacheClass { mcache, span_class };
-        // SAFETY: a value of the LRU map, copied out at once.
+        // SAFETY: a value of the map, copied out at once.
         let key = unsafe { LAST_REFILL.get(class) }.copied();
         // SAFETY: this CPU's slot of the per-CPU array, valid for the whole run.
         unsafe {
@@ -297,7 +298,7 @@ fn record(ctx: &ProbeContext, source: Source) -> Outcome {
         }
         return Outcome::NoReturnAddress;
     };
-    let stack = store_user_stack(ctx);
+    let stack = store_user_stack(ctx, config.max_stack_depth);
     let key = AllocKey {
         stack,
         return_address,
@@ -312,11 +313,24 @@ fn record(ctx: &ProbeContext, source: Source) -> Outcome {
             mcache: go_int_arg::<0>(ctx),
             span_class: size & !SIZE_IS_SPAN_CLASS,
         };
-        // SAFETY: a value of the LRU map, copied out at once.
-        started_by = unsafe { LAST_REFILL.get(class) }.copied();
-        // A full LRU map evicts its oldest entry rather than fail; a failure only costs the
-        // attribution of that span's leftovers (counted as unattributed).
-        let _ = LAST_REFILL.insert(class, key, 0);
+        // Updated in place: an entry exists for every (P, class) after its first refill, and
+        // rewriting it costs a lookup where an insert would allocate. No other run of this
+        // probe touches the same entry meanwhile: an mcache belongs to one P, and the P stays
+        // with the thread that is in `refill`.
+        match LAST_REFILL.get_ptr_mut(class) {
+            Some(slot) => {
+                // SAFETY: the map's value for this key, valid for the run of the program.
+                unsafe {
+                    started_by = Some(*slot);
+                    *slot = key;
+                }
+            }
+            // A full map (more than LAST_REFILL_MAP_ENTRIES Ps × classes) leaves this span's
+            // leftovers unattributed; nothing else is lost.
+            None => {
+                let _ = LAST_REFILL.insert(class, key, 0);
+            }
+        }
     }
     if weight == 0 {
         return Outcome::ZeroSize;
@@ -417,7 +431,7 @@ fn count(ctx: &ProbeContext) -> Outcome {
             return Outcome::Nested;
         }
     }
-    let stack = store_user_stack(ctx);
+    let stack = store_user_stack(ctx, config.max_stack_depth);
     let key = AllocKey {
         stack,
         return_address,
@@ -432,8 +446,9 @@ fn count(ctx: &ProbeContext) -> Outcome {
 }
 
 /// Walks Go's frame-pointer chain from the probe: the probed pc, then one return address per
-/// frame record, up to [`MAX_STACK_DEPTH`] frames. Hashes the frames as it goes, and stores them
-/// in `out` too when given one. Returns the hash and the number of frames.
+/// frame record, up to `depth` frames (the configured depth, at most [`MAX_STACK_DEPTH`]).
+/// Hashes the frames as it goes, and stores them in `out` too when given one. Returns the hash
+/// and the number of frames.
 ///
 /// The walk follows the frame pointers itself rather than calling `bpf_get_stack`: measured on
 /// these machines, the kernel's user-stack walker costs about 1.5 µs for a six-frame Go stack,
@@ -443,7 +458,8 @@ fn count(ctx: &ProbeContext) -> Outcome {
 /// the frame-pointer register still holds the caller's frame, so the chain yields the probed
 /// pc and then the caller's *caller*: the caller itself is the return address, which the count
 /// key carries next to the stack.
-fn walk_stack(ctx: &ProbeContext, mut out: Option<&mut UserStack>) -> (u64, usize) {
+fn walk_stack(ctx: &ProbeContext, depth: u32, mut out: Option<&mut UserStack>) -> (u64, usize) {
+    let depth = if depth == 0 { MAX_STACK_DEPTH } else { depth as usize };
     let (mut fp, pc) = frame_pointer_and_pc(ctx);
     let mut hash = StackHasher::new().push(pc);
     if let Some(out) = out.as_deref_mut() {
@@ -451,6 +467,9 @@ fn walk_stack(ctx: &ProbeContext, mut out: Option<&mut UserStack>) -> (u64, usiz
     }
     let mut len = 1;
     for i in 1..MAX_STACK_DEPTH {
+        if i >= depth {
+            break;
+        }
         // Go's frame record on amd64 and arm64: the caller's frame pointer, then the return
         // address into the caller.
         // SAFETY: bpf_probe_read_user checks the address and fails cleanly.
@@ -482,8 +501,8 @@ fn walk_stack(ctx: &ProbeContext, mut out: Option<&mut UserStack>) -> (u64, usiz
 /// with the first: another run of the probe on this CPU (possible on preemptible kernels) may
 /// have overwritten the slot mid-walk, and a mixed stack must not be stored under either
 /// stack's key.
-fn store_user_stack(ctx: &ProbeContext) -> u64 {
-    let (hash, _) = walk_stack(ctx, None);
+fn store_user_stack(ctx: &ProbeContext, depth: u32) -> u64 {
+    let (hash, _) = walk_stack(ctx, depth, None);
     if STACKS.get_ptr(hash).is_some() {
         return hash;
     }
@@ -492,7 +511,7 @@ fn store_user_stack(ctx: &ProbeContext) -> u64 {
     };
     // SAFETY: this CPU's scratch slot, valid for the run of the program.
     let scratch = unsafe { &mut *scratch };
-    let (again, len) = walk_stack(ctx, Some(scratch));
+    let (again, len) = walk_stack(ctx, depth, Some(scratch));
     scratch.len = len as u64;
     if again != hash || stack_hash(&scratch.frames[..len.min(MAX_STACK_DEPTH)]) != hash {
         return NO_STACK;

@@ -128,6 +128,11 @@ pub struct ServeArgs {
     /// attach --help for the risk.
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     pub set_mem_profile_rate: Option<u64>,
+
+    /// Frames recorded per allocation stack (1 to 96): fewer cost the target less per sample
+    /// and the sidecar less memory; the callsite is always within the first few.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=96))]
+    pub stack_depth: u16,
 }
 
 impl ServeArgs {
@@ -159,6 +164,7 @@ impl ServeArgs {
             top_k: self.top_k,
             interval: self.interval,
             max_keys: self.max_keys,
+            stack_depth: usize::from(self.stack_depth),
         })
     }
 }
@@ -232,6 +238,11 @@ pub struct SamplingArgs {
     /// off from the start.
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     pub set_mem_profile_rate: Option<u64>,
+
+    /// Frames recorded per allocation stack (1 to 96). Each frame is one read of the target's
+    /// memory per probe hit: deep stacks walked in full cost microseconds per hit.
+    #[arg(long, value_name = "N", default_value_t = 96, value_parser = clap::value_parser!(u16).range(1..=96))]
+    pub stack_depth: u16,
 }
 
 /// Report formats of `attach` and `run`.
@@ -279,6 +290,8 @@ pub struct TraceConfig {
     pub mode: Mode,
     /// `--set-mem-profile-rate`.
     pub set_mem_profile_rate: Option<u64>,
+    /// `--stack-depth`.
+    pub stack_depth: usize,
 }
 
 impl OutputFormat {
@@ -364,6 +377,7 @@ impl TraceArgs {
             live,
             mode: self.sampling.mode,
             set_mem_profile_rate: self.sampling.set_mem_profile_rate,
+            stack_depth: usize::from(self.sampling.stack_depth),
         })
     }
 }

@@ -14,8 +14,8 @@ use gobin::procmaps::AddressMap;
 use gobin::{ArgRole, GoBinary, ProbePoint, ProbeRole};
 use tracer_common::{
     ALLOC_COUNT_PROGRAM, AddressRange, AllocKey, CONFIG_MAP, COUNTS_ALT_MAP, COUNTS_MAP, EPOCH_MAP,
-    FLAG_SKIP_ZERO_SIZE, GO_SAMPLE_PROGRAM, LARGE_ALLOC_PROGRAM, MAX_NESTED_RANGES, ProbeConfig, ProbeStats,
-    SPAN_REFILL_PROGRAM, SPAN_RELEASE_PROGRAM, STACKS_MAP, STATS_MAP, UserStack,
+    FLAG_SKIP_ZERO_SIZE, GO_SAMPLE_PROGRAM, LARGE_ALLOC_PROGRAM, MAX_NESTED_RANGES, MAX_STACK_DEPTH, ProbeConfig,
+    ProbeStats, SPAN_REFILL_PROGRAM, SPAN_RELEASE_PROGRAM, STACKS_MAP, STATS_MAP, UserStack,
 };
 
 use crate::mode::Mode;
@@ -63,13 +63,15 @@ impl Probes {
         pid: u32,
         addresses: &AddressMap,
         mode: Mode,
+        stack_depth: usize,
     ) -> anyhow::Result<Self> {
         let started = Instant::now();
         let points = binary
             .probe_points()
             .context("cannot find the allocation entry points")?;
         let plan = plan(binary, &points, mode)?;
-        let config = probe_config(binary, &points, addresses, mode)?;
+        let mut config = probe_config(binary, &points, addresses, mode)?;
+        config.max_stack_depth = u32::try_from(stack_depth.clamp(1, MAX_STACK_DEPTH)).unwrap_or(0);
 
         raise_memlock_limit();
         // Without the kernel's BTF: the probes use no CO-RE relocations (they read `pt_regs`

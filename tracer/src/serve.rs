@@ -61,6 +61,8 @@ pub struct ServeConfig {
     pub interval: Duration,
     /// Distinct keys the store keeps per target.
     pub max_keys: usize,
+    /// Frames walked and kept per stack.
+    pub stack_depth: usize,
 }
 
 /// How often the collector checks whether its target still lives, and looks for a new one.
@@ -73,9 +75,6 @@ const RETRY_FAILED_MAX: Duration = Duration::from_mins(10);
 const MAX_WAITING_DELTAS: usize = 4;
 /// Size histograms are not shown by the sidecar; one significant figure keeps them tiny.
 const SERVE_SIZE_SIGFIGS: u8 = 1;
-/// Frames kept per stack: deeper frames cost the sidecar memory and say little about the
-/// callsite (Go's own heap profile kept 32 until Go 1.23).
-const SERVE_MAX_FRAMES: usize = 32;
 /// The longest `?seconds=N` a profile request may ask for.
 const MAX_DELTA_SECONDS: u64 = 3600;
 
@@ -330,7 +329,7 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
         .with_context(|| format!("cannot read the memory map of process {pid}"))?;
     let (mode, rate, _rate_override) =
         memprofile::prepare(config.mode, config.set_mem_profile_rate, &binary, pid, &addresses)?;
-    let mut probes = Probes::attach(&binary, &exe.path, pid, &addresses, mode)?;
+    let mut probes = Probes::attach(&binary, &exe.path, pid, &addresses, mode, config.stack_depth)?;
     let target_info = target_info(pid, &exe.path_in_process, &binary);
     eprintln!(
         "gotrace: attached {} probes to pid {pid} ({}, {}) in {} ms, {} mode",
@@ -365,7 +364,7 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
     release_free_memory();
     let runtime = runtime_frames(&binary);
     let mut symbols = ProcessSymbols::new(&binary, &addresses);
-    let mut store = Store::new(config.max_keys, SERVE_MAX_FRAMES);
+    let mut store = Store::new(config.max_keys, config.stack_depth);
     let mut last_rate = memprofile::DEFAULT_RATE;
     let mut next_collect = Instant::now() + config.interval;
     loop {

@@ -70,13 +70,13 @@ pub fn run(target: Target, config: &TraceConfig) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot read the memory map of process {pid}"))?;
     let (mode, rate, _rate_override) =
         memprofile::prepare(config.mode, config.set_mem_profile_rate, &binary, pid, &addresses)?;
-    let probes = Probes::attach(&binary, &exe.path, pid, &addresses, mode)?;
+    let probes = Probes::attach(&binary, &exe.path, pid, &addresses, mode, config.stack_depth)?;
     let child = stopped.map(process::StoppedChild::resume).transpose()?;
     let session = Session {
         binary: &binary,
         addresses: &addresses,
         probes: RefCell::new(probes),
-        store: RefCell::new(Store::new(ATTACH_MAX_KEYS, tracer_common::MAX_STACK_DEPTH)),
+        store: RefCell::new(Store::new(ATTACH_MAX_KEYS, config.stack_depth)),
         rate,
         last_rate: std::cell::Cell::new(memprofile::DEFAULT_RATE),
         runtime: runtime_frames(&binary),
