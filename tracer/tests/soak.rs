@@ -45,7 +45,17 @@ fn serve_memory_stays_under_its_cap_against_churning_stacks() {
             .starts_with("ready")
     );
     let mut serve = Command::new(env!("CARGO_BIN_EXE_gotrace"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--pid", &target.id().to_string()])
+        // Span mode: the most probe hits and the most distinct keys of the sampled modes
+        // (go-sampler sees one allocation in ~512 KiB); the defaults otherwise.
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--mode",
+            "span",
+            "--pid",
+            &target.id().to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
