@@ -281,20 +281,21 @@ fn record(ctx: &ProbeContext, source: Source) -> Outcome {
     let Some(Sample { size, weight }) = sample else {
         return Outcome::SpanUnreadable;
     };
-    let refill = matches!(source, Source::Refill);
+    // For a refill: the P's cache and the class whose span it replaces.
+    let refilled = matches!(source, Source::Refill).then(|| CacheClass {
+        mcache: go_int_arg::<0>(ctx),
+        span_class: size & !SIZE_IS_SPAN_CLASS,
+    });
     // A refill that hands out nothing (the P's placeholder `emptymspan` was "used up") still
     // brings a span in, which releaseAll may later charge to it.
-    if weight == 0 && !refill {
+    if weight == 0 && refilled.is_none() {
         return Outcome::ZeroSize;
     }
     let Some(return_address) = return_address(ctx) else {
-        if refill {
+        if let Some(class) = refilled {
             // The span brought in now has no known owner: its leftovers go unattributed
             // rather than to whoever brought in the previous one.
-            let _ = LAST_REFILL.remove(CacheClass {
-                mcache: go_int_arg::<0>(ctx),
-                span_class: size & !SIZE_IS_SPAN_CLASS,
-            });
+            let _ = LAST_REFILL.remove(class);
         }
         return Outcome::NoReturnAddress;
     };
@@ -308,11 +309,7 @@ fn record(ctx: &ProbeContext, source: Source) -> Outcome {
     // Who brought the used-up span in, for refills: its objects were taken between that
     // allocation and this one.
     let mut started_by = None;
-    if refill {
-        let class = CacheClass {
-            mcache: go_int_arg::<0>(ctx),
-            span_class: size & !SIZE_IS_SPAN_CLASS,
-        };
+    if let Some(class) = refilled {
         // Updated in place: an entry exists for every (P, class) after its first refill, and
         // rewriting it costs a lookup where an insert would allocate. No other run of this
         // probe touches the same entry meanwhile: an mcache belongs to one P, and the P stays

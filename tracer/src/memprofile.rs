@@ -51,13 +51,45 @@ impl MemProfileRate {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
         };
-        let remote = libc::iovec {
-            iov_base: address as *mut libc::c_void,
+        // SAFETY: `local` describes `buf`, writable for its length.
+        unsafe { self.transfer(libc::process_vm_readv, local, address) }
+    }
+
+    /// Writes `buf` at `address` in the target, with `process_vm_writev` (same access rule).
+    fn write_at(&self, address: u64, buf: &[u8]) -> std::io::Result<()> {
+        let local = libc::iovec {
+            iov_base: buf.as_ptr().cast_mut().cast(),
             iov_len: buf.len(),
         };
-        // SAFETY: `local` describes `buf`, writable for its length; the kernel checks `remote`.
+        // SAFETY: `local` describes `buf`, which process_vm_writev only reads.
+        unsafe { self.transfer(libc::process_vm_writev, local, address) }
+    }
+
+    /// Copies `local.iov_len` bytes between `local` and `address` in the target with
+    /// `process_vm_readv` or `process_vm_writev`; a partial copy is an error.
+    ///
+    /// # Safety
+    /// `local` must describe memory valid for the direction of `copy` (writable for a read).
+    unsafe fn transfer(
+        &self,
+        copy: unsafe extern "C" fn(
+            libc::pid_t,
+            *const libc::iovec,
+            libc::c_ulong,
+            *const libc::iovec,
+            libc::c_ulong,
+            libc::c_ulong,
+        ) -> libc::ssize_t,
+        local: libc::iovec,
+        address: u64,
+    ) -> std::io::Result<()> {
+        let remote = libc::iovec {
+            iov_base: address as *mut libc::c_void,
+            iov_len: local.iov_len,
+        };
+        // SAFETY: the caller vouches for `local`; the kernel checks `remote`.
         let n = unsafe {
-            libc::process_vm_readv(
+            copy(
                 libc::pid_t::try_from(self.pid).unwrap_or(-1),
                 &raw const local,
                 1,
@@ -67,8 +99,8 @@ impl MemProfileRate {
             )
         };
         match usize::try_from(n) {
-            Ok(n) if n == buf.len() => Ok(()),
-            Ok(_) => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "short read")),
+            Ok(n) if n == local.iov_len => Ok(()),
+            Ok(_) => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "partial copy")),
             Err(_) => Err(std::io::Error::last_os_error()),
         }
     }
@@ -104,30 +136,8 @@ impl MemProfileRate {
     /// already on.
     pub fn write(&self, rate: u64) -> anyhow::Result<()> {
         let value = i64::try_from(rate).context("the rate is too large")?.to_ne_bytes();
-        let local = libc::iovec {
-            iov_base: value.as_ptr().cast_mut().cast(),
-            iov_len: value.len(),
-        };
-        let remote = libc::iovec {
-            iov_base: self.address as *mut libc::c_void,
-            iov_len: value.len(),
-        };
-        // SAFETY: `local` describes `value`, which the kernel only reads; it checks `remote`.
-        let n = unsafe {
-            libc::process_vm_writev(
-                libc::pid_t::try_from(self.pid).unwrap_or(-1),
-                &raw const local,
-                1,
-                &raw const remote,
-                1,
-                0,
-            )
-        };
-        if usize::try_from(n).ok() != Some(value.len()) {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("cannot write {RATE_SYMBOL} in process {}", self.pid));
-        }
-        Ok(())
+        self.write_at(self.address, &value)
+            .with_context(|| format!("cannot write {RATE_SYMBOL} in process {}", self.pid))
     }
 }
 

@@ -258,17 +258,32 @@ impl ExitWatch {
     }
 }
 
+/// The fields of `/proc/PID/stat` after the parenthesised name (which may contain spaces and
+/// parentheses): the state (field 3) first, the start time (field 22) 20th.
+fn stat_after_name(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.get(stat.rfind(')')? + 1..)?.to_owned())
+}
+
+/// Whether a `/proc/PID/stat` state is that of a process that has exited (a zombie, or dead).
+fn has_exited(state: &str) -> bool {
+    state == "Z" || state == "X"
+}
+
 /// Whether a process exists and has not exited (a zombie has exited).
 #[must_use]
 pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            // "pid (comm) S ...": the state follows the last ')'.
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next())
-        })
-        .is_some_and(|state| state != 'Z' && state != 'X')
+    stat_after_name(pid)
+        .and_then(|fields| fields.split_whitespace().next().map(has_exited))
+        .is_some_and(|exited| !exited)
+}
+
+/// The executable a process runs, as a file identity (device, inode).
+#[must_use]
+pub fn exe_identity(pid: u32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    Some((meta.dev(), meta.ino()))
 }
 
 /// One run of one program: a pid, when the process started (a pid can be reused; the pair
@@ -287,21 +302,16 @@ impl ProcessId {
     /// The process with this pid now, unless it has exited (zombies included).
     #[must_use]
     pub fn of(pid: u32) -> Option<Self> {
-        use std::os::unix::fs::MetadataExt as _;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The fields after the parenthesised name (which may contain spaces and parentheses):
-        // the state is field 3, the start time field 22.
-        let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
-        let state = fields.next()?;
-        if state == "Z" || state == "X" {
+        let stat = stat_after_name(pid)?;
+        let mut fields = stat.split_whitespace();
+        if has_exited(fields.next()?) {
             return None;
         }
         let start_time = fields.nth(18)?.parse().ok()?;
-        let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
         Some(Self {
             pid,
             start_time,
-            exe: (exe.dev(), exe.ino()),
+            exe: exe_identity(pid)?,
         })
     }
 

@@ -14,7 +14,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use axum::extract::{Query, State};
@@ -30,10 +30,10 @@ use crate::export::{Exporter as _, MappingInfo, PprofExporter, Trace};
 use crate::memprofile;
 use crate::mode::Mode;
 use crate::probes::Probes;
-use crate::process::ProcessId;
+use crate::process::{ProcessId, exe_identity};
 use crate::profile::{self, CallsiteKey, Profile};
 use crate::report::{Report, TargetInfo};
-use crate::session::{ProcessSymbols, mapping_info, runtime_frames, target_info};
+use crate::session::{ProcessSymbols, mapping_info, runtime_frames, target_info, unix_nanos};
 use crate::store::Store;
 
 /// Which process to follow.
@@ -192,12 +192,6 @@ pub fn run(config: &ServeConfig) -> anyhow::Result<()> {
     // back as it goes.
     let _ = collector.join();
     Ok(())
-}
-
-/// The executable a process runs, as a file identity.
-fn exe_identity(pid: u32) -> Option<(u64, u64)> {
-    let meta = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
-    Some((meta.dev(), meta.ino()))
 }
 
 /// What the collector follows once it has seen its first target.
@@ -414,14 +408,6 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
 fn release_free_memory() {
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe { libc::malloc_trim(0) };
-}
-
-fn unix_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_nanos()).ok())
-        .unwrap_or(0)
 }
 
 /// What the HTTP handlers share: the snapshot, and nothing that reaches the probes.
@@ -680,9 +666,9 @@ async fn pprof_allocs(State(app): State<AppState>, Query(query): Query<PprofQuer
     let shared = &app.shared;
     let current = || {
         let s = lock(shared);
-        (s.generation, s.profile.clone(), s.stale)
+        (s.generation, s.profile.clone())
     };
-    let (generation, first, _) = current();
+    let (generation, first) = current();
     let Some(first) = first else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -714,7 +700,7 @@ async fn pprof_allocs(State(app): State<AppState>, Query(query): Query<PprofQuer
                     return (StatusCode::SERVICE_UNAVAILABLE, "gotrace is stopping\n").into_response();
                 }
             }
-            let (generation_now, last, _) = current();
+            let (generation_now, last) = current();
             match last {
                 Some(last) if generation_now == generation => Arc::new(last.since(&first)),
                 // A new process: all of its profile is new.

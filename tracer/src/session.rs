@@ -91,6 +91,15 @@ pub fn run(target: Target, config: &TraceConfig) -> anyhow::Result<ExitCode> {
     }))
 }
 
+/// Now, in nanoseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_nanos()).ok())
+        .unwrap_or(0)
+}
+
 /// What reports say of the traced process.
 pub(crate) fn target_info(pid: u32, exe: &Path, binary: &GoBinary<'_>) -> TargetInfo {
     TargetInfo {
@@ -187,11 +196,7 @@ impl Session<'_> {
             .build()
             .context("cannot start the async runtime")?;
         let started = Instant::now();
-        let started_unix_nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .ok()
-            .and_then(|d| i64::try_from(d.as_nanos()).ok())
-            .unwrap_or(0);
+        let started_unix_nanos = unix_nanos();
         let mut symbols = ProcessSymbols::new(self.binary, self.addresses);
         let mut stream = self.open_stream()?;
         let stop = runtime.block_on(async {
