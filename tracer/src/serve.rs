@@ -509,22 +509,23 @@ fn render_callsites(out: &mut String, s: &mut Snapshot, profile: &Profile, top_k
         // Membership only grows, so no series disappears while its process lives: the first
         // `top_k` callsites by bytes get in, and later a callsite that outgrows the smallest
         // member, up to twice `top_k` series.
+        let mut smallest = profile
+            .callsites
+            .iter()
+            .filter(|c| s.exported.contains(&c.key))
+            .map(|c| c.bytes)
+            .min();
         for callsite in &profile.callsites {
             if s.exported.contains(&callsite.key) {
                 continue;
             }
-            let smallest = profile
-                .callsites
-                .iter()
-                .filter(|c| s.exported.contains(&c.key))
-                .map(|c| c.bytes)
-                .min();
             let admit = s.exported.len() < top_k
                 || (s.exported.len() < top_k.saturating_mul(2) && smallest.is_some_and(|m| callsite.bytes > m));
             if !admit {
                 break;
             }
             s.exported.insert(callsite.key.clone());
+            smallest = Some(smallest.map_or(callsite.bytes, |m| m.min(callsite.bytes)));
         }
         let estimated = if s.mode.is_some_and(Mode::is_sampled) {
             " Estimated from samples, scaled (see gotrace_target_info's mode)."
