@@ -29,6 +29,7 @@ debian_packages=(
   tmux                                                # the live view's tests drive a terminal
   wrk                                                 # load for the net/http workloads (serve tests, bench)
   libcap2-bin                                         # capsh: the least-privilege test of serve
+  bpftrace                                            # the baseline one-liner of cargo xtask bench
 )
 # A stamp records the package list that was installed; a changed list installs again.
 apt_stamp="$cache/apt.stamp"

@@ -26,4 +26,13 @@ step "tests (cargo test)"
 # --no-fail-fast: one failing test binary must not hide the results of the others.
 cargo test --workspace --locked --no-fail-fast
 
+step "benchmark, CI-sized (cargo xtask bench --quick)"
+# Not a timed test: it reports ratios and which targets were met, and fails only when a
+# measurement cannot run at all. Needs root; skipped without.
+if [[ $(id -u) -eq 0 ]]; then
+  cargo xtask bench --quick --out target/bench/ci
+else
+  echo "skipped: cargo xtask bench needs root" >&2
+fi
+
 step "all tests passed"

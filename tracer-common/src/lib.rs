@@ -25,6 +25,11 @@ pub const SPAN_REFILL_PROGRAM: &str = "span_refill";
 /// objects over 32 KiB get a span each and never pass `refill`.
 pub const LARGE_ALLOC_PROGRAM: &str = "large_alloc";
 
+/// Name of the empty program (`empty_probe`): it does nothing. `cargo xtask bench` puts it
+/// where the counting probe goes, and on the functions' first instructions, to measure what
+/// the trap alone costs there: the floor any probe at that address pays.
+pub const EMPTY_PROGRAM: &str = "empty_probe";
+
 /// Name of the span-release program (`span_release`), on `runtime.(*mcache).releaseAll`: at
 /// every GC cycle each P hands its cached spans back, and the objects it took from the partly
 /// used ones never pass `refill`. They are counted against the stack of the refill that
@@ -188,7 +193,8 @@ pub struct ProbeConfig {
     /// Byte offset of `allocCountBeforeCache uint16` in `runtime.mspan`.
     pub span_alloc_count_before_cache_offset: u32,
     /// Frames the probes walk per stack, at most [`MAX_STACK_DEPTH`] (0 means that). Each
-    /// frame is one read of user memory: a deep stack walked in full costs microseconds.
+    /// frame beyond the top of the stack the probe copies at once is one read of user memory:
+    /// a deep stack walked in full costs microseconds.
     pub max_stack_depth: u32,
 }
 
@@ -196,7 +202,9 @@ pub struct ProbeConfig {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeStats {
-    /// Times the probe fired.
+    /// Times the probes fired, once read through [`ProbeStats::with_outcome_hits`]. In the
+    /// kernel's map, only the hits that have no outcome counter of their own (`releaseAll`):
+    /// each other hit bumps just its outcome, one atomic add fewer per allocation.
     pub hits: u64,
     /// Allocations recorded in [`COUNTS_MAP`].
     pub recorded: u64,
@@ -232,6 +240,23 @@ impl ProbeStats {
             dropped_counts_map: self.dropped_counts_map.wrapping_add(other.dropped_counts_map),
             dropped_span_read: self.dropped_span_read.wrapping_add(other.dropped_span_read),
             unattributed_release: self.unattributed_release.wrapping_add(other.unattributed_release),
+        }
+    }
+
+    /// The statistics as the kernel's map holds them (summed over CPUs), with `hits` made the
+    /// total: the outcome counters of counting and sampling hits added in.
+    #[must_use]
+    pub const fn with_outcome_hits(self) -> Self {
+        Self {
+            hits: self
+                .hits
+                .wrapping_add(self.recorded)
+                .wrapping_add(self.nested)
+                .wrapping_add(self.zero_size)
+                .wrapping_add(self.dropped_return_address)
+                .wrapping_add(self.dropped_counts_map)
+                .wrapping_add(self.dropped_span_read),
+            ..self
         }
     }
 

@@ -25,9 +25,11 @@
 // (see try_record).
 #![expect(clippy::inline_always, reason = "the verifier needs the sampling paths inlined")]
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::bpf_probe_read_user,
+    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::{map, uprobe},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::ProbeContext,
@@ -90,6 +92,13 @@ fn alloc_count(ctx: ProbeContext) -> u32 {
     match try_alloc_count(&ctx) {
         Ok(ret) | Err(ret) => ret,
     }
+}
+
+/// Entry uprobe that does nothing: the cost of a probe at an address, with no work of its own
+/// (`gotrace bench empty-probe`, for `cargo xtask bench`).
+#[uprobe]
+fn empty_probe(_ctx: ProbeContext) -> u32 {
+    0
 }
 
 /// Entry uprobe on `runtime.profilealloc(mp *m, x unsafe.Pointer, size uintptr)`: one of Go's
@@ -291,7 +300,17 @@ fn record(ctx: &ProbeContext, source: Source) -> Outcome {
     if weight == 0 && refilled.is_none() {
         return Outcome::ZeroSize;
     }
-    let Some(return_address) = return_address(ctx) else {
+    let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return Outcome::CountsMapRefused;
+    };
+    // SAFETY: this CPU's slot of the per-CPU array, valid for the run of the program.
+    let scratch = unsafe { &mut *scratch };
+    let mut window = StackWindow::EMPTY;
+    let walked = window.load(ctx).map(|return_address| {
+        let hash = walk_stack(ctx, config.max_stack_depth, &window, scratch);
+        (return_address, hash)
+    });
+    let Some((return_address, hash)) = walked else {
         if let Some(class) = refilled {
             // The span brought in now has no known owner: its leftovers go unattributed
             // rather than to whoever brought in the previous one.
@@ -299,7 +318,7 @@ fn record(ctx: &ProbeContext, source: Source) -> Outcome {
         }
         return Outcome::NoReturnAddress;
     };
-    let stack = store_user_stack(ctx, config.max_stack_depth);
+    let stack = store_stack(hash, scratch);
     let key = AllocKey {
         stack,
         return_address,
@@ -383,12 +402,12 @@ fn sample_of_refill(ctx: &ProbeContext, config: &ProbeConfig) -> Option<Sample> 
     })
 }
 
-/// Adds a hit and its outcome to this CPU's [`STATS`].
+/// Adds a hit's outcome to this CPU's [`STATS`] (user space adds the outcomes up into the hits:
+/// `ProbeStats::with_outcome_hits`).
 fn account(outcome: Outcome) -> Result<u32, u32> {
     let stats = STATS.get_ptr_mut(0).ok_or(0_u32)?;
     // SAFETY: this CPU's slot of the per-CPU array, valid for the whole run.
     unsafe {
-        bump(&raw mut (*stats).hits);
         bump(match outcome {
             Outcome::Recorded => &raw mut (*stats).recorded,
             Outcome::RecordedWithoutStack => {
@@ -414,7 +433,13 @@ fn count(ctx: &ProbeContext) -> Outcome {
     if size == 0 && config.flags & FLAG_SKIP_ZERO_SIZE != 0 {
         return Outcome::ZeroSize;
     }
-    let Some(return_address) = return_address(ctx) else {
+    let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return Outcome::CountsMapRefused;
+    };
+    // SAFETY: this CPU's slot of the per-CPU array, valid for the run of the program.
+    let scratch = unsafe { &mut *scratch };
+    let mut window = StackWindow::EMPTY;
+    let Some(return_address) = window.load(ctx) else {
         return Outcome::NoReturnAddress;
     };
     // A call from inside the malloc implementation is part of an allocation counted already
@@ -428,58 +453,188 @@ fn count(ctx: &ProbeContext) -> Outcome {
             return Outcome::Nested;
         }
     }
-    let stack = store_user_stack(ctx, config.max_stack_depth);
-    let key = AllocKey {
-        stack,
+    let hash = walk_stack(ctx, config.max_stack_depth, &window, scratch);
+    let mut key = AllocKey {
+        stack: hash,
         return_address,
         type_address,
         size,
     };
+    // The common case, a key seen before in this interval, costs one lookup: its stack went
+    // into STACKS when the key was created. (If user space emptied STACKS since, before it
+    // read the stack, the key's counts of this interval come out without a stack; the next
+    // interval's map starts empty and stores it again.)
+    // One call site per map (not one call on a map chosen at run time): the verifier inlines
+    // a lookup only where the map is known (`htab_percpu_map_gen_lookup`), sparing the
+    // helper's indirect call.
+    let found = if EPOCH.get(0).copied() == Some(1) {
+        COUNTS_ALT.get_ptr_mut(key)
+    } else {
+        COUNTS.get_ptr_mut(key)
+    };
+    if let Some(count) = found {
+        // SAFETY: this CPU's copy of the value, valid for the run of the program.
+        unsafe { bump(count) };
+        return Outcome::Recorded;
+    }
+    key.stack = store_stack(hash, scratch);
     match increment(&key, 1) {
-        Ok(()) if stack == NO_STACK => Outcome::RecordedWithoutStack,
+        Ok(()) if key.stack == NO_STACK => Outcome::RecordedWithoutStack,
         Ok(()) => Outcome::Recorded,
         Err(_) => Outcome::CountsMapRefused,
     }
 }
 
-/// Walks Go's frame-pointer chain from the probe: the probed pc, then one return address per
-/// frame record, up to `depth` frames (the configured depth, at most [`MAX_STACK_DEPTH`]).
-/// Hashes the frames as it goes, and stores them in `out` too when given one. Returns the hash
-/// and the number of frames.
+/// How many 8-byte words of goroutine stack [`StackWindow::load`] copies at most: 256 bytes,
+/// the return address and the first frame records of small frames. One `bpf_probe_read_user`
+/// costs about as much whether it copies 16 bytes or 256 (measured with
+/// `kernel.bpf_stats_enabled`: a three-frame walk read frame by frame added ~290 ns to the
+/// probe), so the walk reads the stack's top in one go and only the records beyond it one by
+/// one. The window lives on the BPF stack (512 bytes in all): a copy into map memory costs
+/// more, since the kernel's hardened-usercopy check (`__check_object_size`) looks the
+/// destination up as heap or vmalloc memory, where a stack destination passes at once (seen
+/// with `perf record` on the traced process).
+const STACK_WINDOW_WORDS: usize = 32;
+/// The window's size in bytes.
+const STACK_WINDOW_BYTES: u64 = STACK_WINDOW_WORDS as u64 * 8;
+/// The window never crosses a boundary of this size above the stack pointer: the page the
+/// stack pointer is in is mapped, the next one need not be (a goroutine stack near the end of
+/// the heap's mapped memory). A read that faults costs a page-fault exception, microseconds,
+/// and then nothing is copied at all. 4 KiB is the smallest page size of `x86_64` and arm64.
+const STACK_PAGE_BYTES: u64 = 4096;
+
+/// A copy of the top of the traced thread's stack, from its stack pointer. The thread is stopped in the probe, so its
+/// stack cannot change while the probe reads the copy; the copy is the program's own (on its
+/// stack), so another run of the probe cannot change it either.
+struct StackWindow {
+    /// Uninitialised beyond `valid` bytes (privileged programs may read their uninitialised
+    /// stack; nothing here does).
+    words: MaybeUninit<[u64; STACK_WINDOW_WORDS]>,
+    /// The user address of the first word; `u64::MAX` when the window could not be read (then
+    /// nothing falls inside it).
+    base: u64,
+    /// Bytes copied: up to the end of the stack pointer's page.
+    valid: u64,
+}
+
+impl StackWindow {
+    /// Nothing copied yet.
+    const EMPTY: Self = Self {
+        words: MaybeUninit::uninit(),
+        base: u64::MAX,
+        valid: 0,
+    };
+
+    /// Copies the window from the stack pointer, and returns the return address into the
+    /// caller: on amd64 at the stack pointer, where `CALL` left it; on arm64 in the link
+    /// register, which the frame set-up saves only after the probe. (Filled in place: a
+    /// window returned by value would be copied on the 512-byte BPF stack.)
+    #[inline(always)]
+    #[cfg_attr(
+        bpf_target_arch = "aarch64",
+        expect(clippy::unnecessary_wraps, reason = "the amd64 read of the return address can fail")
+    )]
+    fn load(&mut self, ctx: &ProbeContext) -> Option<u64> {
+        // SAFETY: as in go_size_and_type.
+        let regs = unsafe { &*ctx.regs };
+        #[cfg(bpf_target_arch = "x86_64")]
+        let sp = regs.rsp;
+        #[cfg(bpf_target_arch = "aarch64")]
+        let sp = regs.sp;
+        // Up to the end of the stack pointer's page (see STACK_PAGE_BYTES), at least 8 bytes:
+        // the stack pointer is 8-aligned.
+        let valid = (STACK_PAGE_BYTES - sp % STACK_PAGE_BYTES).min(STACK_WINDOW_BYTES);
+        // SAFETY: `valid` bytes of the words, which are that long at least;
+        // bpf_probe_read_user_buf checks the user address and fails cleanly on a bad one.
+        let loaded = unsafe {
+            let bytes = core::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), valid as usize);
+            bpf_probe_read_user_buf(sp as *const u8, bytes)
+        }
+        .is_ok();
+        if loaded {
+            self.base = sp;
+            self.valid = valid;
+        }
+        #[cfg(bpf_target_arch = "x86_64")]
+        let return_address = if loaded {
+            self.word(0)
+        } else {
+            // SAFETY: as above.
+            unsafe { bpf_probe_read_user(sp as *const u64) }.ok()?
+        };
+        #[cfg(bpf_target_arch = "aarch64")]
+        let return_address = regs.regs[30];
+        Some(return_address)
+    }
+
+    /// The `index`th word; only for words within `valid`.
+    #[inline(always)]
+    fn word(&self, index: usize) -> u64 {
+        // SAFETY: callers stay within the copied words (and the array).
+        unsafe { *self.words.as_ptr().cast::<u64>().add(index.min(STACK_WINDOW_WORDS - 1)) }
+    }
+
+    /// The frame record at `fp`: the caller's frame pointer, then the return address into
+    /// the caller (Go's layout on amd64 and arm64); from the window when it holds it.
+    #[inline(always)]
+    fn frame_record(&self, fp: u64) -> Option<(u64, u64)> {
+        // Below the window (or with no window) the difference wraps to a huge offset.
+        let offset = fp.wrapping_sub(self.base);
+        // No alignment check: Go's frame pointers are 8-aligned, and with one the compiler
+        // would index the stack at an offset the verifier cannot prove aligned. A misaligned
+        // (garbage) pointer reads the word it falls in, and the walk ends at the next check.
+        if offset <= STACK_WINDOW_BYTES - 16 && offset + 16 <= self.valid {
+            let index = (offset / 8) as usize;
+            return Some((self.word(index), self.word(index + 1)));
+        }
+        // SAFETY: bpf_probe_read_user checks the address and fails cleanly.
+        let [next_fp, ret] = unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }.ok()?;
+        Some((next_fp, ret))
+    }
+}
+
+/// The counts map of the current epoch.
+#[inline(always)]
+fn counts_map() -> &'static PerCpuHashMap<AllocKey, u64> {
+    // A missing slot cannot happen (index 0 of an array); it reads as epoch 0.
+    if EPOCH.get(0).copied() == Some(1) {
+        &COUNTS_ALT
+    } else {
+        &COUNTS
+    }
+}
+
+/// Walks Go's frame-pointer chain from the probe into `out`: the probed pc, then one return
+/// address per frame record, up to `depth` frames (the configured depth, at most
+/// [`MAX_STACK_DEPTH`]). Returns the hash of the frames, the stack's key in [`STACKS`].
 ///
 /// The walk follows the frame pointers itself rather than calling `bpf_get_stack`: measured on
-/// these machines, the kernel's user-stack walker costs about 1.5 µs for a six-frame Go stack,
-/// reading the frame records one by one here about 0.7 µs.
+/// these machines, the kernel's user-stack walker costs about 1.5 µs for a six-frame Go stack.
+/// It reads the stack's top from `window`.
 ///
 /// At the probe (after the stack check, before the probed function saved its frame pointer)
 /// the frame-pointer register still holds the caller's frame, so the chain yields the probed
 /// pc and then the caller's *caller*: the caller itself is the return address, which the count
 /// key carries next to the stack.
-fn walk_stack(ctx: &ProbeContext, depth: u32, mut out: Option<&mut UserStack>) -> (u64, usize) {
+#[inline(always)]
+fn walk_stack(ctx: &ProbeContext, depth: u32, window: &StackWindow, out: &mut UserStack) -> u64 {
     let depth = if depth == 0 { MAX_STACK_DEPTH } else { depth as usize };
     let (mut fp, pc) = frame_pointer_and_pc(ctx);
     let mut hash = StackHasher::new().push(pc);
-    if let Some(out) = out.as_deref_mut() {
-        out.frames[0] = pc;
-    }
+    out.frames[0] = pc;
     let mut len = 1;
     for i in 1..MAX_STACK_DEPTH {
         if i >= depth {
             break;
         }
-        // Go's frame record on amd64 and arm64: the caller's frame pointer, then the return
-        // address into the caller.
-        // SAFETY: bpf_probe_read_user checks the address and fails cleanly.
-        let Ok([next_fp, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+        let Some((next_fp, ret)) = window.frame_record(fp) else {
             break;
         };
         if ret == 0 {
             break;
         }
         hash = hash.push(ret);
-        if let Some(out) = out.as_deref_mut() {
-            out.frames[i] = ret;
-        }
+        out.frames[i] = ret;
         len = i + 1;
         // Frames sit at increasing addresses; anything else is the end or garbage.
         if next_fp <= fp {
@@ -487,30 +642,23 @@ fn walk_stack(ctx: &ProbeContext, depth: u32, mut out: Option<&mut UserStack>) -
         }
         fp = next_fp;
     }
-    (hash.finish(), len)
+    out.len = len as u64;
+    hash.finish()
 }
 
-/// The stack's key in [`STACKS`], storing the stack there if it is new; [`NO_STACK`] when it
-/// cannot be stored.
+/// The key under which the stack just walked into `scratch` (with hash `hash`) is in
+/// [`STACKS`], storing it if it is new; [`NO_STACK`] when it cannot be stored.
 ///
-/// Most allocations come from stacks seen before, so the first walk only hashes. A new stack
-/// is walked a second time into this CPU's scratch slot and stored if the second walk agrees
-/// with the first: another run of the probe on this CPU (possible on preemptible kernels) may
-/// have overwritten the slot mid-walk, and a mixed stack must not be stored under either
-/// stack's key.
-fn store_user_stack(ctx: &ProbeContext, depth: u32) -> u64 {
-    let (hash, _) = walk_stack(ctx, depth, None);
+/// Another run of a probe on this CPU (possible on preemptible kernels) may have overwritten
+/// the scratch slot since the walk: a stack whose frames no longer hash to `hash` is not
+/// stored, so that no key names a mixed stack.
+#[expect(clippy::cast_possible_truncation, reason = "a frame count, then capped")]
+fn store_stack(hash: u64, scratch: &UserStack) -> u64 {
     if STACKS.get_ptr(hash).is_some() {
         return hash;
     }
-    let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
-        return NO_STACK;
-    };
-    // SAFETY: this CPU's scratch slot, valid for the run of the program.
-    let scratch = unsafe { &mut *scratch };
-    let (again, len) = walk_stack(ctx, depth, Some(scratch));
-    scratch.len = len as u64;
-    if again != hash || stack_hash(&scratch.frames[..len.min(MAX_STACK_DEPTH)]) != hash {
+    let len = (scratch.len as usize).min(MAX_STACK_DEPTH);
+    if stack_hash(&scratch.frames[..len]) != hash {
         return NO_STACK;
     }
     match STACKS.insert(hash, scratch, u64::from(BPF_NOEXIST)) {
@@ -523,12 +671,7 @@ fn store_user_stack(ctx: &ProbeContext, depth: u32) -> u64 {
 
 /// Adds `weight` to the key's count in the counts map of the current epoch.
 fn increment(key: &AllocKey, weight: u64) -> Result<(), i32> {
-    // A missing slot cannot happen (index 0 of an array); it reads as epoch 0.
-    if EPOCH.get(0).copied() == Some(1) {
-        increment_in(&COUNTS_ALT, key, weight)
-    } else {
-        increment_in(&COUNTS, key, weight)
-    }
+    increment_in(counts_map(), key, weight)
 }
 
 fn increment_in(counts: &PerCpuHashMap<AllocKey, u64>, key: &AllocKey, weight: u64) -> Result<(), i32> {
@@ -593,27 +736,6 @@ fn frame_pointer_and_pc(ctx: &ProbeContext) -> (u64, u64) {
     #[cfg(bpf_target_arch = "aarch64")]
     let fp_pc = (regs.regs[29], regs.pc);
     fp_pc
-}
-
-/// The return address into the caller, where it is at the probe: on amd64 `CALL` left it at
-/// `[RSP]` (the probe is before the function pushes its frame pointer); on arm64 it is still in
-/// the link register, which the frame set-up saves only after the probe.
-#[cfg_attr(
-    bpf_target_arch = "aarch64",
-    expect(clippy::unnecessary_wraps, reason = "the amd64 read from the stack can fail")
-)]
-fn return_address(ctx: &ProbeContext) -> Option<u64> {
-    // SAFETY: as in go_size_and_type.
-    let regs = unsafe { &*ctx.regs };
-    #[cfg(bpf_target_arch = "x86_64")]
-    {
-        // SAFETY: bpf_probe_read_user checks the user address and fails cleanly on a bad one.
-        unsafe { bpf_probe_read_user(regs.rsp as *const u64) }.ok()
-    }
-    #[cfg(bpf_target_arch = "aarch64")]
-    {
-        Some(regs.regs[30])
-    }
 }
 
 #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]

@@ -83,6 +83,58 @@ pub enum Command {
           go tool pprof -top http://127.0.0.1:9464/debug/pprof/allocs
           go tool pprof http://127.0.0.1:9464/debug/pprof/allocs?seconds=30")]
     Serve(ServeArgs),
+
+    /// Measurements for `cargo xtask bench` (not for operators; prints JSON).
+    #[command(hide = true, subcommand)]
+    Bench(BenchCommand),
+}
+
+/// The hidden `gotrace bench` commands.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Put an empty uprobe on each counting allocation entry point of PID until SIGINT or
+    /// SIGTERM: the cost of the trap alone.
+    EmptyProbe {
+        /// The process.
+        pid: u32,
+        /// entry: each function's first instruction (where probing by symbol puts it);
+        /// placement: where exact mode's probe goes.
+        #[arg(long, value_enum)]
+        at: EmptyAtArg,
+        /// Detach after this long.
+        #[arg(long, short = 'd', value_name = "DURATION", value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Trace PID in exact mode until N distinct stacks were seen, detach, and time building a
+    /// profile of them from cold symbol caches; prints one JSON line.
+    Symbolize {
+        /// The process.
+        pid: u32,
+        /// Distinct stacks to symbolize.
+        #[arg(long, value_name = "N", default_value_t = 10_000)]
+        stacks: usize,
+        /// Give up when that many stacks were not seen within this time.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
+        timeout: Duration,
+    },
+}
+
+/// Where `gotrace bench empty-probe` puts its probes.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EmptyAtArg {
+    /// Each function's first instruction.
+    Entry,
+    /// Where exact mode's probe goes.
+    Placement,
+}
+
+impl From<EmptyAtArg> for crate::probes::EmptyAt {
+    fn from(at: EmptyAtArg) -> Self {
+        match at {
+            EmptyAtArg::Entry => Self::Entry,
+            EmptyAtArg::Placement => Self::Placement,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -239,8 +291,9 @@ pub struct SamplingArgs {
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     pub set_mem_profile_rate: Option<u64>,
 
-    /// Frames recorded per allocation stack (1 to 96). Each frame is one read of the target's
-    /// memory per probe hit: deep stacks walked in full cost microseconds per hit.
+    /// Frames recorded per allocation stack (1 to 96). The probe copies the top 256 bytes of
+    /// the stack at once; each frame beyond them is one more read of the target's memory per
+    /// hit (~0.1 µs): deep stacks walked in full cost microseconds per hit.
     #[arg(long, value_name = "N", default_value_t = 96, value_parser = clap::value_parser!(u16).range(1..=96))]
     pub stack_depth: u16,
 }

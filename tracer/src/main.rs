@@ -3,6 +3,7 @@
 //! The binary is thin: argument parsing and output live here, the Go binary analysis lives in
 //! the `gobin` crate.
 
+mod bench;
 mod cli;
 mod ebpf;
 mod export;
@@ -47,6 +48,12 @@ fn main() -> ExitCode {
                 (Err(e), _) => Err(e),
                 (Ok(_), None) => Err(anyhow::anyhow!("no program given after --")),
             }
+        }
+        cli::Command::Bench(cli::BenchCommand::EmptyProbe { pid, at, duration }) => {
+            bench::empty_probe(pid, at.into(), duration).map(|()| ExitCode::SUCCESS)
+        }
+        cli::Command::Bench(cli::BenchCommand::Symbolize { pid, stacks, timeout }) => {
+            bench::symbolize(pid, stacks, timeout).map(|()| ExitCode::SUCCESS)
         }
         cli::Command::Serve(args) => args
             .resolve()

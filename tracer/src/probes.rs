@@ -13,7 +13,7 @@ use aya::{Ebpf, EbpfLoader};
 use gobin::procmaps::AddressMap;
 use gobin::{ArgRole, GoBinary, ProbePoint, ProbeRole};
 use tracer_common::{
-    ALLOC_COUNT_PROGRAM, AddressRange, AllocKey, CONFIG_MAP, COUNTS_ALT_MAP, COUNTS_MAP, EPOCH_MAP,
+    ALLOC_COUNT_PROGRAM, AddressRange, AllocKey, CONFIG_MAP, COUNTS_ALT_MAP, COUNTS_MAP, EMPTY_PROGRAM, EPOCH_MAP,
     FLAG_SKIP_ZERO_SIZE, GO_SAMPLE_PROGRAM, LARGE_ALLOC_PROGRAM, MAX_NESTED_RANGES, MAX_STACK_DEPTH, ProbeConfig,
     ProbeStats, SPAN_REFILL_PROGRAM, SPAN_RELEASE_PROGRAM, STACKS_MAP, STATS_MAP, UserStack,
 };
@@ -88,33 +88,11 @@ impl Probes {
         config_map
             .set(0, config, 0)
             .context("cannot write the probe configuration")?;
-        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0 cannot be traced")?);
+        let scope = one_process(pid)?;
         let mut attached = 0;
         for (program_name, points) in &plan {
-            let program: &mut UProbe = ebpf
-                .program_mut(program_name)
-                .with_context(|| format!("the eBPF object has no program {program_name}"))?
-                .try_into()?;
-            program
-                .load()
-                .with_context(|| format!("the kernel refused gotrace's probe {program_name}"))?;
-            for probe in points {
-                program
-                    .attach(
-                        UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
-                        binary_path,
-                        scope,
-                    )
-                    .with_context(|| {
-                        format!(
-                            "cannot attach a uprobe to {} at file offset {:#x} of {}",
-                            probe.function,
-                            probe.file_offset,
-                            binary_path.display()
-                        )
-                    })?;
-                attached += 1;
-            }
+            let offsets = points.iter().map(|p| (p.function.as_str(), p.file_offset));
+            attached += attach_program(&mut ebpf, program_name, offsets, binary_path, scope)?;
         }
         let stats = PerCpuArray::try_from(take(&mut ebpf, STATS_MAP)?)?;
         let counts = [
@@ -143,7 +121,8 @@ impl Probes {
             .get(&0, 0)
             .context("cannot read the probe statistics")?
             .iter()
-            .fold(ProbeStats::default(), |acc, cpu| acc.merged(*cpu)))
+            .fold(ProbeStats::default(), |acc, cpu| acc.merged(*cpu))
+            .with_outcome_hits())
     }
 
     /// Takes what the probes counted since the last drain, summed over CPUs, and empties the
@@ -188,6 +167,102 @@ impl Probes {
             let _ = self.stacks.remove(&key);
         }
     }
+}
+
+/// Where [`EmptyProbes`] go on each counting entry point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmptyAt {
+    /// The function's first instruction, where a tool that probes by symbol name puts it.
+    Entry,
+    /// The address exact mode's probe goes to (after the stack-bound check).
+    Placement,
+}
+
+/// Empty probes on the counting entry points of one process: what a probe at those addresses
+/// costs with no work of its own (for `cargo xtask bench`).
+pub struct EmptyProbes {
+    /// Owns the program and its links: dropping it detaches them.
+    _ebpf: Ebpf,
+    /// How many uprobes were attached.
+    pub attached: usize,
+}
+
+impl EmptyProbes {
+    /// Attaches the empty program where exact mode's counting probes would go, or at those
+    /// functions' first instructions.
+    pub fn attach(binary: &GoBinary<'_>, binary_path: &Path, pid: u32, at: EmptyAt) -> anyhow::Result<Self> {
+        let points = binary
+            .probe_points()
+            .context("cannot find the allocation entry points")?;
+        let counting: Vec<&ProbePoint> = points.iter().filter(|p| p.role == ProbeRole::Count).collect();
+        if counting.is_empty() {
+            bail!("the binary has no runtime.mallocgc");
+        }
+        let offsets = counting
+            .iter()
+            .map(|p| {
+                // The function's start lies in the same segment, `probe_address - address`
+                // bytes before the probe.
+                let offset = match at {
+                    EmptyAt::Entry => p.file_offset - (p.probe_address - p.address),
+                    EmptyAt::Placement => p.file_offset,
+                };
+                (p.function.as_str(), offset)
+            })
+            .collect::<Vec<_>>();
+        raise_memlock_limit();
+        let mut ebpf = EbpfLoader::new()
+            .btf(None)
+            .load(crate::ebpf::object())
+            .context("cannot load gotrace's eBPF object")?;
+        let attached = attach_program(&mut ebpf, EMPTY_PROGRAM, offsets, binary_path, one_process(pid)?)?;
+        Ok(Self { _ebpf: ebpf, attached })
+    }
+}
+
+impl std::fmt::Debug for EmptyProbes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmptyProbes")
+            .field("attached", &self.attached)
+            .finish_non_exhaustive()
+    }
+}
+
+fn one_process(pid: u32) -> anyhow::Result<UProbeScope> {
+    Ok(UProbeScope::OneProcess(
+        NonZeroU32::new(pid).context("pid 0 cannot be traced")?,
+    ))
+}
+
+/// Loads one program of the object and attaches it at each (function, file offset) of
+/// `binary_path`; returns how many uprobes it attached.
+fn attach_program<'f>(
+    ebpf: &mut Ebpf,
+    program_name: &str,
+    offsets: impl IntoIterator<Item = (&'f str, u64)>,
+    binary_path: &Path,
+    scope: UProbeScope,
+) -> anyhow::Result<usize> {
+    let program: &mut UProbe = ebpf
+        .program_mut(program_name)
+        .with_context(|| format!("the eBPF object has no program {program_name}"))?
+        .try_into()?;
+    program
+        .load()
+        .with_context(|| format!("the kernel refused gotrace's probe {program_name}"))?;
+    let mut attached = 0;
+    for (function, file_offset) in offsets {
+        program
+            .attach(UProbeAttachLocation::AbsoluteOffset(file_offset), binary_path, scope)
+            .with_context(|| {
+                format!(
+                    "cannot attach a uprobe to {function} at file offset {file_offset:#x} of {}",
+                    binary_path.display()
+                )
+            })?;
+        attached += 1;
+    }
+    Ok(attached)
 }
 
 /// Which eBPF program goes on which entry points, for a mode.

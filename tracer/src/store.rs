@@ -130,6 +130,12 @@ impl Store {
     pub fn len(&self) -> usize {
         self.counts.len()
     }
+
+    /// Distinct stacks held.
+    #[must_use]
+    pub fn stack_count(&self) -> usize {
+        self.stacks.len()
+    }
 }
 
 /// The overflow key for an allocation of `size` bytes: sizes are coarsened to powers of two,

@@ -84,6 +84,7 @@ fn stats(ebpf: &Ebpf) -> ProbeStats {
         .unwrap_or_else(|err| fail(&format!("reading {STATS_MAP}"), err))
         .iter()
         .fold(ProbeStats::default(), |sum, cpu| sum.merged(*cpu))
+        .with_outcome_hits()
 }
 
 fn configure(ebpf: &mut Ebpf, nested: Option<AddressRange>) {

@@ -4,10 +4,13 @@
 //! - `demo`: README's main job: build gotrace and the demo Go program, run the demo, point
 //!   gotrace at it;
 //! - `fixtures`: build the Go fixture programs for every Go version and variant;
+//! - `bench`: overhead and accuracy against no tracing, an empty probe and bpftrace, in one
+//!   run (`--quick` for CI);
 //! - `soak`: the full memory soak of `gotrace serve` (ten minutes, release build);
 //! - `go <minor> -- ARGS...`: run one of the project's Go toolchains with the project's Go
 //!   environment.
 
+mod bench;
 mod demo;
 mod fixtures;
 mod go;
@@ -32,6 +35,10 @@ enum Command {
     Demo,
     /// Build the Go fixtures into target/fixtures and write target/fixtures/manifest.json
     Fixtures(fixtures::Args),
+    /// Measure gotrace's overhead per allocation (against no tracing, an empty probe at the
+    /// same address, and a bpftrace one-liner), on realistic workloads, its accuracy and its
+    /// own costs, all in one run; writes target/bench/results.{md,json} (needs root)
+    Bench(bench::Args),
     /// Soak `gotrace serve` against a target with churning stacks for --minutes (default 10)
     /// and check its memory stays under the documented cap (needs root; builds in release)
     Soak {
@@ -64,6 +71,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let repo = repo_root()?;
     match cli.command {
         Command::Demo => demo::run(&repo).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => bench::run(&repo, &args).map(|()| ExitCode::SUCCESS),
         Command::Fixtures(args) => fixtures::run(&repo, &args).map(|()| ExitCode::SUCCESS),
         Command::Go { minor, args } => run_go(&repo, &minor, &args),
         Command::Soak { minutes } => soak(&repo, minutes),

@@ -1,0 +1,1278 @@
+//! `cargo xtask bench`: gotrace's overhead and accuracy, measured side by side in one run on
+//! this machine, against no tracing, an empty probe at the same addresses, and bpftrace.
+//!
+//! Absolute times on a 2-core VM are noise; the figures are the ratios between rows measured
+//! minutes apart in the same run. Every measurement is repeated (`--runs`); the tables show
+//! the median and the range, so the noise is visible. Nothing here fails on a missed target:
+//! the tables say which targets were met.
+
+mod proc;
+mod report;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::Serialize;
+
+use self::proc::{Proc, cpu_seconds, peak_rss_mib};
+use self::stats::Stat;
+use crate::{fixtures, go};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A CI-sized run: two runs of everything, short windows (a few minutes in all)
+    #[arg(long)]
+    pub quick: bool,
+    /// Runs of each measurement (default 5; 2 with --quick)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub runs: Option<u32>,
+    /// Where results.md and results.json go
+    #[arg(long, value_name = "DIR", default_value = "target/bench")]
+    pub out: PathBuf,
+    /// Also put the Markdown tables into README.md (between its bench markers)
+    #[arg(long, conflicts_with = "only")]
+    pub readme: bool,
+    /// Measure only these parts (repeatable; default: all)
+    #[arg(long, value_enum, value_name = "PART")]
+    pub only: Vec<Part>,
+}
+
+/// The parts of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Cost per allocation of the pure-allocation loop
+    Cost,
+    /// The HTTP service and the CPU-bound workload
+    Realistic,
+    /// The sampled modes against exact mode
+    Accuracy,
+    /// Attach time, symbolization, RSS, the tracer's own CPU
+    Tracer,
+}
+
+/// How long and how often each part runs.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Plan {
+    runs: usize,
+    /// One-second report lines per measurement of the loop and the CPU-bound workload.
+    window_secs: usize,
+    /// Seconds of `wrk` per HTTP measurement.
+    wrk_secs: u64,
+    /// Rounds of `workloads classes` per accuracy run.
+    classes_rounds: u32,
+    accuracy_runs: usize,
+    symbolize_runs: usize,
+}
+
+impl Plan {
+    fn new(args: &Args) -> Self {
+        let runs = args.runs.map(|r| r as usize);
+        if args.quick {
+            Self {
+                runs: runs.unwrap_or(2),
+                window_secs: 2,
+                wrk_secs: 3,
+                classes_rounds: 300,
+                accuracy_runs: 1,
+                symbolize_runs: 1,
+            }
+        } else {
+            Self {
+                runs: runs.unwrap_or(5),
+                window_secs: 5,
+                wrk_secs: 10,
+                classes_rounds: 600,
+                accuracy_runs: 3,
+                symbolize_runs: 3,
+            }
+        }
+    }
+}
+
+/// The Go releases of the cost-per-allocation table; the realistic workloads, accuracy and
+/// tracer costs use the newest.
+const COST_GO: &[&str] = &["1.25", "1.27"];
+const REALISTIC_GO: &str = "1.27";
+/// go-sampler's rate in the accuracy runs (as `tracer/tests/accuracy.rs`): at Go's default
+/// 512 KiB the smallest of the top 10 callsites would get a few dozen samples in a run this
+/// short.
+const ACCURACY_SAMPLE_RATE: &str = "4096";
+/// The target allocation rate of the tracer-CPU measurement.
+const TRACER_CPU_RATE: u32 = 1_000_000;
+/// Distinct stacks in the symbolization measurement.
+const SYMBOLIZE_STACKS: usize = 10_000;
+
+/// What observes the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Tracer {
+    Untraced,
+    /// gotrace's empty program at each counting function's first instruction.
+    EmptyEntry,
+    /// gotrace's empty program where exact mode's probe goes.
+    EmptyPlacement,
+    /// The naive bpftrace one-liner.
+    Bpftrace,
+    Exact,
+    GoSampler,
+    Span,
+}
+
+impl Tracer {
+    const MODES: [Self; 3] = [Self::Exact, Self::GoSampler, Self::Span];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Untraced => "untraced",
+            Self::EmptyEntry => "empty uprobe at the function's first instruction",
+            Self::EmptyPlacement => "empty uprobe at gotrace's probe address (the floor)",
+            Self::Bpftrace => "bpftrace one-liner",
+            Self::Exact => "gotrace exact",
+            Self::GoSampler => "gotrace go-sampler",
+            Self::Span => "gotrace span",
+        }
+    }
+
+    fn mode(self) -> Option<&'static str> {
+        match self {
+            Self::Exact => Some("exact"),
+            Self::GoSampler => Some("go-sampler"),
+            Self::Span => Some("span"),
+            _ => None,
+        }
+    }
+}
+
+/// Paths every part needs.
+struct Env {
+    gotrace: PathBuf,
+    scratch: PathBuf,
+    bpftrace: Option<PathBuf>,
+    goarch: &'static str,
+}
+
+impl Env {
+    fn workloads(&self, repo: &Path, minor: &str) -> PathBuf {
+        repo.join(format!("target/fixtures/go{minor}/{}/workloads", self.goarch))
+    }
+}
+
+/// The machine and software the figures belong to.
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    cpu: String,
+    cores: usize,
+    kernel: String,
+    go: Vec<String>,
+    bpftrace: Option<String>,
+    date: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Results {
+    machine: Machine,
+    quick: bool,
+    plan: Plan,
+    cost: Vec<CostTable>,
+    realistic: Vec<RealisticRow>,
+    accuracy: Vec<AccuracyRow>,
+    tracer: TracerCosts,
+    targets: Vec<TargetCheck>,
+}
+
+#[derive(Debug, Serialize)]
+struct CostTable {
+    go_version: String,
+    /// The functions every probed row puts a probe on.
+    probed_functions: Vec<String>,
+    rows: Vec<CostRow>,
+}
+
+#[derive(Debug, Serialize)]
+struct CostRow {
+    tracer: Tracer,
+    /// CPU time of the whole target process per allocation, ns.
+    ns_per_alloc: Option<Stat>,
+    /// Over untraced (medians), ns.
+    added_ns: Option<f64>,
+    /// `added_ns` over the floor's (row 3).
+    vs_floor: Option<f64>,
+    /// The bpftrace one-liner's `added_ns` over this row's.
+    bpftrace_over_this: Option<f64>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct RealisticRow {
+    tracer: Tracer,
+    http_requests_per_sec: Option<Stat>,
+    http_p99_ms: Option<Stat>,
+    cpu_ops_per_sec: Option<Stat>,
+    /// Requests per second of the service's own CPU time.
+    http_requests_per_cpu_sec: Option<Stat>,
+    /// Operations per second of the workload's own CPU time.
+    cpu_ops_per_cpu_sec: Option<Stat>,
+    /// Traced over the mean of the untraced windows beside it, medians.
+    http_ratio: Option<f64>,
+    cpu_ratio: Option<f64>,
+    http_per_cpu_ratio: Option<f64>,
+    cpu_per_cpu_ratio: Option<f64>,
+    /// The same ratios' runs: HTTP requests/s, per CPU-second; CPU-bound ops/s, per CPU-second.
+    ratio_ranges: [Option<Stat>; 4],
+    /// The tracer's peak RSS over these runs, MiB.
+    tracer_peak_rss_mib: Option<f64>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct AccuracyRow {
+    tracer: Tracer,
+    setting: String,
+    /// Largest |estimate − exact| / exact over the 10 callsites with the most bytes, per run.
+    max_abs_error: Option<Stat>,
+    /// Mean of the same, per run.
+    mean_abs_error: Option<Stat>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct TracerCosts {
+    /// From starting `gotrace attach` to its "attached" line, on the Go distribution's
+    /// `compile`, ms.
+    attach_ms: Option<Stat>,
+    /// The part gotrace reports as loading and attaching the probes, ms.
+    attach_probes_ms: Option<Stat>,
+    attach_binary: String,
+    attach_error: Option<String>,
+    symbolize_stacks: usize,
+    symbolize_frames: usize,
+    /// Building the first profile of that many distinct stacks, cold caches, ms.
+    symbolize_ms: Option<Stat>,
+    /// The same build again, warm caches, ms.
+    symbolize_warm_ms: Option<Stat>,
+    symbolize_error: Option<String>,
+    cpu_at_rate: Vec<TracerCpu>,
+}
+
+#[derive(Debug, Serialize)]
+struct TracerCpu {
+    tracer: Tracer,
+    /// What the target managed while traced.
+    target_allocs_per_sec: Option<Stat>,
+    /// gotrace's own CPU time over wall time, percent of one core.
+    cpu_percent: Option<Stat>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct TargetCheck {
+    what: String,
+    value: Option<f64>,
+    /// Lowest and highest over the runs, where the figure is a median of paired runs.
+    range: Option<[f64; 2]>,
+    limit: String,
+    verdict: Verdict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Met,
+    Missed,
+    /// Missed by the median, but at least one paired run met it: the loss cannot be told from
+    /// the noise.
+    WithinNoise,
+    NotMeasured,
+}
+
+impl Verdict {
+    fn of(met: Option<bool>) -> Self {
+        match met {
+            Some(true) => Self::Met,
+            Some(false) => Self::Missed,
+            None => Self::NotMeasured,
+        }
+    }
+}
+
+pub fn run(repo: &Path, args: &Args) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "the benchmark loads eBPF programs and attaches uprobes: run it as root"
+    );
+    let plan = Plan::new(args);
+    let started = Instant::now();
+    eprintln!("bench: building gotrace (release) and the Go fixtures");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(repo)
+        .args(["build", "--release", "-p", "tracer"])
+        .status()
+        .context("cannot run cargo build")?;
+    ensure!(status.success(), "cargo build --release -p tracer failed");
+    fixtures::run(repo, &fixtures::Args::all())?;
+    let out_dir = repo.join(&args.out);
+    let scratch = out_dir.join("scratch");
+    std::fs::create_dir_all(&scratch).with_context(|| format!("cannot create {}", scratch.display()))?;
+    let env = Env {
+        gotrace: repo.join("target/release/gotrace"),
+        scratch,
+        bpftrace: find_on_path("bpftrace"),
+        goarch: match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => bail!("no Go fixtures for {other}"),
+        },
+    };
+    ensure!(
+        find_on_path("wrk").is_some(),
+        "wrk is not installed: run scripts/setup.sh"
+    );
+    let machine = machine(repo, &env)?;
+    eprintln!(
+        "bench: {} runs of each measurement{}; {} on {} cores, Linux {}",
+        plan.runs,
+        if args.quick { " (--quick)" } else { "" },
+        machine.cpu,
+        machine.cores,
+        machine.kernel
+    );
+
+    let wanted = |part: Part| args.only.is_empty() || args.only.contains(&part);
+    let mut cost = Vec::new();
+    if wanted(Part::Cost) {
+        for minor in COST_GO {
+            cost.push(cost_per_allocation(repo, &env, &plan, minor)?);
+        }
+    }
+    let realistic = if wanted(Part::Realistic) {
+        realistic(repo, &env, &plan)?
+    } else {
+        Vec::new()
+    };
+    let accuracy = if wanted(Part::Accuracy) {
+        accuracy(repo, &env, &plan)
+    } else {
+        Vec::new()
+    };
+    let tracer = if wanted(Part::Tracer) {
+        tracer_costs(repo, &env, &plan)?
+    } else {
+        TracerCosts::default()
+    };
+    let targets = targets(&cost, &realistic);
+    let failed = failures(&cost, &realistic, &accuracy, &tracer);
+    let results = Results {
+        machine,
+        quick: args.quick,
+        plan,
+        cost,
+        realistic,
+        accuracy,
+        tracer,
+        targets,
+    };
+
+    let markdown = report::markdown(&results);
+    let json = serde_json::to_string_pretty(&results).context("cannot encode the results")?;
+    std::fs::write(out_dir.join("results.json"), json + "\n").context("cannot write results.json")?;
+    std::fs::write(out_dir.join("results.md"), &markdown).context("cannot write results.md")?;
+    if args.readme {
+        report::update_readme(&repo.join("README.md"), &markdown)?;
+        eprintln!("bench: README.md updated");
+    }
+    println!("{markdown}");
+    eprintln!(
+        "bench: done in {:.0} s; {} and {}",
+        started.elapsed().as_secs_f64(),
+        out_dir.join("results.md").display(),
+        out_dir.join("results.json").display()
+    );
+    // A missed target is a result; a measurement that could not run is a broken benchmark.
+    ensure!(
+        failed.is_empty(),
+        "{} measurements could not run:\n  {}",
+        failed.len(),
+        failed.join("\n  ")
+    );
+    Ok(())
+}
+
+/// Every measurement that could not run, named.
+fn failures(
+    cost: &[CostTable],
+    realistic: &[RealisticRow],
+    accuracy: &[AccuracyRow],
+    tracer: &TracerCosts,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for table in cost {
+        for row in &table.rows {
+            if let Some(e) = &row.error {
+                out.push(format!("{} cost, {}: {e}", table.go_version, row.tracer.label()));
+            }
+        }
+    }
+    for row in realistic {
+        if let Some(e) = &row.error {
+            out.push(format!("realistic, {}: {e}", row.tracer.label()));
+        }
+    }
+    for row in accuracy {
+        if let Some(e) = &row.error {
+            out.push(format!("accuracy, {}: {e}", row.tracer.label()));
+        }
+    }
+    for e in [&tracer.attach_error, &tracer.symbolize_error].into_iter().flatten() {
+        out.push(format!("tracer costs: {e}"));
+    }
+    for row in &tracer.cpu_at_rate {
+        if let Some(e) = &row.error {
+            out.push(format!("tracer CPU, {}: {e}", row.tracer.label()));
+        }
+    }
+    out
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
+}
+
+fn machine(repo: &Path, env: &Env) -> Result<Machine> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let mut go = Vec::new();
+    for minor in COST_GO {
+        go.push(go::Toolchain::find(repo, minor)?.version);
+    }
+    let bpftrace = env.bpftrace.as_ref().and_then(|b| {
+        let out = Command::new(b).arg("--version").output().ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    });
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    Ok(Machine {
+        cpu,
+        cores,
+        kernel,
+        go,
+        bpftrace,
+        date,
+    })
+}
+
+/// The target's counting allocation entry points, from `gotrace inspect`: where exact mode
+/// and the empty probes go, and what the bpftrace one-liner probes.
+fn counting_functions(env: &Env, binary: &Path) -> Result<Vec<String>> {
+    let out = Command::new(&env.gotrace)
+        .arg("inspect")
+        .arg(binary)
+        .args(["--format", "json"])
+        .output()
+        .context("cannot run gotrace inspect")?;
+    ensure!(out.status.success(), "gotrace inspect {} failed", binary.display());
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).context("gotrace inspect: bad JSON")?;
+    let functions: Vec<String> = doc["probes"]
+        .as_array()
+        .context("gotrace inspect: no probes")?
+        .iter()
+        .filter(|p| p["role"] == "count")
+        .filter_map(|p| p["function"].as_str().map(str::to_owned))
+        .collect();
+    ensure!(
+        !functions.is_empty(),
+        "{} has no counting entry points",
+        binary.display()
+    );
+    Ok(functions)
+}
+
+/// A tracer attached to a target, ready.
+struct Attached {
+    proc: Proc,
+}
+
+impl Attached {
+    fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Detaches (SIGINT) and waits for the tracer to exit.
+    fn stop(self) -> Result<()> {
+        let name = self.proc.name.clone();
+        let status = self.proc.stop(libc::SIGINT, Duration::from_secs(30))?;
+        ensure!(status.success(), "{name} exited with {status}");
+        Ok(())
+    }
+}
+
+/// Attaches `tracer` to process `pid` of `binary` and waits until its probes are live.
+/// `extra` goes to `gotrace attach`.
+fn attach(
+    env: &Env,
+    tracer: Tracer,
+    pid: u32,
+    binary: &Path,
+    functions: &[String],
+    extra: &[&str],
+) -> Result<Option<Attached>> {
+    let pid_arg = pid.to_string();
+    let timeout = Duration::from_mins(1);
+    let proc = match tracer {
+        Tracer::Untraced => return Ok(None),
+        Tracer::EmptyEntry | Tracer::EmptyPlacement => {
+            let at = if tracer == Tracer::EmptyEntry {
+                "entry"
+            } else {
+                "placement"
+            };
+            let proc = Proc::start(
+                "gotrace bench empty-probe",
+                Command::new(&env.gotrace).args(["bench", "empty-probe", &pid_arg, "--at", at]),
+                true,
+            )?;
+            proc.wait_for("gotrace: attached", true, timeout)?;
+            proc
+        }
+        Tracer::Bpftrace => {
+            let bpftrace = env
+                .bpftrace
+                .as_ref()
+                .context("bpftrace is not installed (scripts/setup.sh installs it)")?;
+            let probes: Vec<String> = functions
+                .iter()
+                .map(|f| format!("uprobe:{}:{f}", binary.display()))
+                .collect();
+            // bpftrace runs BEGIN once every probe is attached.
+            let program = format!(
+                "BEGIN {{ printf(\"live\\n\"); }} {} {{ @[ustack, reg(\"ax\")] = count(); }}",
+                probes.join(", ")
+            );
+            let proc = Proc::start("bpftrace", Command::new(bpftrace).arg("-e").arg(program), true)?;
+            proc.wait_for("live", false, timeout)?;
+            proc
+        }
+        Tracer::Exact | Tracer::GoSampler | Tracer::Span => {
+            let mode = tracer.mode().unwrap_or("exact");
+            let proc = Proc::start(
+                "gotrace attach",
+                Command::new(&env.gotrace)
+                    .args(["attach", &pid_arg, "--mode", mode, "-f", "json", "-o"])
+                    .arg(env.scratch.join(format!("{mode}-{pid}.json")))
+                    .args(extra),
+                true,
+            )?;
+            proc.wait_for("gotrace: attached", true, timeout)?;
+            proc
+        }
+    };
+    Ok(Some(Attached { proc }))
+}
+
+/// Parses `allocs N cpu_ns C` (the loop workload) or `ops N` (the CPU-bound one).
+fn report_line(line: &str) -> Option<(f64, f64)> {
+    let mut words = line.split_whitespace();
+    let _label = words.next()?;
+    let count: f64 = words.next()?.parse().ok()?;
+    let cpu = match (words.next(), words.next()) {
+        (Some("cpu_ns"), Some(v)) => v.parse().ok()?,
+        _ => 0.0,
+    };
+    Some((count, cpu))
+}
+
+/// Sums the next `secs` whole report lines of a workload (skipping the partial one first):
+/// the counts, the CPU nanoseconds the lines report, and the target's CPU seconds over those
+/// lines as `/proc` counts them.
+fn sum_report_lines(target: &Proc, secs: usize) -> Result<(f64, f64, f64)> {
+    let _ = target.drain_stdout();
+    let _partial = target.next_line(Duration::from_secs(10))?;
+    let cpu_before = cpu_seconds(target.pid())?;
+    let (mut count, mut cpu) = (0.0, 0.0);
+    for _ in 0..secs {
+        let line = target.next_line(Duration::from_secs(10))?;
+        let (n, c) = report_line(&line).with_context(|| format!("unexpected line {line:?}"))?;
+        count += n;
+        cpu += c;
+    }
+    Ok((count, cpu, cpu_seconds(target.pid())? - cpu_before))
+}
+
+fn cost_per_allocation(repo: &Path, env: &Env, plan: &Plan, minor: &str) -> Result<CostTable> {
+    let binary = env.workloads(repo, minor);
+    let functions = counting_functions(env, &binary)?;
+    let version = go::Toolchain::find(repo, minor)?.version;
+    let target = Proc::start("workloads loop", Command::new(&binary).arg("loop"), false)?;
+    target.wait_for("ready", false, Duration::from_secs(20))?;
+    let tracers = [
+        Tracer::Untraced,
+        Tracer::EmptyEntry,
+        Tracer::EmptyPlacement,
+        Tracer::Bpftrace,
+        Tracer::Exact,
+        Tracer::GoSampler,
+        Tracer::Span,
+    ];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
+    let mut errors: Vec<Option<String>> = vec![None; tracers.len()];
+    for run in 1..=plan.runs {
+        for (i, &tracer) in tracers.iter().enumerate() {
+            if errors[i].is_some() {
+                continue;
+            }
+            let measured = (|| -> Result<f64> {
+                let attached = attach(env, tracer, target.pid(), &binary, &functions, &[])?;
+                let (allocs, cpu_ns, _) = sum_report_lines(&target, plan.window_secs)?;
+                if let Some(a) = attached {
+                    a.stop()?;
+                }
+                ensure!(allocs > 0.0, "the loop allocated nothing");
+                Ok(cpu_ns / allocs)
+            })();
+            match measured {
+                Ok(ns) => {
+                    eprintln!(
+                        "bench: {version} cost, run {run}/{}: {:<52} {ns:>8.0} ns/alloc",
+                        plan.runs,
+                        tracer.label()
+                    );
+                    samples[i].push(ns);
+                }
+                Err(e) => {
+                    eprintln!("bench: {version} cost: {}: {e:#}", tracer.label());
+                    errors[i] = Some(format!("{e:#}"));
+                }
+            }
+        }
+    }
+    drop(target);
+    let stats: Vec<Option<Stat>> = samples.iter().map(|s| Stat::of(s)).collect();
+    let median = |t: Tracer| -> Option<f64> {
+        let i = tracers.iter().position(|&x| x == t)?;
+        stats[i].as_ref().map(|s| s.median)
+    };
+    let untraced = median(Tracer::Untraced);
+    let added = |t: Tracer| -> Option<f64> { Some(median(t)? - untraced?) };
+    let floor = added(Tracer::EmptyPlacement);
+    let bpftrace = added(Tracer::Bpftrace);
+    let added_by: Vec<Option<f64>> = tracers.iter().map(|&t| added(t)).collect();
+    let rows = tracers
+        .iter()
+        .zip(stats)
+        .zip(errors)
+        .zip(added_by)
+        .map(|(((&tracer, stat), error), added)| {
+            let added_ns = (tracer != Tracer::Untraced).then_some(added).flatten();
+            // Ratios mean something for the rows that probe every allocation; the sampled
+            // modes' added cost is within the noise of zero.
+            let per_allocation = !matches!(tracer, Tracer::Untraced | Tracer::GoSampler | Tracer::Span);
+            CostRow {
+                tracer,
+                ns_per_alloc: stat,
+                added_ns,
+                vs_floor: added_ns.zip(floor).map(|(a, f)| a / f).filter(|_| per_allocation),
+                bpftrace_over_this: added_ns.zip(bpftrace).map(|(a, b)| b / a).filter(|_| per_allocation),
+                error,
+            }
+        })
+        .collect();
+    Ok(CostTable {
+        go_version: version,
+        probed_functions: functions,
+        rows,
+    })
+}
+
+/// `wrk` against `url` for `secs`: requests per second and p99 latency in ms.
+fn wrk(url: &str, secs: u64) -> Result<(f64, f64)> {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c16", &format!("-d{secs}s"), "--latency", url])
+        .output()
+        .context("cannot run wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "wrk failed: {text}");
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output: {text}"))?;
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .and_then(|v| latency_ms(v.trim()))
+        .with_context(|| format!("no 99% latency in wrk's output: {text}"))?;
+    Ok((rps, p99))
+}
+
+/// `1.23ms`, `456.00us`, `1.50s` → milliseconds.
+fn latency_ms(text: &str) -> Option<f64> {
+    let (number, factor) = if let Some(n) = text.strip_suffix("us") {
+        (n, 1e-3)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60_000.0)
+    } else {
+        (text.strip_suffix('s')?, 1000.0)
+    };
+    Some(number.parse::<f64>().ok()? * factor)
+}
+
+/// One realistic workload measured untraced and under each mode in turn, every traced window
+/// between two untraced ones (U T1 U T2 U T3 U), `runs` times: each traced figure is compared
+/// with the mean of its two neighbours, so that the machine's drift over the minutes of a run
+/// (other VMs on the host, CPU frequency) cancels instead of landing on one mode.
+struct Interleaved {
+    /// `[tracer][metric]`: every window's figure.
+    values: Vec<Vec<Vec<f64>>>,
+    /// `[tracer][metric]`: traced over the mean of the untraced windows beside it.
+    ratios: Vec<Vec<Vec<f64>>>,
+    errors: Vec<Option<String>>,
+}
+
+impl Interleaved {
+    /// `tracers[0]` must be [`Tracer::Untraced`]; `measure` returns `metrics` figures.
+    fn run(
+        plan: &Plan,
+        tracers: &[Tracer],
+        metrics: usize,
+        what: &str,
+        mut measure: impl FnMut(Tracer) -> Result<Vec<f64>>,
+    ) -> Self {
+        let n = tracers.len();
+        let mut out = Self {
+            values: vec![vec![Vec::new(); metrics]; n],
+            ratios: vec![vec![Vec::new(); metrics]; n],
+            errors: vec![None; n],
+        };
+        let mut measure_one = |i: usize, out: &mut Self, run: usize| -> Option<Vec<f64>> {
+            match measure(tracers[i]) {
+                Ok(figures) => {
+                    let shown: Vec<String> = figures.iter().map(|v| format!("{v:.1}")).collect();
+                    eprintln!(
+                        "bench: {what}, run {run}/{}: {:<20} {}",
+                        plan.runs,
+                        tracers[i].label(),
+                        shown.join(" ")
+                    );
+                    for (m, v) in figures.iter().enumerate() {
+                        out.values[i][m].push(*v);
+                    }
+                    Some(figures)
+                }
+                Err(e) => {
+                    eprintln!("bench: {what}: {}: {e:#}", tracers[i].label());
+                    out.errors[i] = Some(format!("{e:#}"));
+                    None
+                }
+            }
+        };
+        for run in 1..=plan.runs {
+            let Some(mut before) = measure_one(0, &mut out, run) else {
+                break;
+            };
+            for i in 1..n {
+                if out.errors[i].is_some() {
+                    continue;
+                }
+                let traced = measure_one(i, &mut out, run);
+                let Some(after) = measure_one(0, &mut out, run) else {
+                    return out;
+                };
+                if let Some(traced) = traced {
+                    for m in 0..metrics {
+                        let baseline = f64::midpoint(before[m], after[m]);
+                        if baseline > 0.0 {
+                            out.ratios[i][m].push(traced[m] / baseline);
+                        }
+                    }
+                }
+                before = after;
+            }
+        }
+        out
+    }
+
+    fn stat(&self, tracer: usize, metric: usize) -> Option<Stat> {
+        Stat::of(&self.values[tracer][metric])
+    }
+
+    fn ratio(&self, tracer: usize, metric: usize) -> Option<Stat> {
+        Stat::of(&self.ratios[tracer][metric])
+    }
+}
+
+/// The HTTP service under wrk and the CPU-bound workload, untraced and under each mode.
+fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<Vec<RealisticRow>> {
+    let binary = env.workloads(repo, REALISTIC_GO);
+    let tracers = [Tracer::Untraced, Tracer::Exact, Tracer::GoSampler, Tracer::Span];
+    let mut rss: Vec<Option<f64>> = vec![None; tracers.len()];
+    let mut note_rss = |tracer: Tracer, attached: &Option<Attached>| {
+        let i = tracers.iter().position(|&t| t == tracer).unwrap_or(0);
+        if let Some(mib) = attached.as_ref().and_then(|a| peak_rss_mib(a.pid()).ok()) {
+            rss[i] = Some(rss[i].map_or(mib, |m: f64| m.max(mib)));
+        }
+    };
+
+    let server = Proc::start(
+        "workloads http",
+        Command::new(&binary).args(["http", "127.0.0.1:0"]),
+        false,
+    )?;
+    let ready = server.wait_for("ready", false, Duration::from_secs(20))?;
+    let url = format!("{}/json", ready.trim_start_matches("ready").trim());
+    wrk(&url, 1).context("warming the HTTP service up")?;
+    // Metrics: requests/s, p99 ms, requests per second of the service's CPU time.
+    let http = Interleaved::run(plan, &tracers, 3, "http (req/s, p99 ms, req per CPU-s)", |tracer| {
+        let attached = attach(env, tracer, server.pid(), &binary, &[], &[])?;
+        let cpu_before = cpu_seconds(server.pid())?;
+        let (rps, p99) = wrk(&url, plan.wrk_secs)?;
+        let cpu = cpu_seconds(server.pid())? - cpu_before;
+        note_rss(tracer, &attached);
+        if let Some(a) = attached {
+            a.stop()?;
+        }
+        ensure!(cpu > 0.0, "the service used no CPU time");
+        #[expect(clippy::cast_precision_loss, reason = "seconds")]
+        Ok(vec![rps, p99, rps * plan.wrk_secs as f64 / cpu])
+    });
+    drop(server);
+
+    let workload = Proc::start("workloads cpu", Command::new(&binary).args(["cpu", "0"]), false)?;
+    workload.wait_for("ready", false, Duration::from_secs(20))?;
+    // Metrics: operations/s, operations per second of the workload's CPU time.
+    let cpu = Interleaved::run(plan, &tracers, 2, "cpu-bound (ops/s, ops per CPU-s)", |tracer| {
+        let attached = attach(env, tracer, workload.pid(), &binary, &[], &[])?;
+        let (count, _, cpu_secs) = sum_report_lines(&workload, plan.window_secs)?;
+        note_rss(tracer, &attached);
+        if let Some(a) = attached {
+            a.stop()?;
+        }
+        ensure!(cpu_secs > 0.0, "the workload used no CPU time");
+        #[expect(clippy::cast_precision_loss, reason = "a few seconds")]
+        Ok(vec![count / plan.window_secs as f64, count / cpu_secs])
+    });
+    drop(workload);
+
+    let median = |s: Option<Stat>| s.map(|s| s.median);
+    Ok((0..tracers.len())
+        .map(|i| RealisticRow {
+            tracer: tracers[i],
+            http_requests_per_sec: http.stat(i, 0),
+            http_p99_ms: http.stat(i, 1),
+            http_requests_per_cpu_sec: http.stat(i, 2),
+            cpu_ops_per_sec: cpu.stat(i, 0),
+            cpu_ops_per_cpu_sec: cpu.stat(i, 1),
+            http_ratio: median(http.ratio(i, 0)),
+            http_per_cpu_ratio: median(http.ratio(i, 2)),
+            cpu_ratio: median(cpu.ratio(i, 0)),
+            cpu_per_cpu_ratio: median(cpu.ratio(i, 1)),
+            ratio_ranges: [http.ratio(i, 0), http.ratio(i, 2), cpu.ratio(i, 0), cpu.ratio(i, 1)],
+            tracer_peak_rss_mib: rss[i],
+            error: http.errors[i].clone().or_else(|| cpu.errors[i].clone()),
+        })
+        .collect())
+}
+
+/// Bytes per allocating line (`function:line`) of a gotrace JSON report.
+fn bytes_by_line(report: &serde_json::Value) -> Result<std::collections::BTreeMap<String, f64>> {
+    let mut out = std::collections::BTreeMap::new();
+    for c in report["callsites"].as_array().context("report without callsites")? {
+        let key = format!("{}:{}", c["function"].as_str().unwrap_or("?"), c["line"]);
+        *out.entry(key).or_insert(0.0) += c["bytes"].as_f64().unwrap_or(0.0);
+    }
+    Ok(out)
+}
+
+/// Span and go-sampler against exact mode, all three attached to one run of the `classes`
+/// workload before its first allocation.
+fn accuracy(repo: &Path, env: &Env, plan: &Plan) -> Vec<AccuracyRow> {
+    let binary = env.workloads(repo, REALISTIC_GO);
+    let sampled = [
+        (Tracer::Span, &[][..]),
+        (Tracer::GoSampler, &["--set-mem-profile-rate", ACCURACY_SAMPLE_RATE][..]),
+    ];
+    let mut max_errors = vec![Vec::new(); sampled.len()];
+    let mut mean_errors = vec![Vec::new(); sampled.len()];
+    let mut error = None;
+    for run in 1..=plan.accuracy_runs {
+        let measured = (|| -> Result<Vec<(f64, f64)>> {
+            let mut target = Proc::start(
+                "workloads classes",
+                Command::new(&binary).args(["classes", "--rounds", &plan.classes_rounds.to_string(), "--wait"]),
+                false,
+            )?;
+            target.wait_for("ready", false, Duration::from_secs(20))?;
+            let mut tracers = Vec::new();
+            for &(tracer, extra) in std::iter::once(&(Tracer::Exact, &[][..])).chain(&sampled) {
+                let attached = attach(env, tracer, target.pid(), &binary, &[], extra)?.context("no tracer")?;
+                tracers.push((tracer, attached));
+            }
+            target.send_line("")?;
+            target.close_stdin();
+            target.wait_for("{", false, Duration::from_mins(5))?;
+            target.wait(Duration::from_secs(30))?;
+            let mut reports = Vec::new();
+            for (tracer, mut attached) in tracers {
+                // Each reports and exits on its own once the target has exited.
+                let status = attached.proc.wait(Duration::from_mins(1))?;
+                ensure!(
+                    status.success(),
+                    "gotrace --mode {:?} exited with {status}",
+                    tracer.mode()
+                );
+                let path = env
+                    .scratch
+                    .join(format!("{}-{}.json", tracer.mode().unwrap_or("?"), target.pid()));
+                let report: serde_json::Value = serde_json::from_slice(
+                    &std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?,
+                )
+                .context("bad report")?;
+                reports.push(bytes_by_line(&report)?);
+            }
+            let exact = &reports[0];
+            let mut top: Vec<(&String, f64)> = exact.iter().map(|(k, v)| (k, *v)).collect();
+            top.sort_by(|a, b| b.1.total_cmp(&a.1));
+            top.truncate(10);
+            Ok(reports[1..]
+                .iter()
+                .map(|sampled| {
+                    let errors: Vec<f64> = top
+                        .iter()
+                        .map(|(line, e)| (sampled.get(*line).copied().unwrap_or(0.0) - e).abs() / e)
+                        .collect();
+                    #[expect(clippy::cast_precision_loss, reason = "ten callsites")]
+                    let mean = errors.iter().sum::<f64>() / errors.len().max(1) as f64;
+                    (errors.iter().copied().fold(0.0, f64::max), mean)
+                })
+                .collect())
+        })();
+        match measured {
+            Ok(per_mode) => {
+                for (i, (max, mean)) in per_mode.into_iter().enumerate() {
+                    eprintln!(
+                        "bench: accuracy, run {run}/{}: {:<20} top-10 error max {:.1}%, mean {:.1}%",
+                        plan.accuracy_runs,
+                        sampled[i].0.label(),
+                        max * 100.0,
+                        mean * 100.0
+                    );
+                    max_errors[i].push(max);
+                    mean_errors[i].push(mean);
+                }
+            }
+            Err(e) => {
+                eprintln!("bench: accuracy: {e:#}");
+                error = Some(format!("{e:#}"));
+                break;
+            }
+        }
+    }
+    sampled
+        .iter()
+        .enumerate()
+        .map(|(i, &(tracer, _))| AccuracyRow {
+            tracer,
+            setting: if tracer == Tracer::GoSampler {
+                format!("MemProfileRate {ACCURACY_SAMPLE_RATE} (--set-mem-profile-rate)")
+            } else {
+                "default".to_owned()
+            },
+            max_abs_error: Stat::of(&max_errors[i]),
+            mean_abs_error: Stat::of(&mean_errors[i]),
+            error: error.clone(),
+        })
+        .collect()
+}
+
+fn tracer_costs(repo: &Path, env: &Env, plan: &Plan) -> Result<TracerCosts> {
+    let mut costs = TracerCosts {
+        symbolize_stacks: SYMBOLIZE_STACKS,
+        ..TracerCosts::default()
+    };
+    match attach_time(repo, env, plan) {
+        Ok((binary, total, probes)) => {
+            costs.attach_binary = binary;
+            costs.attach_ms = Stat::of(&total);
+            costs.attach_probes_ms = Stat::of(&probes);
+        }
+        Err(e) => {
+            eprintln!("bench: attach time: {e:#}");
+            costs.attach_error = Some(format!("{e:#}"));
+        }
+    }
+    match symbolize_time(repo, env, plan) {
+        Ok((frames, cold, warm)) => {
+            costs.symbolize_frames = frames;
+            costs.symbolize_ms = Stat::of(&cold);
+            costs.symbolize_warm_ms = Stat::of(&warm);
+        }
+        Err(e) => {
+            eprintln!("bench: symbolization: {e:#}");
+            costs.symbolize_error = Some(format!("{e:#}"));
+        }
+    }
+    costs.cpu_at_rate = tracer_cpu(repo, env, plan)?;
+    Ok(costs)
+}
+
+/// From starting `gotrace attach --mode exact` to its "attached" line, on a running `compile`
+/// of the Go distribution (held still: it waits to open its input, a FIFO).
+fn attach_time(repo: &Path, env: &Env, plan: &Plan) -> Result<(String, Vec<f64>, Vec<f64>)> {
+    let toolchain = go::Toolchain::find(repo, REALISTIC_GO)?;
+    let compile = toolchain.goroot.join(format!("pkg/tool/linux_{}/compile", env.goarch));
+    ensure!(compile.is_file(), "no {}", compile.display());
+    let fifo = env.scratch.join("input.go");
+    let _ = std::fs::remove_file(&fifo);
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).context("bad scratch path")?;
+    // SAFETY: a valid C string; mkfifo has no other preconditions.
+    ensure!(
+        unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } == 0,
+        "cannot make a FIFO at {}",
+        fifo.display()
+    );
+    let (mut total, mut probes) = (Vec::new(), Vec::new());
+    for run in 1..=plan.runs {
+        let compiler = Proc::start(
+            "compile",
+            Command::new(&compile)
+                .args(["-p", "main", "-o"])
+                .arg(env.scratch.join("input.o"))
+                .arg(&fifo),
+            false,
+        )?;
+        // Let it start up and block opening its input.
+        std::thread::sleep(Duration::from_millis(500));
+        let started = Instant::now();
+        let tracer = Proc::start(
+            "gotrace attach",
+            Command::new(&env.gotrace)
+                .args([
+                    "attach",
+                    &compiler.pid().to_string(),
+                    "--mode",
+                    "exact",
+                    "-f",
+                    "json",
+                    "-o",
+                ])
+                .arg(env.scratch.join("compile.json")),
+            true,
+        )?;
+        let line = tracer.wait_for("gotrace: attached", true, Duration::from_mins(1))?;
+        #[expect(clippy::cast_precision_loss, reason = "milliseconds")]
+        let ms = started.elapsed().as_micros() as f64 / 1000.0;
+        // "… in 226 ms, exact mode; …"
+        let reported = line
+            .split(" in ")
+            .nth(1)
+            .and_then(|rest| rest.split(" ms").next())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .context("no attach time in gotrace's line")?;
+        eprintln!(
+            "bench: attach to compile, run {run}/{}: {ms:.0} ms from start ({reported:.0} ms loading and attaching the probes)",
+            plan.runs
+        );
+        total.push(ms);
+        probes.push(reported);
+        tracer.stop(libc::SIGINT, Duration::from_secs(30))?;
+        drop(compiler);
+    }
+    let _ = std::fs::remove_file(&fifo);
+    Ok((toolchain.version + " compile", total, probes))
+}
+
+/// `gotrace bench symbolize` on the churn workload (ever new stacks).
+fn symbolize_time(repo: &Path, env: &Env, plan: &Plan) -> Result<(usize, Vec<f64>, Vec<f64>)> {
+    let binary = env.workloads(repo, REALISTIC_GO);
+    let (mut cold, mut warm, mut frames) = (Vec::new(), Vec::new(), 0);
+    for run in 1..=plan.symbolize_runs {
+        let churn = Proc::start("workloads churn", Command::new(&binary).arg("churn"), false)?;
+        churn.wait_for("ready", false, Duration::from_secs(20))?;
+        let out = Command::new(&env.gotrace)
+            .args(["bench", "symbolize", &churn.pid().to_string(), "--stacks"])
+            .arg(SYMBOLIZE_STACKS.to_string())
+            .output()
+            .context("cannot run gotrace bench symbolize")?;
+        drop(churn);
+        ensure!(
+            out.status.success(),
+            "gotrace bench symbolize failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let doc: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("bad JSON from gotrace bench symbolize")?;
+        let seconds = doc["seconds"].as_f64().context("no seconds")?;
+        let warm_seconds = doc["warm_seconds"].as_f64().context("no warm_seconds")?;
+        frames = usize::try_from(doc["frames"].as_u64().unwrap_or(0)).unwrap_or(0);
+        eprintln!(
+            "bench: symbolization, run {run}/{}: {} stacks ({frames} frames) in {:.0} ms cold, {:.1} ms warm",
+            plan.symbolize_runs,
+            doc["stacks"],
+            seconds * 1000.0,
+            warm_seconds * 1000.0
+        );
+        cold.push(seconds * 1000.0);
+        warm.push(warm_seconds * 1000.0);
+    }
+    Ok((frames, cold, warm))
+}
+
+/// gotrace's own CPU while the target allocates about `TRACER_CPU_RATE` times a second.
+fn tracer_cpu(repo: &Path, env: &Env, plan: &Plan) -> Result<Vec<TracerCpu>> {
+    let binary = env.workloads(repo, REALISTIC_GO);
+    let target = Proc::start(
+        "workloads loop (paced)",
+        Command::new(&binary).args(["loop", "--workers", "2", "--rate", &TRACER_CPU_RATE.to_string()]),
+        false,
+    )?;
+    target.wait_for("ready", false, Duration::from_secs(20))?;
+    let mut rows = Vec::new();
+    for tracer in Tracer::MODES {
+        let (mut rates, mut cpu) = (Vec::new(), Vec::new());
+        let mut error = None;
+        for run in 1..=plan.runs {
+            let measured = (|| -> Result<(f64, f64)> {
+                let attached = attach(env, tracer, target.pid(), &binary, &[], &[])?.context("no tracer")?;
+                let _ = target.drain_stdout();
+                let _partial = target.next_line(Duration::from_secs(10))?;
+                let (cpu0, t0) = (cpu_seconds(attached.pid())?, Instant::now());
+                let mut allocs = 0.0;
+                for _ in 0..plan.window_secs {
+                    let line = target.next_line(Duration::from_secs(10))?;
+                    allocs += report_line(&line).map_or(0.0, |(n, _)| n);
+                }
+                let (cpu1, wall) = (cpu_seconds(attached.pid())?, t0.elapsed().as_secs_f64());
+                attached.stop()?;
+                #[expect(clippy::cast_precision_loss, reason = "a few seconds")]
+                Ok((allocs / plan.window_secs as f64, (cpu1 - cpu0) / wall * 100.0))
+            })();
+            match measured {
+                Ok((rate, percent)) => {
+                    eprintln!(
+                        "bench: tracer CPU, run {run}/{}: {:<20} {percent:.2}% of a core, target at {:.2} M allocs/s",
+                        plan.runs,
+                        tracer.label(),
+                        rate / 1e6
+                    );
+                    rates.push(rate);
+                    cpu.push(percent);
+                }
+                Err(e) => {
+                    eprintln!("bench: tracer CPU: {}: {e:#}", tracer.label());
+                    error = Some(format!("{e:#}"));
+                    break;
+                }
+            }
+        }
+        rows.push(TracerCpu {
+            tracer,
+            target_allocs_per_sec: Stat::of(&rates),
+            cpu_percent: Stat::of(&cpu),
+            error,
+        });
+    }
+    Ok(rows)
+}
+
+/// The targets, each with the figure that decides it.
+fn targets(cost: &[CostTable], realistic: &[RealisticRow]) -> Vec<TargetCheck> {
+    let mut out = Vec::new();
+    for table in cost {
+        let row = |t: Tracer| table.rows.iter().find(|r| r.tracer == t);
+        let vs_floor = row(Tracer::Exact).and_then(|r| r.vs_floor);
+        out.push(TargetCheck {
+            what: format!(
+                "{}: exact mode's added cost over the empty-probe floor's",
+                table.go_version
+            ),
+            value: vs_floor,
+            limit: "≤ 1.3×".to_owned(),
+            verdict: Verdict::of(vs_floor.map(|v| v <= 1.3)),
+            range: None,
+        });
+        let cheaper = row(Tracer::Exact).and_then(|r| r.bpftrace_over_this);
+        out.push(TargetCheck {
+            what: format!(
+                "{}: bpftrace one-liner's added cost over exact mode's",
+                table.go_version
+            ),
+            value: cheaper,
+            limit: "≥ 4×".to_owned(),
+            verdict: Verdict::of(cheaper.map(|v| v >= 4.0)),
+            range: None,
+        });
+    }
+    for row in realistic
+        .iter()
+        .filter(|r| matches!(r.tracer, Tracer::GoSampler | Tracer::Span))
+    {
+        let names = [
+            "HTTP requests/s",
+            "HTTP requests per service CPU-second",
+            "CPU-bound ops/s",
+            "CPU-bound ops per CPU-second",
+        ];
+        for (workload, ratios) in names.into_iter().zip(&row.ratio_ranges) {
+            let loss = ratios.as_ref().map(|r| (1.0 - r.median) * 100.0);
+            let mut verdict = Verdict::of(loss.map(|l| l <= 3.0));
+            // Some paired run showed no loss worth the name: the median's loss is not told
+            // from the noise.
+            if let (Verdict::Missed, Some(r)) = (verdict, ratios)
+                && r.max >= 0.97
+            {
+                verdict = Verdict::WithinNoise;
+            }
+            out.push(TargetCheck {
+                what: format!("{}: {workload} lost to tracing, %", row.tracer.label()),
+                value: loss,
+                limit: "≤ 3%".to_owned(),
+                verdict,
+                range: ratios.as_ref().map(|r| [(1.0 - r.max) * 100.0, (1.0 - r.min) * 100.0]),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{latency_ms, report_line};
+
+    #[test]
+    fn parses_wrk_latencies() {
+        assert_eq!(latency_ms("456.00us"), Some(0.456));
+        assert_eq!(latency_ms("1.50ms"), Some(1.5));
+        assert_eq!(latency_ms("2.00s"), Some(2000.0));
+        assert_eq!(latency_ms("1.00m"), Some(60_000.0));
+        assert_eq!(latency_ms("fast"), None);
+    }
+
+    #[test]
+    fn parses_workload_report_lines() {
+        assert_eq!(report_line("allocs 100 cpu_ns 2500"), Some((100.0, 2500.0)));
+        assert_eq!(report_line("ops 42"), Some((42.0, 0.0)));
+        assert_eq!(report_line("ready"), None);
+    }
+}

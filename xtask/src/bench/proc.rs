@@ -1,0 +1,176 @@
+//! Processes the benchmark starts, watches and stops.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A started process with its stdout (and, when piped, stderr) read line by line on threads,
+/// so it never blocks on a full pipe. Dropping it kills the process.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub stdout: Receiver<String>,
+    pub stderr: Option<Receiver<String>>,
+}
+
+impl Proc {
+    /// Starts `command` with stdout piped (and stderr piped when `stderr` is set, else
+    /// discarded). stdin is a pipe that stays open until [`Proc::close_stdin`] or drop.
+    pub fn start(name: &str, command: &mut Command, stderr: bool) -> Result<Self> {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(if stderr { Stdio::piped() } else { Stdio::null() })
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({command:?})"))?;
+        let stdout = lines_of(child.stdout.take().context("no stdout pipe")?);
+        let stderr = child.stderr.take().map(lines_of);
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            stdout,
+            stderr,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Writes one line to the process's stdin.
+    pub fn send_line(&mut self, line: &str) -> Result<()> {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().context("stdin is closed")?;
+        writeln!(stdin, "{line}").with_context(|| format!("cannot write to {}", self.name))
+    }
+
+    /// The next stdout line, within `timeout`.
+    pub fn next_line(&self, timeout: Duration) -> Result<String> {
+        next_line(&self.stdout, timeout).with_context(|| format!("{}: no output line", self.name))
+    }
+
+    /// Waits for a stdout line (or stderr line, `on_stderr`) starting with `prefix`.
+    pub fn wait_for(&self, prefix: &str, on_stderr: bool, timeout: Duration) -> Result<String> {
+        let lines = if on_stderr {
+            self.stderr.as_ref().context("stderr is not piped")?
+        } else {
+            &self.stdout
+        };
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.starts_with(prefix) => return Ok(line),
+                Ok(line) => seen.push(line),
+                Err(_) => bail!(
+                    "{} did not print a line starting with {prefix:?} within {timeout:?}; it printed: {}",
+                    self.name,
+                    seen.join(" | ")
+                ),
+            }
+        }
+    }
+
+    /// Stdout lines that arrived so far, without waiting.
+    pub fn drain_stdout(&self) -> Vec<String> {
+        self.stdout.try_iter().collect()
+    }
+
+    pub fn close_stdin(&mut self) {
+        drop(self.child.stdin.take());
+    }
+
+    /// Sends `signal`, then waits up to `grace` for the exit (SIGKILL after that).
+    pub fn stop(mut self, signal: libc::c_int, grace: Duration) -> Result<std::process::ExitStatus> {
+        send_signal(self.pid(), signal);
+        self.wait(grace)
+    }
+
+    /// Waits up to `grace` for the process to exit on its own, then kills it.
+    pub fn wait(&mut self, grace: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Some(status) = self.child.try_wait().context("cannot wait for a child")? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let status = self.child.wait().context("cannot wait for a child")?;
+                bail!("{} did not exit within {grace:?}; killed ({status})", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn next_line(lines: &Receiver<String>, timeout: Duration) -> Result<String> {
+    match lines.recv_timeout(timeout) {
+        Ok(line) => Ok(line),
+        Err(RecvTimeoutError::Timeout) => bail!("nothing within {timeout:?}"),
+        Err(RecvTimeoutError::Disconnected) => bail!("the output ended"),
+    }
+}
+
+/// Reads lines on a thread until the end, even when nobody listens any more.
+fn lines_of(output: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (send, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            let _ = send.send(line);
+        }
+    });
+    lines
+}
+
+pub fn send_signal(pid: u32, signal: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+/// CPU time (user + system) the process used so far, in seconds: fields 14 and 15 of
+/// `/proc/PID/stat`, in clock ticks.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("process {pid} is gone"))?;
+    // The command name (field 2) may contain spaces; the fields after it are plain.
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).context("bad /proc stat")?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // fields[0] is field 3 (state); utime is field 14, stime field 15.
+    let ticks: f64 = fields
+        .get(11..13)
+        .context("short /proc stat")?
+        .iter()
+        .map(|f| f.parse::<f64>().unwrap_or(0.0))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    #[expect(clippy::cast_precision_loss, reason = "clock ticks per second, about 100")]
+    Ok(ticks / per_second.max(1) as f64)
+}
+
+/// The process's peak resident set (`VmHWM`), in MiB.
+pub fn peak_rss_mib(pid: u32) -> Result<f64> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("process {pid} is gone"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc status")?;
+    Ok(kib / 1024.0)
+}

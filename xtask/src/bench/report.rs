@@ -1,0 +1,313 @@
+//! The benchmark's Markdown, and its place in README.md.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use super::stats::Stat;
+use super::{Results, Tracer, Verdict};
+
+/// README.md's markers around the latest tables.
+const BEGIN: &str = "<!-- bench:begin (cargo xtask bench --readme writes this part) -->";
+const END: &str = "<!-- bench:end -->";
+
+fn stat(s: Option<&Stat>, digits: usize) -> String {
+    s.map_or_else(|| "—".to_owned(), |s| s.show(digits))
+}
+
+fn number(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "—".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+fn ratio(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".to_owned(), |v| format!("{v:.2}×"))
+}
+
+fn percent(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".to_owned(), |v| format!("{:+.1}%", (v - 1.0) * 100.0))
+}
+
+/// The whole report.
+#[expect(clippy::too_many_lines, reason = "one table after the other")]
+pub fn markdown(r: &Results) -> String {
+    let mut md = String::new();
+    let m = &r.machine;
+    let _ = writeln!(
+        md,
+        "Measured {} by `cargo xtask bench{}` on {} ({} cores), Linux {}, {}; {}. Each figure is the \
+         median of {} runs, with the lowest and highest in parentheses.\n",
+        m.date,
+        if r.quick { " --quick" } else { "" },
+        m.cpu,
+        m.cores,
+        m.kernel,
+        m.go.join(", "),
+        m.bpftrace.as_deref().unwrap_or("bpftrace not installed"),
+        r.plan.runs
+    );
+
+    if !r.cost.is_empty() {
+        let _ = writeln!(
+            md,
+            "**Cost per allocation**: `workloads loop` allocates one 64-byte object per iteration from one \
+             callsite; the figure is the whole process's CPU time (traps and probe time included) over \
+             {} s per run, divided by its allocations. *Added* is over the untraced median; *× floor* \
+             divides it by row 3's; *bpftrace ÷* divides the bpftrace one-liner's by it; *spread* is (highest − lowest) / median. Every probed \
+             row probes the same functions: Go's counting allocation entry points (`runtime.mallocgc`, \
+             and on Go 1.27 the size-specialised `mallocgc*SC<n>` the compiler calls directly). The \
+             bpftrace row is `uprobe:BIN:<each of them> {{ @[ustack, reg(\"ax\")] = count(); }}`.\n",
+            r.plan.window_secs
+        );
+        for table in &r.cost {
+            let _ = writeln!(
+                md,
+                "| {} | ns per allocation | spread | added ns | × floor | bpftrace ÷ |",
+                table.go_version
+            );
+            md.push_str("| --- | --- | --- | --- | --- | --- |\n");
+            for (i, row) in table.rows.iter().enumerate() {
+                let name = format!("{}. {}", i + 1, row.tracer.label());
+                match &row.error {
+                    Some(e) => {
+                        let _ = writeln!(md, "| {name} | not measured: {} | | | | |", e.replace('|', "/"));
+                    }
+                    None => {
+                        let _ = writeln!(
+                            md,
+                            "| {name} | {} | {} | {} | {} | {} |",
+                            stat(row.ns_per_alloc.as_ref(), 0),
+                            row.ns_per_alloc
+                                .as_ref()
+                                .map_or_else(|| "—".to_owned(), |s| format!("{:.0}%", s.spread() * 100.0)),
+                            number(row.added_ns, 0),
+                            ratio(row.vs_floor),
+                            ratio(row.bpftrace_over_this)
+                        );
+                    }
+                }
+            }
+            md.push('\n');
+        }
+    }
+    if !r.realistic.is_empty() {
+        let _ = writeln!(
+            md,
+            "**Realistic workloads** ({}): `workloads http` (stdlib `net/http` JSON service) under \
+             `wrk -t2 -c16 --latency` for {} s on loopback, and `workloads cpu` (JSON encoding and \
+             decoding, maps, strings) for {} s. Each traced window runs between two untraced ones \
+             (untraced, exact, untraced, go-sampler, untraced, span, untraced); its *change* is \
+             against the mean of those two, the median over the runs, so that the machine's drift \
+             cancels. On 2 cores, wrk, the service and gotrace share the CPUs and the host's other \
+             VMs come and go: wall-clock rates move by ±10–20% between runs. *Per CPU-s* divides by \
+             the traced process's own CPU time (user + system, traps included).\n",
+            r.cost.last().map_or("", |t| t.go_version.as_str()),
+            r.plan.wrk_secs,
+            r.plan.window_secs
+        );
+        md.push_str(
+            "| mode | HTTP requests/s | change | per service CPU-s | change | HTTP p99 ms | CPU-bound ops/s | change | per CPU-s | change | gotrace peak RSS MiB |\n",
+        );
+        md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+        for row in &r.realistic {
+            if let Some(e) = &row.error {
+                let _ = writeln!(
+                    md,
+                    "| {} | not measured: {} | | | | | | | | | |",
+                    row.tracer.label(),
+                    e.replace('|', "/")
+                );
+                continue;
+            }
+            let change = |ratio: Option<f64>| {
+                if row.tracer == Tracer::Untraced {
+                    String::new()
+                } else {
+                    percent(ratio)
+                }
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                row.tracer.label(),
+                stat(row.http_requests_per_sec.as_ref(), 0),
+                change(row.http_ratio),
+                stat(row.http_requests_per_cpu_sec.as_ref(), 0),
+                change(row.http_per_cpu_ratio),
+                stat(row.http_p99_ms.as_ref(), 2),
+                stat(row.cpu_ops_per_sec.as_ref(), 0),
+                change(row.cpu_ratio),
+                stat(row.cpu_ops_per_cpu_sec.as_ref(), 0),
+                change(row.cpu_per_cpu_ratio),
+                number(row.tracer_peak_rss_mib, 1),
+            );
+        }
+        md.push('\n');
+    }
+    if !r.accuracy.is_empty() {
+        let _ = writeln!(
+            md,
+            "**Accuracy**: exact, span and go-sampler attached at once to one run of `workloads classes` \
+             ({} rounds); for the 10 callsites with the most bytes in exact mode, |estimate − exact| / exact.\n",
+            r.plan.classes_rounds
+        );
+        md.push_str("| mode | setting | largest error, top 10 | mean error, top 10 |\n| --- | --- | --- | --- |\n");
+        for row in &r.accuracy {
+            let pct = |s: Option<&Stat>| {
+                s.map_or_else(
+                    || "—".to_owned(),
+                    |s| {
+                        let scaled = Stat::of(&s.runs.iter().map(|v| v * 100.0).collect::<Vec<_>>());
+                        scaled.map_or_else(|| "—".to_owned(), |s| format!("{}%", s.show(1)))
+                    },
+                )
+            };
+            match &row.error {
+                Some(e) if row.max_abs_error.is_none() => {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | not measured: {} | |",
+                        row.tracer.label(),
+                        row.setting,
+                        e.replace('|', "/")
+                    );
+                }
+                _ => {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | {} | {} |",
+                        row.tracer.label(),
+                        row.setting,
+                        pct(row.max_abs_error.as_ref()),
+                        pct(row.mean_abs_error.as_ref())
+                    );
+                }
+            }
+        }
+        md.push('\n');
+    }
+    let t = &r.tracer;
+    if t.attach_ms.is_some() || t.attach_error.is_some() || !t.cpu_at_rate.is_empty() {
+        md.push_str("**Tracer costs**\n\n| what | figure |\n| --- | --- |\n");
+        match &t.attach_error {
+            Some(e) => {
+                let _ = writeln!(md, "| attach time | not measured: {} |", e.replace('|', "/"));
+            }
+            None => {
+                let _ = writeln!(
+                    md,
+                    "| attach, from start to probes live, exact mode, on {} | {} ms (loading and attaching the probes: {} ms) |",
+                    t.attach_binary,
+                    stat(t.attach_ms.as_ref(), 0),
+                    stat(t.attach_probes_ms.as_ref(), 0)
+                );
+            }
+        }
+        match &t.symbolize_error {
+            Some(e) => {
+                let _ = writeln!(md, "| symbolization | not measured: {} |", e.replace('|', "/"));
+            }
+            None => {
+                let _ = writeln!(
+                    md,
+                    "| symbolizing {} distinct stacks ({} frames, `workloads churn`) into a profile | {} ms cold, {} ms warm |",
+                    t.symbolize_stacks,
+                    t.symbolize_frames,
+                    stat(t.symbolize_ms.as_ref(), 0),
+                    stat(t.symbolize_warm_ms.as_ref(), 1)
+                );
+            }
+        }
+        let peak = r
+            .realistic
+            .iter()
+            .filter_map(|row| row.tracer_peak_rss_mib)
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        let _ = writeln!(
+            md,
+            "| gotrace's peak RSS, any mode, realistic workloads | {} MiB |",
+            number(peak, 1)
+        );
+        for row in &t.cpu_at_rate {
+            let _ = writeln!(
+                md,
+                "| gotrace's own CPU, {}, target paced at 1 M allocations/s (reached {} M/s) | {} |",
+                row.tracer.label(),
+                row.target_allocs_per_sec
+                    .as_ref()
+                    .map_or_else(|| "—".to_owned(), |s| format!("{:.2}", s.median / 1e6)),
+                row.error.as_ref().map_or_else(
+                    || format!("{}% of a core", stat(row.cpu_percent.as_ref(), 2)),
+                    |e| format!("not measured: {}", e.replace('|', "/"))
+                )
+            );
+        }
+        md.push('\n');
+    }
+    if !r.targets.is_empty() {
+        md.push_str(
+            "**Targets** (the realistic workloads' losses: median of the paired runs, lowest to highest \
+         in parentheses)\n\n| target | figure | limit | met |\n| --- | --- | --- | --- |\n",
+        );
+        for target in &r.targets {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                target.what,
+                match target.range {
+                    Some([low, high]) => format!("{} ({low:.1} to {high:.1})", number(target.value, 1)),
+                    None => number(target.value, 2),
+                },
+                target.limit,
+                match target.verdict {
+                    Verdict::Met => "yes",
+                    Verdict::Missed => "**no**",
+                    Verdict::WithinNoise => "not clear: some runs met it",
+                    Verdict::NotMeasured => "not measured",
+                }
+            );
+        }
+    }
+    md
+}
+
+/// Replaces what is between README.md's bench markers with `markdown`.
+pub fn update_readme(readme: &Path, markdown: &str) -> Result<()> {
+    let text = std::fs::read_to_string(readme).with_context(|| format!("cannot read {}", readme.display()))?;
+    let (Some(begin), Some(end)) = (text.find(BEGIN), text.find(END)) else {
+        bail!("{} has no bench markers ({BEGIN} … {END})", readme.display());
+    };
+    if end < begin {
+        bail!("{}: the bench markers are in the wrong order", readme.display());
+    }
+    let updated = format!("{}{BEGIN}\n{markdown}{}", &text[..begin], &text[end..]);
+    std::fs::write(readme, updated).with_context(|| format!("cannot write {}", readme.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BEGIN, END, update_readme};
+
+    #[test]
+    fn readme_table_is_replaced_between_the_markers_only() {
+        let dir = std::env::temp_dir().join(format!("gotrace-bench-readme-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch");
+        let readme = dir.join("README.md");
+        std::fs::write(&readme, format!("intro\n{BEGIN}\nold table\n{END}\nrest\n")).expect("write");
+        update_readme(&readme, "| new | table |\n").expect("update");
+        let text = std::fs::read_to_string(&readme).expect("read");
+        assert_eq!(text, format!("intro\n{BEGIN}\n| new | table |\n{END}\nrest\n"));
+        // Idempotent: a second run replaces its own table.
+        update_readme(&readme, "| newer |\n").expect("update");
+        let text = std::fs::read_to_string(&readme).expect("read");
+        assert_eq!(text, format!("intro\n{BEGIN}\n| newer |\n{END}\nrest\n"));
+
+        std::fs::write(&readme, "no markers\n").expect("write");
+        let err = update_readme(&readme, "x").expect_err("no markers");
+        assert!(format!("{err:#}").contains("no bench markers"), "{err:#}");
+        std::fs::write(&readme, format!("{END}\n{BEGIN}\n")).expect("write");
+        let err = update_readme(&readme, "x").expect_err("reversed");
+        assert!(format!("{err:#}").contains("wrong order"), "{err:#}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
