@@ -472,7 +472,7 @@ fn run_passes_on_signals_and_the_program_exit_status() {
     // SIGINT to gotrace (alone, as `kill -INT` would) is passed on to the program, and
     // gotrace reports once the program has exited, with its status: killed by SIGINT, 128 + 2.
     let report_file = scratch("signalled.json");
-    let child = gotrace()
+    let mut child = gotrace()
         .args(["run", "--format", "json", "-o"])
         .arg(&report_file)
         .arg("--")
@@ -483,9 +483,13 @@ fn run_passes_on_signals_and_the_program_exit_status() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("gotrace run");
+    // Held open until gotrace has exited: `allocs rate` also stops, with status 0, when its
+    // stdin (gotrace's) reaches EOF, which would race the signal if waiting closed it.
+    let stdin = child.stdin.take();
     std::thread::sleep(Duration::from_secs(2));
     signal(child.id(), libc::SIGINT);
     let out = wait_output(child);
+    drop(stdin);
     assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
     let report = read_json(&report_file);
     assert_eq!(report["ended"], "target exited with status 130");

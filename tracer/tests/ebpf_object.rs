@@ -29,10 +29,14 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GOTRACE_EBPF_OBJECT"));
 const SIZE: u64 = 0x1234_5678;
 const TYPE: u64 = 0x00ab_cdef_0123;
 
-/// Where the probe is attached: an empty function, only called through [`call_like_go`].
+/// Where the probe is attached: a function that does nothing, only called through
+/// [`call_like_go`]. Each fake has a body of its own: empty ones are identical code, which an
+/// optimised build folds into one address, and then every probe fires on every fake's call.
 #[unsafe(no_mangle)]
 #[inline(never)]
-extern "C" fn gotrace_test_fake_mallocgc() {}
+extern "C" fn gotrace_test_fake_mallocgc() {
+    std::hint::black_box(1_u8);
+}
 
 /// Calls [`gotrace_test_fake_mallocgc`] with `size` and `typ` in the registers where Go's
 /// internal ABI passes the first two integer arguments (RAX and RBX on amd64, R0 and R1 on
@@ -201,12 +205,16 @@ fn kernel_accepts_the_probe_and_it_counts_go_allocations() {
 /// Where the sampling probes are attached in [`sampling_probes_read_their_arguments`].
 #[unsafe(no_mangle)]
 #[inline(never)]
-extern "C" fn gotrace_test_fake_refill() {}
+extern "C" fn gotrace_test_fake_refill() {
+    std::hint::black_box(2_u8);
+}
 
 /// The same, for the Go-sampler probe.
 #[unsafe(no_mangle)]
 #[inline(never)]
-extern "C" fn gotrace_test_fake_profilealloc() {}
+extern "C" fn gotrace_test_fake_profilealloc() {
+    std::hint::black_box(3_u8);
+}
 
 /// Calls `f` with three integer arguments where Go's register ABI puts them (RAX, RBX, RCX on
 /// amd64; R0, R1, R2 on arm64).
