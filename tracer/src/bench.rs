@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use gobin::GoBinary;
-use gobin::procmaps::{AddressMap, process_exe};
+use gobin::procmaps::{AddressMap, ProcessExe, process_exe};
 use serde::Serialize;
 
 use crate::mode::{Mode, Weighing};
@@ -19,8 +19,7 @@ use crate::store::Store;
 /// SIGTERM or the end of `duration`.
 pub fn empty_probe(pid: u32, at: EmptyAt, duration: Option<Duration>) -> anyhow::Result<()> {
     crate::privileges::check_tracing_privileges()?;
-    let exe = process_exe(pid).with_context(|| format!("cannot find the executable of process {pid}"))?;
-    let data = std::fs::read(&exe.path).with_context(|| format!("cannot read {}", exe.path.display()))?;
+    let (exe, data) = read_executable(pid)?;
     let binary = GoBinary::parse(&data).with_context(|| format!("process {pid} cannot be traced"))?;
     let probes = EmptyProbes::attach(&binary, &exe.path, pid, at)?;
     eprintln!(
@@ -55,8 +54,7 @@ struct SymbolizeResult {
 /// report of a trace does.
 pub fn symbolize(pid: u32, stacks: usize, timeout: Duration) -> anyhow::Result<()> {
     crate::privileges::check_tracing_privileges()?;
-    let exe = process_exe(pid).with_context(|| format!("cannot find the executable of process {pid}"))?;
-    let data = std::fs::read(&exe.path).with_context(|| format!("cannot read {}", exe.path.display()))?;
+    let (exe, data) = read_executable(pid)?;
     let binary = GoBinary::parse(&data).with_context(|| format!("process {pid} cannot be traced"))?;
     let addresses = AddressMap::for_process(pid, &exe, binary.load_segments())
         .with_context(|| format!("cannot read the memory map of process {pid}"))?;
@@ -110,6 +108,13 @@ pub fn symbolize(pid: u32, stacks: usize, timeout: Duration) -> anyhow::Result<(
         serde_json::to_string(&result).context("cannot encode the result")?
     );
     Ok(())
+}
+
+/// The executable of process `pid`, and its bytes.
+fn read_executable(pid: u32) -> anyhow::Result<(ProcessExe, Vec<u8>)> {
+    let exe = process_exe(pid).with_context(|| format!("cannot find the executable of process {pid}"))?;
+    let data = std::fs::read(&exe.path).with_context(|| format!("cannot read {}", exe.path.display()))?;
+    Ok((exe, data))
 }
 
 /// Blocks until SIGINT, SIGTERM or the end of `duration`.

@@ -73,14 +73,7 @@ impl Probes {
         let mut config = probe_config(binary, &points, addresses, mode)?;
         config.max_stack_depth = u32::try_from(stack_depth.clamp(1, MAX_STACK_DEPTH)).unwrap_or(0);
 
-        raise_memlock_limit();
-        // Without the kernel's BTF: the probes use no CO-RE relocations (they read `pt_regs`
-        // through the layout they were compiled for), and parsing /sys/kernel/btf/vmlinux
-        // would cost tens of MiB of memory at every attach, the sidecar's high-water mark.
-        let mut ebpf = EbpfLoader::new()
-            .btf(None)
-            .load(crate::ebpf::object())
-            .context("cannot load gotrace's eBPF object")?;
+        let mut ebpf = load_object()?;
         let mut config_map: Array<_, ProbeConfig> = Array::try_from(
             ebpf.map_mut(CONFIG_MAP)
                 .with_context(|| format!("the eBPF object has no map {CONFIG_MAP}"))?,
@@ -210,11 +203,7 @@ impl EmptyProbes {
                 (p.function.as_str(), offset)
             })
             .collect::<Vec<_>>();
-        raise_memlock_limit();
-        let mut ebpf = EbpfLoader::new()
-            .btf(None)
-            .load(crate::ebpf::object())
-            .context("cannot load gotrace's eBPF object")?;
+        let mut ebpf = load_object()?;
         let attached = attach_program(&mut ebpf, EMPTY_PROGRAM, offsets, binary_path, one_process(pid)?)?;
         Ok(Self { _ebpf: ebpf, attached })
     }
@@ -226,6 +215,18 @@ impl std::fmt::Debug for EmptyProbes {
             .field("attached", &self.attached)
             .finish_non_exhaustive()
     }
+}
+
+/// Loads gotrace's eBPF object (maps created, programs not yet loaded).
+fn load_object() -> anyhow::Result<Ebpf> {
+    raise_memlock_limit();
+    // Without the kernel's BTF: the probes use no CO-RE relocations (they read `pt_regs`
+    // through the layout they were compiled for), and parsing /sys/kernel/btf/vmlinux would
+    // cost tens of MiB of memory at every attach, the sidecar's high-water mark.
+    EbpfLoader::new()
+        .btf(None)
+        .load(crate::ebpf::object())
+        .context("cannot load gotrace's eBPF object")
 }
 
 fn one_process(pid: u32) -> anyhow::Result<UProbeScope> {

@@ -12,6 +12,11 @@ use super::{Results, Tracer, Verdict};
 const BEGIN: &str = "<!-- bench:begin (cargo xtask bench --readme writes this part) -->";
 const END: &str = "<!-- bench:end -->";
 
+/// A table cell for a measurement that could not run (a `|` would end the cell).
+fn not_measured(error: &str) -> String {
+    format!("not measured: {}", error.replace('|', "/"))
+}
+
 fn stat(s: Option<&Stat>, digits: usize) -> String {
     s.map_or_else(|| "—".to_owned(), |s| s.show(digits))
 }
@@ -70,7 +75,7 @@ pub fn markdown(r: &Results) -> String {
                 let name = format!("{}. {}", i + 1, row.tracer.label());
                 match &row.error {
                     Some(e) => {
-                        let _ = writeln!(md, "| {name} | not measured: {} | | | | |", e.replace('|', "/"));
+                        let _ = writeln!(md, "| {name} | {} | | | | |", not_measured(e));
                     }
                     None => {
                         let _ = writeln!(
@@ -111,12 +116,7 @@ pub fn markdown(r: &Results) -> String {
         md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
         for row in &r.realistic {
             if let Some(e) = &row.error {
-                let _ = writeln!(
-                    md,
-                    "| {} | not measured: {} | | | | | | | | | |",
-                    row.tracer.label(),
-                    e.replace('|', "/")
-                );
+                let _ = writeln!(md, "| {} | {} | | | | | | | | | |", row.tracer.label(), not_measured(e));
                 continue;
             }
             let change = |ratio: Option<f64>| {
@@ -166,10 +166,10 @@ pub fn markdown(r: &Results) -> String {
                 Some(e) if row.max_abs_error.is_none() => {
                     let _ = writeln!(
                         md,
-                        "| {} | {} | not measured: {} | |",
+                        "| {} | {} | {} | |",
                         row.tracer.label(),
                         row.setting,
-                        e.replace('|', "/")
+                        not_measured(e)
                     );
                 }
                 _ => {
@@ -191,7 +191,7 @@ pub fn markdown(r: &Results) -> String {
         md.push_str("**Tracer costs**\n\n| what | figure |\n| --- | --- |\n");
         match &t.attach_error {
             Some(e) => {
-                let _ = writeln!(md, "| attach time | not measured: {} |", e.replace('|', "/"));
+                let _ = writeln!(md, "| attach time | {} |", not_measured(e));
             }
             None => {
                 let _ = writeln!(
@@ -205,7 +205,7 @@ pub fn markdown(r: &Results) -> String {
         }
         match &t.symbolize_error {
             Some(e) => {
-                let _ = writeln!(md, "| symbolization | not measured: {} |", e.replace('|', "/"));
+                let _ = writeln!(md, "| symbolization | {} |", not_measured(e));
             }
             None => {
                 let _ = writeln!(
@@ -238,7 +238,7 @@ pub fn markdown(r: &Results) -> String {
                     .map_or_else(|| "—".to_owned(), |s| format!("{:.2}", s.median / 1e6)),
                 row.error.as_ref().map_or_else(
                     || format!("{}% of a core", stat(row.cpu_percent.as_ref(), 2)),
-                    |e| format!("not measured: {}", e.replace('|', "/"))
+                    |e| not_measured(e)
                 )
             );
         }
