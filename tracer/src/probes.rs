@@ -15,10 +15,19 @@ use gobin::{ArgRole, GoBinary, ProbePoint, ProbeRole};
 use tracer_common::{
     ALLOC_COUNT_PROGRAM, AddressRange, AllocKey, CONFIG_MAP, COUNTS_ALT_MAP, COUNTS_MAP, EMPTY_PROGRAM, EPOCH_MAP,
     FLAG_SKIP_ZERO_SIZE, GO_SAMPLE_PROGRAM, LARGE_ALLOC_PROGRAM, MAX_NESTED_RANGES, MAX_STACK_DEPTH, ProbeConfig,
-    ProbeStats, SPAN_REFILL_PROGRAM, SPAN_RELEASE_PROGRAM, STACKS_MAP, STATS_MAP, UserStack,
+    ProbeStats, SAMPLER_RATE_MAP, SPAN_REFILL_PROGRAM, SPAN_RELEASE_PROGRAM, STACKS_MAP, STATS_MAP, UserStack,
 };
 
 use crate::mode::Mode;
+
+/// The process probes attach to: its Go binary (read from `binary_path`), its pid, and its
+/// address space.
+pub struct AttachTarget<'b, 'd> {
+    pub binary: &'b GoBinary<'d>,
+    pub binary_path: &'b Path,
+    pub pid: u32,
+    pub addresses: &'b AddressMap,
+}
 
 /// Probes attached to one process.
 pub struct Probes {
@@ -29,6 +38,8 @@ pub struct Probes {
     /// `COUNTS` and `COUNTS_ALT`, by epoch.
     counts: [PerCpuHashMap<MapData, AllocKey, u64>; 2],
     epoch_map: Array<MapData, u32>,
+    /// `runtime.MemProfileRate` at the latest go-sampler sample (0 before the first).
+    sampler_rate: Array<MapData, u64>,
     /// The epoch the probes write to now.
     epoch: u32,
     stacks: BpfHashMap<MapData, u64, UserStack>,
@@ -55,23 +66,29 @@ impl std::fmt::Debug for Probes {
 const EPOCH_SETTLE: Duration = Duration::from_millis(2);
 
 impl Probes {
-    /// Loads the probes of `mode` and attaches them to `binary` (read from `binary_path`), in
-    /// process `pid` only, whose address space `addresses` describes.
+    /// Loads the probes of `mode` and attaches them to `target`'s binary, in its process only.
+    /// `mem_profile_rate_address` is where the process keeps `runtime.MemProfileRate`
+    /// (go-sampler reads it per sample).
     pub fn attach(
-        binary: &GoBinary<'_>,
-        binary_path: &Path,
-        pid: u32,
-        addresses: &AddressMap,
+        target: &AttachTarget<'_, '_>,
         mode: Mode,
         stack_depth: usize,
+        mem_profile_rate_address: Option<u64>,
     ) -> anyhow::Result<Self> {
         let started = Instant::now();
+        let AttachTarget {
+            binary,
+            binary_path,
+            pid,
+            addresses,
+        } = *target;
         let points = binary
             .probe_points()
             .context("cannot find the allocation entry points")?;
         let plan = plan(binary, &points, mode)?;
         let mut config = probe_config(binary, &points, addresses, mode)?;
         config.max_stack_depth = u32::try_from(stack_depth.clamp(1, MAX_STACK_DEPTH)).unwrap_or(0);
+        config.mem_profile_rate_address = mem_profile_rate_address.unwrap_or(0);
 
         let mut ebpf = load_object()?;
         let mut config_map: Array<_, ProbeConfig> = Array::try_from(
@@ -93,12 +110,14 @@ impl Probes {
             PerCpuHashMap::try_from(take(&mut ebpf, COUNTS_ALT_MAP)?)?,
         ];
         let epoch_map = Array::try_from(take(&mut ebpf, EPOCH_MAP)?)?;
+        let sampler_rate = Array::try_from(take(&mut ebpf, SAMPLER_RATE_MAP)?)?;
         let stacks = BpfHashMap::try_from(take(&mut ebpf, STACKS_MAP)?)?;
         Ok(Self {
             _ebpf: ebpf,
             stats,
             counts,
             epoch_map,
+            sampler_rate,
             epoch: 0,
             stacks,
             mode,
@@ -116,6 +135,12 @@ impl Probes {
             .iter()
             .fold(ProbeStats::default(), |acc, cpu| acc.merged(*cpu))
             .with_outcome_hits())
+    }
+
+    /// The target's `runtime.MemProfileRate` when go-sampler's probe last took a sample; `None`
+    /// before the first sample, or when the probe cannot read it (no symbol table).
+    pub fn sampler_rate(&self) -> Option<u64> {
+        self.sampler_rate.get(&0, 0).ok().filter(|&rate| rate > 0)
     }
 
     /// Takes what the probes counted since the last drain, summed over CPUs, and empties the

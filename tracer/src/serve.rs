@@ -27,9 +27,9 @@ use serde::Deserialize;
 use tracer_common::ProbeStats;
 
 use crate::export::{Exporter as _, MappingInfo, PprofExporter, Trace};
-use crate::memprofile;
+use crate::memprofile::{self, PreparedProbes};
 use crate::mode::Mode;
-use crate::probes::Probes;
+use crate::probes::AttachTarget;
 use crate::process::{ProcessId, exe_identity};
 use crate::profile::{self, CallsiteKey, Profile};
 use crate::report::{Report, TargetInfo};
@@ -216,6 +216,16 @@ fn exe_path(pid: u32) -> Option<PathBuf> {
     Some(PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(text)))
 }
 
+impl std::fmt::Display for Follow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Pid(pid) => write!(f, "pid {pid}"),
+            Self::Exe { path, .. } => write!(f, "a process of {}", path.display()),
+            Self::Name(name) => write!(f, "a process named {name}"),
+        }
+    }
+}
+
 impl Follow {
     fn matches(&self, pid: u32, fresh_file: Option<(u64, u64)>) -> bool {
         match self {
@@ -284,7 +294,7 @@ fn collect(config: &ServeConfig, shared: &Shared, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         let Some(target) = find_target(&follow, &failed) else {
             if !announced_wait {
-                eprintln!("gotrace: waiting for a process to trace ({follow:?})");
+                eprintln!("gotrace: waiting for {follow} to trace");
                 announced_wait = true;
             }
             std::thread::sleep(POLL);
@@ -321,9 +331,23 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
         GoBinary::parse(&data).with_context(|| format!("{} cannot be traced", exe.path_in_process.display()))?;
     let addresses = AddressMap::for_process(pid, &exe, binary.load_segments())
         .with_context(|| format!("cannot read the memory map of process {pid}"))?;
-    let (mode, rate, _rate_override) =
-        memprofile::prepare(config.mode, config.set_mem_profile_rate, &binary, pid, &addresses)?;
-    let mut probes = Probes::attach(&binary, &exe.path, pid, &addresses, mode, config.stack_depth)?;
+    let attach_target = AttachTarget {
+        binary: &binary,
+        binary_path: &exe.path,
+        pid,
+        addresses: &addresses,
+    };
+    let PreparedProbes {
+        mut probes,
+        mode,
+        rate,
+        rate_override: _rate_override,
+    } = memprofile::prepare_and_attach(
+        config.mode,
+        config.set_mem_profile_rate,
+        &attach_target,
+        config.stack_depth,
+    )?;
     let target_info = target_info(pid, &exe.path_in_process, &binary);
     eprintln!(
         "gotrace: attached {} probes to pid {pid} ({}, {}) in {} ms, {} mode",
@@ -365,7 +389,7 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
         let ended = !target.alive();
         let stopping = stop.load(Ordering::Relaxed);
         if ended || stopping || Instant::now() >= next_collect {
-            let weighing = memprofile::weighing(mode, rate.as_ref(), &mut last_rate);
+            let weighing = memprofile::weighing(mode, probes.sampler_rate(), rate.as_ref(), &mut last_rate);
             store.collect(&mut probes, weighing)?;
             let profile = profile::build(
                 mode,

@@ -19,8 +19,8 @@ use crate::export::{
     jsonl::JsonlStream,
 };
 use crate::live::{self, LiveView};
-use crate::memprofile::{self, MemProfileRate};
-use crate::probes::Probes;
+use crate::memprofile::{self, MemProfileRate, PreparedProbes};
+use crate::probes::{AttachTarget, Probes};
 use crate::process::{self, Child, ExitWatch};
 use crate::profile::{self, Locations, Profile, RuntimeFrames, Symbols};
 use crate::report::{Report, TargetInfo, human_bytes, thousands};
@@ -68,9 +68,18 @@ pub fn run(target: Target, config: &TraceConfig) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("process {pid} ({}) cannot be traced", exe.path_in_process.display()))?;
     let addresses = AddressMap::for_process(pid, &exe, binary.load_segments())
         .with_context(|| format!("cannot read the memory map of process {pid}"))?;
-    let (mode, rate, _rate_override) =
-        memprofile::prepare(config.mode, config.set_mem_profile_rate, &binary, pid, &addresses)?;
-    let probes = Probes::attach(&binary, &exe.path, pid, &addresses, mode, config.stack_depth)?;
+    let target = AttachTarget {
+        binary: &binary,
+        binary_path: &exe.path,
+        pid,
+        addresses: &addresses,
+    };
+    let PreparedProbes {
+        probes,
+        rate,
+        rate_override: _rate_override,
+        ..
+    } = memprofile::prepare_and_attach(config.mode, config.set_mem_profile_rate, &target, config.stack_depth)?;
     let child = stopped.map(process::StoppedChild::resume).transpose()?;
     let session = Session {
         binary: &binary,
@@ -331,7 +340,7 @@ impl Session<'_> {
         let mut probes = self.probes.borrow_mut();
         let mut store = self.store.borrow_mut();
         let mut last_rate = self.last_rate.get();
-        let weighing = memprofile::weighing(probes.mode, self.rate.as_ref(), &mut last_rate);
+        let weighing = memprofile::weighing(probes.mode, probes.sampler_rate(), self.rate.as_ref(), &mut last_rate);
         self.last_rate.set(last_rate);
         store.collect(&mut probes, weighing)?;
         let stats = probes.stats()?;

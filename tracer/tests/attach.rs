@@ -8,7 +8,6 @@
 //! so they take a lock and run one at a time. Every command runs under a timeout, so a hang
 //! fails the test instead of stalling CI.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -17,10 +16,8 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+use testkit::ground_truth::{self, ROUNDS};
 use testkit::{Fixture, TIMEOUT, allocs_fixtures, fixture, lines_of, output, root_only, wait_output};
-
-/// Rounds of the fixture's allocation sites in the ground-truth runs.
-const ROUNDS: u64 = 200;
 
 fn gotrace() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gotrace"))
@@ -37,116 +34,29 @@ fn scratch(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// Line numbers of the `// gotrace:site NAME` markers in the fixture's source.
-fn site_lines(f: &Fixture) -> (String, BTreeMap<String, u64>) {
-    let file = f.source_dir.join("allocs.go");
-    let text = std::fs::read_to_string(&file).expect("fixture source");
-    let sites = text
-        .lines()
-        .zip(1..)
-        .filter_map(|(l, n)| {
-            let name = l.split("// gotrace:site ").nth(1)?.trim();
-            (!name.is_empty() && !l.trim_start().starts_with("//")).then(|| (name.to_owned(), n))
-        })
-        .collect();
-    (file.to_str().expect("utf-8").to_owned(), sites)
-}
-
-type CallsiteId = (String, String, u64);
-
-/// What gotrace says of a callsite: allocations, bytes, and the (type, kind) pairs there.
-type Observed = (u64, u64, Vec<(Option<String>, String)>);
-
-/// The fixture's allocating functions, whose every allocation is in Go's profile (the profile
-/// is taken after them), and the library functions that two of the sites allocate in.
-fn compared(function: &str) -> bool {
-    matches!(
-        function,
-        "main.runSites" | "main.newPoint" | "main.newPointInline" | "reflect.New" | "strings.(*Builder).grow"
-    )
-}
-
-fn callsite_id(c: &Value) -> Option<CallsiteId> {
-    let function = c["function"].as_str()?;
-    compared(function).then(|| {
-        (
-            function.to_owned(),
-            c["file"].as_str().unwrap_or_default().to_owned(),
-            c["line"].as_u64().unwrap_or_default(),
-        )
-    })
-}
-
-/// gotrace's callsites: (allocations, bytes, [(type, kind)]).
-fn gotrace_totals(report: &Value) -> BTreeMap<CallsiteId, Observed> {
-    let mut out: BTreeMap<CallsiteId, Observed> = BTreeMap::new();
-    for c in report["callsites"].as_array().expect("callsites") {
-        let Some(id) = callsite_id(c) else { continue };
-        let e = out.entry(id).or_default();
-        e.0 += c["allocations"].as_u64().expect("allocations");
-        e.1 += c["bytes"].as_u64().expect("bytes");
-        e.2.push((
-            c["type"].as_str().map(str::to_owned),
-            c["kind"].as_str().expect("kind").to_owned(),
-        ));
-    }
-    out
-}
-
-/// Go's callsites: (objects, bytes).
-fn profile_totals(profile: &Value) -> BTreeMap<CallsiteId, (u64, u64)> {
-    let mut out: BTreeMap<CallsiteId, (u64, u64)> = BTreeMap::new();
-    for c in profile["callsites"].as_array().expect("callsites") {
-        let Some(id) = callsite_id(c) else { continue };
-        let e = out.entry(id).or_default();
-        e.0 += c["objects"].as_u64().expect("objects");
-        e.1 += c["bytes"].as_u64().expect("bytes");
-    }
-    out
-}
-
-/// The type and kind each site must report (a type of `None` is untyped memory).
-fn expected_type_and_kind(site: &str) -> Option<(Option<&'static str>, &'static str)> {
-    Some(match site {
-        "new_point" | "inline_new_point" => (Some("main.Point"), "new"),
-        "new_node" => (Some("main.Node"), "new"),
-        "new_point_ptr" => (Some("*main.Point"), "new"),
-        "new_point_slice" => (Some("[]main.Point"), "new"),
-        "make_points" => (Some("main.Point"), "makeslice"),
-        "make_bytes" => (Some("uint8"), "makeslice"),
-        "new_bytes_slice" => (Some("[]uint8"), "new"),
-        "new_string" => (Some("string"), "new"),
-        "new_map_header" => (Some("map[string]int"), "new"),
-        "new_pair" => (Some("main.Pair[int,string]"), "new"),
-        "new_holder" => (Some("main.Holder"), "new"),
-        "new_big" => (Some("main.Big"), "new"),
-        "append_grow" => (Some("*main.Node"), "growslice"),
-        "concat" | "bytes_to_string" => (None, "string"),
-        "box_point" => (Some("main.Point"), "convT"),
-        // Map internals differ by release (buckets before 1.24, swiss tables after), and
-        // convTstring passes a runtime type: the kinds are checked, the types are the
-        // runtime's own. The last two allocate in the standard library: checked by function.
-        "make_map" | "map_insert" | "box_string" | "strings_repeat" | "reflect_new" => return None,
-        _ => panic!("unknown site {site}"),
-    })
-}
-
-/// `concat` allocates 11 or 12 pointer-free bytes: a tiny allocation, which Go's profile
-/// merges into 16-byte blocks. Its counts are known by construction instead.
-fn concat_by_construction(rounds: u64) -> (u64, u64) {
-    let prefixes = ["order-", "item-", "user-"];
-    let bytes = (0..rounds)
-        .map(|r| {
-            let n = 16 + r % 16;
-            (prefixes[usize::try_from(r % 3).expect("small")].len() + format!("key-{n}").len()) as u64
-        })
-        .sum();
-    (rounds, bytes)
-}
-
 fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Runs the fixture's ground-truth round under `gotrace run --mode MODE`, with Go's profiling
+/// of every allocation on: gotrace's report and the fixture's own profile.
+fn ground_truth_run(f: &Fixture, mode: &str) -> (Value, Value) {
+    let name = f.name();
+    let out = scratch(&format!("{}-{}-{mode}-gotrace.json", f.go_minor, f.variant));
+    let prof = scratch(&format!("{}-{}-{mode}-profile.json", f.go_minor, f.variant));
+    let run = output(
+        gotrace()
+            .args(["run", "--mode", mode, "--format", "json", "-o"])
+            .arg(&out)
+            .arg("--")
+            .arg(&f.path)
+            .args(["profile", &ROUNDS.to_string()])
+            .arg(&prof)
+            .env("GODEBUG", "memprofilerate=1"),
+    );
+    assert!(run.status.success(), "{name}: {}", String::from_utf8_lossy(&run.stderr));
+    (read_json(&out), read_json(&prof))
 }
 
 #[test]
@@ -159,102 +69,35 @@ fn counts_equal_go_heap_profile_on_every_version_and_variant() {
         .into_iter()
         .filter(|f| f.runnable() && matches!(f.variant.as_str(), "default" | "stripped" | "pie" | "cgo"))
     {
-        let name = f.name();
-        let (file, sites) = site_lines(&f);
-        let out = scratch(&format!("{}-{}-gotrace.json", f.go_minor, f.variant));
-        let prof = scratch(&format!("{}-{}-profile.json", f.go_minor, f.variant));
-        let run = output(
-            gotrace()
-                .args(["run", "--format", "json", "-o"])
-                .arg(&out)
-                .arg("--")
-                .arg(&f.path)
-                .args(["profile", &ROUNDS.to_string()])
-                .arg(&prof)
-                .env("GODEBUG", "memprofilerate=1"),
-        );
-        assert!(run.status.success(), "{name}: {}", String::from_utf8_lossy(&run.stderr));
-        let report = read_json(&out);
-        let profile = read_json(&prof);
-        assert_eq!(report["mode"], "exact");
-        assert_eq!(report["target"]["go_version"], f.go_version.as_str());
-        assert_eq!(report["totals"]["dropped"], 0, "{name}: {}", report["probes"]);
-        assert_eq!(report["probes"]["without_stack"], 0, "{name}: {}", report["probes"]);
-        let ours = gotrace_totals(&report);
-        let theirs = profile_totals(&profile);
-
-        // Every callsite either side knows has the same count on the other side.
-        let concat: CallsiteId = ("main.runSites".to_owned(), file.clone(), sites["concat"]);
-        let ids: BTreeSet<&CallsiteId> = ours.keys().chain(theirs.keys()).collect();
-        assert!(ids.len() > 20, "{name}: only {} callsites", ids.len());
-        for id in ids {
-            let (count, bytes, _) = ours.get(id).cloned().unwrap_or_default();
-            if *id == concat {
-                assert_eq!((count, bytes), concat_by_construction(ROUNDS), "{name}: concat");
-                continue;
-            }
-            let (objects, profile_bytes) = theirs.get(id).copied().unwrap_or_default();
-            if id.0.starts_with("main.") {
-                assert_eq!(count, objects, "{name}: allocations at {id:?}");
-            } else {
-                // Library callsites also serve the fixture's JSON encoding of the profile, after
-                // the profile was taken: gotrace sees those few too.
-                assert!(
-                    (objects..=objects + 16).contains(&count),
-                    "{name}: allocations at {id:?}: {count} vs {objects}"
-                );
-            }
-            // Go's profile counts the size class an object got; gotrace the bytes asked for.
-            assert!(
-                id.0.starts_with("main.") && bytes <= profile_bytes && bytes * 2 >= profile_bytes
-                    || !id.0.starts_with("main.") && bytes > 0,
-                "{name}: {id:?} bytes {bytes} vs {profile_bytes}"
-            );
-        }
-
-        // Types and kinds, by site line.
-        for (site, line) in &sites {
-            let types: Vec<(Option<String>, String)> = ours
-                .iter()
-                .filter(|((_, f, l), _)| *f == file && l == line)
-                .flat_map(|(_, e)| e.2.clone())
-                .collect();
-            match expected_type_and_kind(site) {
-                Some((typ, kind)) => {
-                    let want = vec![(typ.map(str::to_owned), kind.to_owned())];
-                    assert_eq!(types, want, "{name}: {site} (line {line}) type and kind");
-                }
-                None if site == "strings_repeat" || site == "reflect_new" => {}
-                None => {
-                    let kind = if site == "box_string" { "convT" } else { "makemap" };
-                    assert!(
-                        !types.is_empty() && types.iter().all(|(_, k)| k == kind),
-                        "{name}: {site} kinds {types:?}"
-                    );
-                }
-            }
-        }
-        // Runtime code linked into other packages (reflect.unsafe_New,
-        // internal/bytealg.MakeNoZero) is looked past, to the library's callsite.
-        let in_function = |function: &str| -> Vec<(Option<String>, String)> {
-            ours.iter()
-                .filter(|(id, _)| id.0 == function)
-                .flat_map(|(_, e)| e.2.clone())
-                .collect()
-        };
-        assert!(
-            in_function("reflect.New").contains(&(Some("main.Point".to_owned()), "new".to_owned())),
-            "{name}: {:?}",
-            in_function("reflect.New")
-        );
-        assert!(
-            in_function("strings.(*Builder).grow").contains(&(None, "makeslice".to_owned())),
-            "{name}: {:?}",
-            in_function("strings.(*Builder).grow")
-        );
+        let (report, profile) = ground_truth_run(&f, "exact");
+        let problems = ground_truth::exact_mismatches(&f, &report, &profile, ROUNDS);
+        assert!(problems.is_empty(), "{}:\n{}", f.name(), problems.join("\n"));
         checked += 1;
     }
     assert_eq!(checked, 28, "seven Go releases × four variants");
+}
+
+/// `--mode auto` on a program that profiles itself is go-sampler; with the rate at 1 it sees
+/// every allocation Go's profile sees. The rate is set by `GODEBUG` in the runtime's start-up,
+/// after the probes attached: the samples must be scaled by the rate they were taken at, not
+/// by the default rate read at attach time (nor by a read after the program exited).
+#[test]
+fn auto_mode_equals_go_heap_profile_at_rate_one() {
+    let Some(_lock) = root_only("auto_mode_equals_go_heap_profile_at_rate_one") else {
+        return;
+    };
+    let mut checked = 0;
+    for f in allocs_fixtures()
+        .into_iter()
+        // Not stripped: without a symbol table the rate cannot be found, and auto picks span.
+        .filter(|f| f.runnable() && matches!(f.variant.as_str(), "default" | "pie"))
+    {
+        let (report, profile) = ground_truth_run(&f, "auto");
+        let problems = ground_truth::sampler_mismatches(&f, &report, &profile);
+        assert!(problems.is_empty(), "{}:\n{}", f.name(), problems.join("\n"));
+        checked += 1;
+    }
+    assert_eq!(checked, 14, "seven Go releases × two variants");
 }
 
 #[test]

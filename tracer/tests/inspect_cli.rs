@@ -239,3 +239,87 @@ fn bad_input_gives_one_line_and_exit_status_1() {
     let out = gotrace(&["inspect", "./x", "--pc", "0xzz"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Where each probed function takes the arguments gotrace reads, on arm64: its integer
+/// arguments in R0, R1, … in order (`src/cmd/compile/abi-internal.md`), from the signatures in
+/// the runtime's source (`malloc.go`, `slice.go`, `map.go`, `chan.go`, `mprof.go`, `mcache.go`).
+fn arm64_argument_registers(function: &str, role: &str) -> &'static [(&'static str, &'static str)] {
+    match function {
+        "runtime.newobject" => &[("type", "x0")],
+        "runtime.newarray" | "runtime.makeslicecopy" => &[("type", "x0"), ("len", "x1")],
+        "runtime.makeslice" => &[("type", "x0"), ("len", "x1"), ("cap", "x2")],
+        // growslice(oldPtr, newLen, oldCap, num, et).
+        "runtime.growslice" => &[("len", "x1"), ("old_cap", "x2"), ("num", "x3"), ("type", "x4")],
+        "runtime.makemap" | "runtime.makechan" => &[("type", "x0"), ("hint", "x1")],
+        // profilealloc(mp, x, size).
+        "runtime.profilealloc" => &[("size", "x2")],
+        "runtime.(*mcache).refill" => &[("mcache", "x0"), ("span_class", "x1")],
+        "runtime.(*mcache).allocLarge" => &[("mcache", "x0"), ("size", "x1")],
+        "runtime.(*mcache).releaseAll" => &[("mcache", "x0")],
+        // mallocgc and Go 1.27's size-specialised mallocs: (size, typ, needzero).
+        _ if role == "count" => &[("size", "x0"), ("type", "x1")],
+        _ => panic!("unexpected probe on {function} ({role})"),
+    }
+}
+
+/// `gotrace inspect` on arm64 binaries, on this `x86_64` host: every probe sits on the
+/// instruction right after the prologue's stack-bound check (`MOVD 16(R28), R16; CMP R16, RSP;
+/// BLS morestack`, `src/cmd/internal/obj/arm64/obj7.go`) as `go tool objdump` decodes it, takes
+/// its arguments from R0 and R1 (Go's register ABI on arm64) and finds the return address in
+/// the link register.
+#[test]
+fn arm64_binaries_inspect_against_go_tool_objdump() {
+    let mut checked = 0;
+    for f in allocs_fixtures().into_iter().filter(|f| {
+        f.goarch == "arm64" && f.variant == "default" && ["1.21", "1.24", "1.27"].contains(&f.go_minor.as_str())
+    }) {
+        let report = json(&gotrace(&[
+            "inspect",
+            f.path.to_str().expect("utf-8"),
+            "--format",
+            "json",
+        ]));
+        assert_eq!(report["arch"], "aarch64", "{}", f.name());
+        let probes = report["probes"].as_array().expect("probes");
+        let functions: Vec<&str> = probes.iter().filter_map(|p| p["function"].as_str()).collect();
+        let listing = testkit::objdump(&f, &f.path, &functions);
+        for probe in probes {
+            let function = probe["function"].as_str().expect("function");
+            let at = |key: &str| hex(probe[key].as_str().expect("hex address"));
+            let insns = &listing[function];
+            assert_eq!(insns[0].address, at("address"), "{}: {function} entry", f.name());
+            assert_eq!(probe["return_address"], "x30", "{}: {function}", f.name());
+            if probe["stack_check"]["kind"] == "checked" {
+                let branch = probe["stack_check"]["branch"].as_u64().expect("branch");
+                let i = insns
+                    .iter()
+                    .position(|insn| insn.address == branch)
+                    .unwrap_or_else(|| panic!("{}: {function}: no instruction at {branch:#x}", f.name()));
+                assert!(
+                    insns[i].text.starts_with("BLS "),
+                    "{}: {function}: {}",
+                    f.name(),
+                    insns[i].text
+                );
+                assert!(
+                    insns[i - 1].text.starts_with("CMP "),
+                    "{}: {function}: {}",
+                    f.name(),
+                    insns[i - 1].text
+                );
+                assert_eq!(
+                    insns[i + 1].address,
+                    at("probe_address"),
+                    "{}: {function} probe",
+                    f.name()
+                );
+            }
+            let expected = arm64_argument_registers(function, probe["role"].as_str().expect("role"));
+            for (arg, register) in expected {
+                assert_eq!(probe["args"][arg], *register, "{}: {function} {arg}", f.name());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "only {checked} arm64 probes checked");
+}

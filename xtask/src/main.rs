@@ -6,10 +6,13 @@
 //! - `fixtures`: build the Go fixture programs for every Go version and variant;
 //! - `bench`: overhead and accuracy against no tracing, an empty probe and bpftrace, in one
 //!   run (`--quick` for CI);
+//! - `arm64`: cross-compile gotrace for arm64, boot an arm64 kernel under qemu and check the
+//!   ground-truth counts there;
 //! - `soak`: the full memory soak of `gotrace serve` (ten minutes, release build);
 //! - `go <minor> -- ARGS...`: run one of the project's Go toolchains with the project's Go
 //!   environment.
 
+mod arm64;
 mod bench;
 mod demo;
 mod fixtures;
@@ -39,6 +42,10 @@ enum Command {
     /// same address, and a bpftrace one-liner), on realistic workloads, its accuracy and its
     /// own costs, all in one run; writes target/bench/results.{md,json} (needs root)
     Bench(bench::Args),
+    /// Cross-compile gotrace for arm64, boot Debian's arm64 kernel under qemu (software
+    /// emulation) and check gotrace's counts there against Go's own heap profile, for exact and
+    /// auto mode on Go 1.21, 1.24 and 1.27 (no root needed; parts from scripts/setup.sh)
+    Arm64(arm64::Args),
     /// Soak `gotrace serve` against a target with churning stacks for --minutes (default 10)
     /// and check its memory stays under the documented cap (needs root; builds in release)
     Soak {
@@ -72,6 +79,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Demo => demo::run(&repo).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(&repo, &args).map(|()| ExitCode::SUCCESS),
+        Command::Arm64(args) => arm64::run(&repo, &args).map(|()| ExitCode::SUCCESS),
         Command::Fixtures(args) => fixtures::run(&repo, &args).map(|()| ExitCode::SUCCESS),
         Command::Go { minor, args } => run_go(&repo, &minor, &args),
         Command::Soak { minutes } => soak(&repo, minutes),
