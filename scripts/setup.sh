@@ -136,9 +136,17 @@ if [[ ! -f "$arm64_dir/unpacked.stamp" ]] || ! compgen -G "$arm64_dir/root/boot/
   rm -rf "$arm64_dir/debs" "$arm64_dir/root"
   mkdir -p "$arm64_dir/debs"
   if ! (cd "$arm64_dir/debs" && apt-get download "$kernel_pkg" busybox-static:arm64) >"$arm64_dir/download.log" 2>&1; then
-    tail -n 20 "$arm64_dir/download.log" >&2
-    say "cannot download the arm64 kernel or busybox; the log is in .cache/arm64/download.log"
-    exit 1
+    # Stale package lists name a kernel the mirror no longer has: refresh them, ask again.
+    sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq >>"$arm64_dir/download.log" 2>&1 || true
+    kernel_pkg=$(apt-cache depends linux-image-arm64:arm64 2>/dev/null |
+      sed -n 's/^ *Depends: \(linux-image-[^ ]*\)$/\1/p' | head -n1)
+    if ! (cd "$arm64_dir/debs" && apt-get download "$kernel_pkg" busybox-static:arm64) >>"$arm64_dir/download.log" 2>&1; then
+      tail -n 20 "$arm64_dir/download.log" >&2
+      say "cannot download the arm64 kernel or busybox; the log is in .cache/arm64/download.log"
+      exit 1
+    fi
   fi
   for deb in "$arm64_dir"/debs/*.deb; do
     dpkg-deb -x "$deb" "$arm64_dir/root"

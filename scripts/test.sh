@@ -28,8 +28,8 @@ cargo test --workspace --locked --no-fail-fast
 
 step "arm64: gotrace on Debian's arm64 kernel under qemu (cargo xtask arm64)"
 # Cross-compiles gotrace (a few minutes cold), boots the kernel with software emulation and
-# checks exact and auto mode against Go's own heap profile on Go 1.21, 1.24 and 1.27 (~70 s of
-# VM time). The VM is given at most 15 minutes.
+# checks exact and auto mode against Go's own heap profile on Go 1.21, 1.24 and 1.27, and
+# attach and serve on a running fixture (~2.5 min of VM time). The VM is given at most 15 minutes.
 cargo xtask arm64 --timeout-secs 900
 
 step "benchmark, CI-sized (cargo xtask bench --quick)"

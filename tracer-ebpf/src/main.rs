@@ -613,7 +613,8 @@ fn counts_map() -> &'static PerCpuHashMap<AllocKey, u64> {
 
 /// Walks Go's frame-pointer chain from the probe into `out`: the probed pc, then one return
 /// address per frame record, up to `depth` frames (the configured depth, at most
-/// [`MAX_STACK_DEPTH`]). Returns the hash of the frames, the stack's key in [`STACKS`].
+/// [`MAX_STACK_DEPTH`]). Returns the hash of the frames (the stack's key in [`STACKS`]) and
+/// the generation of the scratch slot the walk claimed.
 ///
 /// The walk follows the frame pointers itself rather than calling `bpf_get_stack`: measured on
 /// these machines, the kernel's user-stack walker costs about 1.5 µs for a six-frame Go stack.
@@ -670,18 +671,20 @@ struct StackWalk {
 /// The key under which the stack just walked into `scratch` is in [`STACKS`], storing it if
 /// it is new; [`NO_STACK`] when it cannot be stored.
 ///
-/// Another run of a probe on this CPU (possible on preemptible kernels) may have overwritten
-/// the scratch slot since the walk began: then the slot's generation moved on, and the stack
-/// is not stored, so that no key names a mixed stack.
+/// Another run of a probe on this CPU (possible on kernels that preempt uprobe programs) may
+/// have overwritten the scratch slot since the walk began: then the slot's generation moved
+/// on, and the stack is not stored. The check is cheap but not complete (a run preempted
+/// before this walk may write the slot again after it, and the claim is not atomic): user
+/// space checks each stored stack against its hash before using it (`Probes::stack`).
 fn store_stack(walk: StackWalk, scratch: &UserStack) -> u64 {
     let hash = walk.hash;
     if STACKS.get_ptr(hash).is_some() {
         return hash;
     }
-    // Checked by generation, not by hashing the frames again: a loop over `frames[..len]`
-    // made older verifiers (Debian's 6.1 arm64 kernel, `cargo xtask arm64`) lose the bound of
-    // the pointer, and a loop over the constant depth made the sampling programs exceed the
-    // verifier's million-instruction budget.
+    // Checked by generation here, and by content in user space, rather than by hashing the
+    // frames again: a loop over `frames[..len]` made older verifiers (Debian's 6.1 arm64
+    // kernel, `cargo xtask arm64`) lose the bound of the pointer, and a loop over the constant
+    // depth made the sampling programs exceed the verifier's million-instruction budget.
     if scratch.generation != walk.generation {
         return NO_STACK;
     }

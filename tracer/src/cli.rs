@@ -84,6 +84,27 @@ pub enum Command {
           go tool pprof http://127.0.0.1:9464/debug/pprof/allocs?seconds=30")]
     Serve(ServeArgs),
 
+    /// Join what was allocated with why the compiler put it on the heap: for the callsites with
+    /// the most bytes, the compiler's escape-analysis verdict at that line (go build
+    /// -gcflags=-m=2, run in --src with the Go release that built the target), its reasoning,
+    /// or the runtime's reason (append growth, maps, strings, interfaces). Flags lines the
+    /// compiler says do not escape where heap allocations were seen anyway.
+    ///
+    /// Reads a saved result (JSON or pprof from attach or run), or traces --pid for --duration.
+    /// Needs root only with --pid.
+    #[command(after_help = "Examples:
+          sudo gotrace attach 4242 -d 30s -f json -o allocs.json
+          gotrace explain --src ~/src/server allocs.json                  the top 20 callsites
+          gotrace explain --src ~/src/server allocs.json --format json    the same, as JSON
+          gotrace explain --src ~/src/server allocs.json --list main.handle   annotated source
+          sudo gotrace explain --src ~/src/server --pid 4242 --duration 10s
+          gotrace explain --src . allocs.pb.gz --m2-log build.log        with a saved -m=2 log
+
+Verdicts: escapes, moved_to_heap, does_not_escape (with a contradiction note when the heap
+was used anyway), runtime, unknown. The compiler that built the target is found on PATH or in
+~/sdk/goX.Y.Z; another release is used with a warning, since its decisions may differ.")]
+    Explain(ExplainArgs),
+
     /// Measurements for `cargo xtask bench` (not for operators; prints JSON).
     #[command(hide = true, subcommand)]
     Bench(BenchCommand),
@@ -507,6 +528,98 @@ pub struct InspectConfig {
     pub pcs: Vec<u64>,
     pub types: Vec<u64>,
     pub functions: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// A saved result of gotrace attach or run: a JSON report (--format json) or a pprof
+    /// profile (.pb.gz). Not with --pid.
+    #[arg(value_name = "RESULT", required_unless_present = "pid", conflicts_with = "pid")]
+    pub result: Option<PathBuf>,
+
+    /// Trace this running process for --duration instead of reading a saved result (needs
+    /// root, like attach).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// How long to trace --pid.
+    #[arg(long, short = 'd', value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+
+    /// The Go module the target was built from: go build runs there.
+    #[arg(long, value_name = "MODULE_DIR")]
+    pub src: PathBuf,
+
+    /// Read the compiler's diagnostics from this saved output of `go build -gcflags=-m=2`
+    /// instead of running it.
+    #[arg(long, value_name = "FILE")]
+    pub m2_log: Option<PathBuf>,
+
+    /// The go command to run (default: the target's release, on PATH or in ~/sdk).
+    #[arg(long, value_name = "PATH")]
+    pub go: Option<PathBuf>,
+
+    /// Explain the N callsites with the most bytes.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+
+    /// Output format.
+    #[arg(long, short = 'f', value_enum, default_value_t = crate::explain::ExplainFormat::Table)]
+    pub format: crate::explain::ExplainFormat,
+
+    /// Print an annotated source listing of this function (e.g. main.handle) instead: per line
+    /// the bytes and allocations traced, and the compiler's verdicts.
+    #[arg(long, value_name = "FUNC")]
+    pub list: Option<String>,
+}
+
+impl ExplainArgs {
+    /// Checks the arguments and turns them into a configuration.
+    pub fn resolve(self) -> anyhow::Result<crate::explain::ExplainConfig> {
+        use crate::explain::{ExplainConfig, Input};
+        let input = match (self.result, self.pid) {
+            (Some(path), None) => {
+                if !path.is_file() {
+                    bail!("{} is not a file", path.display());
+                }
+                Input::File(path)
+            }
+            (None, Some(0)) => bail!("0 is not a valid process id"),
+            (None, Some(pid)) => Input::Live {
+                pid,
+                duration: self.duration,
+            },
+            _ => bail!("give either a saved RESULT or --pid"),
+        };
+        if !self.src.is_dir() {
+            bail!("--src {} is not a directory", self.src.display());
+        }
+        if self.top == 0 {
+            bail!("--top must be at least 1");
+        }
+        if let Some(log) = &self.m2_log
+            && !log.is_file()
+        {
+            bail!("--m2-log {} is not a file", log.display());
+        }
+        // go build runs in --src: a relative --go must not be taken from there. A bare name
+        // (`go1.22.3`) is looked up on PATH.
+        let go = match self.go {
+            Some(go) if go.components().count() > 1 => Some(
+                std::path::absolute(&go).with_context(|| format!("--go {} cannot be made absolute", go.display()))?,
+            ),
+            other => other,
+        };
+        Ok(ExplainConfig {
+            input,
+            src: self.src,
+            m2_log: self.m2_log,
+            go,
+            top: self.top,
+            format: self.format,
+            list: self.list,
+        })
+    }
 }
 
 impl InspectArgs {

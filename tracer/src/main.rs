@@ -6,6 +6,7 @@
 mod bench;
 mod cli;
 mod ebpf;
+mod explain;
 mod export;
 mod inspect;
 mod live;
@@ -55,6 +56,10 @@ fn main() -> ExitCode {
         cli::Command::Bench(cli::BenchCommand::Symbolize { pid, stacks, timeout }) => {
             bench::symbolize(pid, stacks, timeout).map(|()| ExitCode::SUCCESS)
         }
+        cli::Command::Explain(args) => args
+            .resolve()
+            .and_then(|config| explain::run(&config))
+            .map(|()| ExitCode::SUCCESS),
         cli::Command::Serve(args) => args
             .resolve()
             .and_then(|config| serve::run(&config))

@@ -172,8 +172,18 @@ impl Probes {
     }
 
     /// The user stack with the given key, innermost frame first (addresses in the process).
-    pub fn stack(&self, key: u64) -> Option<Vec<u64>> {
-        Some(self.stacks.get(&key, 0).ok()?.frames().to_vec())
+    ///
+    /// A stack whose frames do not hash to its key is refused and removed: the probe's
+    /// per-CPU scratch slot was reused by another run on the same CPU while it walked (on
+    /// kernels that preempt uprobe programs), which its generation check does not always
+    /// notice. The key's counts then come out without a stack; the next walk stores it again.
+    pub fn stack(&mut self, key: u64) -> Option<Vec<u64>> {
+        let frames = self.stacks.get(&key, 0).ok()?.frames().to_vec();
+        if tracer_common::stack_hash(&frames) != key {
+            let _ = self.stacks.remove(&key);
+            return None;
+        }
+        Some(frames)
     }
 
     /// Empties the kernel's stack map (user space keeps copies of the stacks it needs), so

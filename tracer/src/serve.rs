@@ -220,8 +220,8 @@ impl std::fmt::Display for Follow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Pid(pid) => write!(f, "pid {pid}"),
-            Self::Exe { path, .. } => write!(f, "a process of {}", path.display()),
-            Self::Name(name) => write!(f, "a process named {name}"),
+            Self::Exe { path, .. } => write!(f, "executable {}", path.display()),
+            Self::Name(name) => write!(f, "name {name}"),
         }
     }
 }
@@ -294,7 +294,7 @@ fn collect(config: &ServeConfig, shared: &Shared, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         let Some(target) = find_target(&follow, &failed) else {
             if !announced_wait {
-                eprintln!("gotrace: waiting for {follow} to trace");
+                eprintln!("gotrace: waiting for a process to trace ({follow})");
                 announced_wait = true;
             }
             std::thread::sleep(POLL);

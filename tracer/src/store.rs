@@ -92,7 +92,7 @@ impl Store {
     }
 
     /// The probes' stack `id`, cut to `max_frames`, and its key in this store.
-    fn cut_stack(&mut self, probes: &Probes, id: u64) -> Option<(u64, Arc<[u64]>)> {
+    fn cut_stack(&mut self, probes: &mut Probes, id: u64) -> Option<(u64, Arc<[u64]>)> {
         if let Some((cut_id, frames)) = self.cut.get(&id) {
             return Some((*cut_id, frames.clone()));
         }

@@ -289,6 +289,11 @@ fn arm64_binaries_inspect_against_go_tool_objdump() {
             let insns = &listing[function];
             assert_eq!(insns[0].address, at("address"), "{}: {function} entry", f.name());
             assert_eq!(probe["return_address"], "x30", "{}: {function}", f.name());
+            // Every counting probe has a stack check to skip (mallocgc and its relatives are
+            // never NOSPLIT); a decoder that found none would skip the checks below.
+            if probe["role"] == "count" {
+                assert_eq!(probe["stack_check"]["kind"], "checked", "{}: {function}", f.name());
+            }
             if probe["stack_check"]["kind"] == "checked" {
                 let branch = probe["stack_check"]["branch"].as_u64().expect("branch");
                 let i = insns

@@ -1,0 +1,871 @@
+//! `gotrace explain`: the traced callsites with the most bytes, each joined by file and line
+//! with what the Go compiler's escape analysis decided there (`go build -gcflags=-m=2`) and
+//! why, or, where the compiler has nothing to say, the runtime's reason for the allocation.
+
+mod diagnostics;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+
+use self::diagnostics::{Diagnostic, What};
+use crate::report::{human_bytes, thousands};
+
+/// What to explain, resolved from `gotrace explain`'s arguments.
+#[derive(Debug)]
+pub struct ExplainConfig {
+    pub input: Input,
+    /// The module's directory, absolute.
+    pub src: PathBuf,
+    /// A saved `-m=2` log, instead of running the compiler.
+    pub m2_log: Option<PathBuf>,
+    /// The go command to use, instead of searching for the target's release.
+    pub go: Option<PathBuf>,
+    pub top: usize,
+    pub format: ExplainFormat,
+    pub list: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum Input {
+    /// A saved JSON report or pprof profile of `gotrace attach` or `run`.
+    File(PathBuf),
+    /// Trace this process for this long first.
+    Live { pid: u32, duration: Duration },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExplainFormat {
+    /// A table: per callsite, the measured allocations and the compiler's verdict and reason.
+    Table,
+    /// JSON: {"callsites": [{"function", "file", "line", "allocations", "bytes", "verdict",
+    /// "compiler", "reason", …}]}.
+    Json,
+}
+
+/// What the compiler decided at a callsite's line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// An expression on the line escapes to the heap.
+    Escapes,
+    /// A variable declared on the line lives on the heap.
+    MovedToHeap,
+    /// The compiler keeps the line's values on the stack.
+    DoesNotEscape,
+    /// The runtime allocates on its own account (append growth, maps, strings, interfaces).
+    Runtime,
+    /// Neither the compiler nor the kind of allocation says why.
+    Unknown,
+}
+
+impl Verdict {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Escapes => "escapes",
+            Self::MovedToHeap => "moved_to_heap",
+            Self::DoesNotEscape => "does_not_escape",
+            Self::Runtime => "runtime",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// A traced callsite: one source line of one function.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Site {
+    pub function: String,
+    pub file: String,
+    pub line: u64,
+    pub allocations: u64,
+    pub bytes: u64,
+    /// The allocation kinds seen there (`new`, `makeslice`, `growslice`, …).
+    pub kinds: Vec<String>,
+    /// The types seen there (absent in sampled modes).
+    pub types: Vec<String>,
+    /// Object sizes, when the input has them (JSON reports do).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<Sizes>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Sizes {
+    pub min: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+/// What was traced, from whichever input.
+#[derive(Debug, Default)]
+struct Traced {
+    go_version: Option<String>,
+    mode: Option<String>,
+    estimated: bool,
+    sites: Vec<Site>,
+}
+
+/// One callsite explained.
+#[derive(Debug, Serialize)]
+struct Explained {
+    #[serde(flatten)]
+    site: Site,
+    verdict: Verdict,
+    /// The compiler's verdicts at the line, as it printed them.
+    compiler: Vec<String>,
+    /// Why, in plain words ("returned to the caller", "append growth", …).
+    reason: String,
+    /// The `-m=2` explanation of the escape(s) at the line.
+    flow: Vec<String>,
+    /// Calls inlined at the line (code of other functions that runs there).
+    inlined: Vec<String>,
+    /// When the compiler and the trace disagree: what that usually means here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    contradiction: Option<String>,
+}
+
+/// The go command that produced the diagnostics, or the saved log.
+#[derive(Debug, Serialize)]
+struct Compiler {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    go: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    go_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log: Option<String>,
+    /// Set when the compiler's release is not the target's: its decisions may differ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mismatch: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Output<'a> {
+    target_go_version: Option<&'a str>,
+    mode: Option<&'a str>,
+    estimated: bool,
+    compiler: &'a Compiler,
+    callsites: &'a [Explained],
+}
+
+pub fn run(config: &ExplainConfig) -> anyhow::Result<()> {
+    let traced = match &config.input {
+        Input::File(path) => read_result(path)?,
+        Input::Live { pid, duration } => trace_live(*pid, *duration)?,
+    };
+    let module = Module::open(&config.src)?;
+    let (log, compiler) = match &config.m2_log {
+        Some(path) => (
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+            Compiler {
+                go: None,
+                go_version: None,
+                log: Some(path.display().to_string()),
+                mismatch: None,
+            },
+        ),
+        None => compile(&module, traced.go_version.as_deref(), config.go.as_deref())?,
+    };
+    if let Some(mismatch) = &compiler.mismatch {
+        eprintln!("gotrace: {mismatch}");
+    }
+    let diagnostics = diagnostics::parse(&log);
+    if diagnostics.is_empty() {
+        eprintln!(
+            "gotrace: the compiler printed no escape-analysis diagnostics for {}",
+            module.dir.display()
+        );
+    }
+    let index = DiagnosticIndex::new(&module, &diagnostics);
+
+    let mut sites = traced.sites.clone();
+    sites.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.function.cmp(&b.function)));
+    if let Some(function) = &config.list {
+        let in_function: Vec<Site> = sites.iter().filter(|s| s.function == *function).cloned().collect();
+        if in_function.is_empty() {
+            bail!(
+                "no traced allocations in {function}; the functions with the most bytes are: {}",
+                top_functions(&sites)
+            );
+        }
+        let explained: Vec<Explained> = in_function.into_iter().map(|s| explain(s, &index)).collect();
+        let listing = list_function(function, &explained, &index)?;
+        print!("{listing}");
+        return Ok(());
+    }
+    let explained: Vec<Explained> = sites.into_iter().take(config.top).map(|s| explain(s, &index)).collect();
+    match config.format {
+        ExplainFormat::Json => {
+            let output = Output {
+                target_go_version: traced.go_version.as_deref(),
+                mode: traced.mode.as_deref(),
+                estimated: traced.estimated,
+                compiler: &compiler,
+                callsites: &explained,
+            };
+            let text = serde_json::to_string_pretty(&output).context("cannot encode the JSON output")?;
+            println!("{text}");
+        }
+        ExplainFormat::Table => print!("{}", table(&explained, &traced)),
+    }
+    Ok(())
+}
+
+// --- inputs ------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct JsonReport {
+    target: JsonTarget,
+    mode: Option<String>,
+    #[serde(default)]
+    estimated: bool,
+    callsites: Vec<JsonCallsite>,
+}
+
+#[derive(Deserialize)]
+struct JsonTarget {
+    go_version: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct JsonCallsite {
+    function: String,
+    #[serde(default)]
+    file: String,
+    #[serde(default)]
+    line: u64,
+    #[serde(rename = "type")]
+    type_name: Option<String>,
+    kind: Option<String>,
+    allocations: u64,
+    bytes: u64,
+    size: Option<Sizes>,
+}
+
+/// A saved result: gotrace's JSON report, or a pprof profile (gzip-compressed or not).
+fn read_result(path: &Path) -> anyhow::Result<Traced> {
+    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let first = data.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    if first == Some(b'{') {
+        let report: JsonReport = serde_json::from_slice(&data).with_context(|| {
+            format!(
+                "{} is not a gotrace JSON report (gotrace attach/run --format json)",
+                path.display()
+            )
+        })?;
+        return Ok(from_json(report));
+    }
+    read_pprof(&data).with_context(|| {
+        format!(
+            "{} is neither a gotrace JSON report nor a pprof profile",
+            path.display()
+        )
+    })
+}
+
+fn from_json(report: JsonReport) -> Traced {
+    let mut by_line: BTreeMap<(String, String, u64), (Site, u64)> = BTreeMap::new();
+    for c in report.callsites {
+        let key = (c.function.clone(), c.file.clone(), c.line);
+        let (site, biggest) = by_line.entry(key).or_insert_with(|| {
+            (
+                Site {
+                    function: c.function.clone(),
+                    file: c.file.clone(),
+                    line: c.line,
+                    ..Site::default()
+                },
+                0,
+            )
+        });
+        site.allocations += c.allocations;
+        site.bytes += c.bytes;
+        push_unique(&mut site.kinds, c.kind);
+        push_unique(&mut site.types, c.type_name);
+        // Sizes of a line with several (type, kind) rows: the extremes over all rows, the
+        // percentiles of the row with the most bytes.
+        if let Some(size) = c.size {
+            let merged = site.size.get_or_insert(size);
+            merged.min = merged.min.min(size.min);
+            merged.max = merged.max.max(size.max);
+            if c.bytes > *biggest {
+                (merged.p50, merged.p99) = (size.p50, size.p99);
+                *biggest = c.bytes;
+            }
+        }
+    }
+    Traced {
+        go_version: report.target.go_version,
+        mode: report.mode,
+        estimated: report.estimated,
+        sites: by_line.into_values().map(|(site, _)| site).collect(),
+    }
+}
+
+fn push_unique(list: &mut Vec<String>, item: Option<String>) {
+    if let Some(item) = item
+        && !list.contains(&item)
+    {
+        list.push(item);
+    }
+}
+
+/// A pprof profile as gotrace writes it (and Go's own heap profiles): samples of
+/// `alloc_objects` and `alloc_space`, whose first location is the allocating line.
+fn read_pprof(data: &[u8]) -> anyhow::Result<Traced> {
+    use pprof_proto::Message as _;
+    let raw = if data.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(data)
+            .read_to_end(&mut out)
+            .context("cannot decompress it")?;
+        out
+    } else {
+        data.to_vec()
+    };
+    let profile = pprof_proto::Profile::decode(raw.as_slice()).context("cannot decode it as a pprof profile")?;
+    let string = |i: i64| -> &str {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| profile.string_table.get(i))
+            .map_or("", String::as_str)
+    };
+    let index_of = |name: &str| profile.sample_type.iter().position(|t| string(t.r#type) == name);
+    let (Some(objects), Some(space)) = (index_of("alloc_objects"), index_of("alloc_space")) else {
+        bail!("it has no alloc_objects and alloc_space samples (not an allocation profile)");
+    };
+    let locations: HashMap<u64, &pprof_proto::Location> = profile.location.iter().map(|l| (l.id, l)).collect();
+    let functions: HashMap<u64, &pprof_proto::Function> = profile.function.iter().map(|f| (f.id, f)).collect();
+    let mut by_line: BTreeMap<(String, String, u64), Site> = BTreeMap::new();
+    for sample in &profile.sample {
+        // The innermost frame: a location's first line is the innermost of its inlined calls.
+        let Some(line) = sample
+            .location_id
+            .first()
+            .and_then(|id| locations.get(id))
+            .and_then(|l| l.line.first())
+        else {
+            continue;
+        };
+        let Some(function) = functions.get(&line.function_id) else {
+            continue;
+        };
+        let (name, file) = (string(function.name).to_owned(), string(function.filename).to_owned());
+        let number = u64::try_from(line.line).unwrap_or(0);
+        let site = by_line
+            .entry((name.clone(), file.clone(), number))
+            .or_insert_with(|| Site {
+                function: name,
+                file,
+                line: number,
+                ..Site::default()
+            });
+        let value = |i: usize| sample.value.get(i).and_then(|v| u64::try_from(*v).ok()).unwrap_or(0);
+        site.allocations += value(objects);
+        site.bytes += value(space);
+        for label in &sample.label {
+            match string(label.key) {
+                "kind" => push_unique(&mut site.kinds, Some(string(label.str).to_owned())),
+                "type" => push_unique(&mut site.types, Some(string(label.str).to_owned())),
+                _ => {}
+            }
+        }
+    }
+    // gotrace's comments name the target's release ("…, go1.27.3)").
+    let go_version = profile.comment.iter().find_map(|&c| {
+        string(c)
+            .split([' ', '(', ')', ','])
+            .find(|w| w.starts_with("go1."))
+            .map(str::to_owned)
+    });
+    Ok(Traced {
+        go_version,
+        mode: None,
+        estimated: false,
+        sites: by_line.into_values().collect(),
+    })
+}
+
+/// Traces `pid` with `gotrace attach` (this same executable) into a temporary JSON report.
+fn trace_live(pid: u32, duration: Duration) -> anyhow::Result<Traced> {
+    let dir = TempDir::new()?;
+    let report = dir.path.join("report.json");
+    let me = std::env::current_exe().context("cannot find gotrace's own executable")?;
+    eprintln!("gotrace: tracing process {pid} for {} s", duration.as_secs_f64());
+    let status = Command::new(me)
+        .arg("attach")
+        .arg(pid.to_string())
+        .arg("--duration")
+        .arg(format!("{}ms", duration.as_millis()))
+        .args(["--format", "json", "-o"])
+        .arg(&report)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .context("cannot run gotrace attach")?;
+    if !status.success() {
+        bail!("tracing process {pid} failed ({status})");
+    }
+    read_result(&report)
+}
+
+/// A directory removed when dropped.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new() -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!("gotrace-explain-{}", std::process::id()));
+        std::fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+// --- the module and its compiler ----------------------------------------------------------------
+
+/// The Go module whose code the target runs.
+#[derive(Debug)]
+struct Module {
+    dir: PathBuf,
+    /// The `module` line of go.mod: the prefix of file names in `-trimpath` builds.
+    path: String,
+}
+
+impl Module {
+    fn open(dir: &Path) -> anyhow::Result<Self> {
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("cannot open the module directory {}", dir.display()))?;
+        let go_mod = dir.join("go.mod");
+        let text = std::fs::read_to_string(&go_mod)
+            .with_context(|| format!("{} is not a Go module: cannot read {}", dir.display(), go_mod.display()))?;
+        let path = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("module "))
+            .map(|p| p.trim().trim_matches('"').to_owned())
+            .with_context(|| format!("{} has no module line", go_mod.display()))?;
+        Ok(Self { dir, path })
+    }
+}
+
+/// Runs `go build -gcflags=-m=2` on the module with the target's Go release when it can find
+/// it; returns the diagnostics and which compiler printed them.
+fn compile(module: &Module, target_version: Option<&str>, go: Option<&Path>) -> anyhow::Result<(String, Compiler)> {
+    let candidates: Vec<PathBuf> = match go {
+        Some(go) => vec![go.to_path_buf()],
+        None => go_candidates(target_version),
+    };
+    let mut found: Option<(PathBuf, String)> = None;
+    for candidate in candidates {
+        let Some(version) = go_version(&candidate) else {
+            continue;
+        };
+        let matches = target_version == Some(version.as_str());
+        if found.is_none() || matches {
+            found = Some((candidate, version));
+        }
+        if matches {
+            break;
+        }
+    }
+    let Some((go, version)) = found else {
+        bail!(match go {
+            Some(go) => format!("{} does not run as a go command", go.display()),
+            None => "no Go toolchain found (not on PATH, nor in ~/sdk): pass --go PATH, or --m2-log FILE with the \
+                     output of go build -gcflags=-m=2"
+                .to_owned(),
+        });
+    };
+    let mismatch = match target_version {
+        Some(target) if target != version => Some(format!(
+            "the target was built with {target}, but the compiler here is {version} ({}): its escape decisions \
+             may differ (install {target}, or pass --go)",
+            go.display()
+        )),
+        None => Some(format!(
+            "the target's Go release is unknown; using {version} ({})",
+            go.display()
+        )),
+        Some(_) => None,
+    };
+    let out_dir = TempDir::new()?;
+    eprintln!(
+        "gotrace: running {} build -gcflags=-m=2 ./... in {}",
+        go.display(),
+        module.dir.display()
+    );
+    // `-o DIR/` keeps the built binaries out of the user's module; the compiler's output is
+    // replayed from the build cache when nothing changed.
+    let output = Command::new(&go)
+        .current_dir(&module.dir)
+        .args(["build", "-gcflags=-m=2", "-o"])
+        .arg(format!("{}/", out_dir.path.display()))
+        .arg("./...")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", go.display()))?;
+    let log = String::from_utf8_lossy(&output.stderr).into_owned();
+    if !output.status.success() {
+        let tail: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains(": "))
+            .chain(log.lines().rev().take(5))
+            .collect();
+        bail!(
+            "go build failed in {} ({}): {}",
+            module.dir.display(),
+            output.status,
+            tail.join(" / ")
+        );
+    }
+    Ok((
+        log,
+        Compiler {
+            go: Some(go.display().to_string()),
+            go_version: Some(version),
+            log: None,
+            mismatch,
+        },
+    ))
+}
+
+/// Where the target's release may be: `go` on PATH, then `~/sdk/goX.Y.Z/bin/go` (where
+/// `golang.org/dl/goX.Y.Z download` puts it).
+fn go_candidates(target_version: Option<&str>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(paths) = std::env::var_os("PATH") {
+        out.extend(
+            std::env::split_paths(&paths)
+                .map(|d| d.join("go"))
+                .filter(|p| p.is_file()),
+        );
+    }
+    if let (Some(home), Some(version)) = (std::env::var_os("HOME"), target_version) {
+        let sdk = PathBuf::from(home).join("sdk").join(version).join("bin/go");
+        if sdk.is_file() {
+            out.push(sdk);
+        }
+    }
+    out
+}
+
+/// `go env GOVERSION` of a go command (`go1.27.3`).
+fn go_version(go: &Path) -> Option<String> {
+    let out = Command::new(go)
+        .args(["env", "GOVERSION"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let version = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && version.starts_with("go")).then_some(version)
+}
+
+// --- the join -----------------------------------------------------------------------------------
+
+/// Diagnostics by absolute file and line.
+struct DiagnosticIndex<'d> {
+    by_line: HashMap<(PathBuf, u64), Vec<&'d Diagnostic>>,
+    module_dir: PathBuf,
+    module_path: String,
+    /// Source files read so far, by absolute path.
+    sources: std::cell::RefCell<HashMap<PathBuf, Option<Vec<String>>>>,
+}
+
+impl<'d> DiagnosticIndex<'d> {
+    fn new(module: &Module, diagnostics: &'d [Diagnostic]) -> Self {
+        let mut by_line: HashMap<(PathBuf, u64), Vec<&Diagnostic>> = HashMap::new();
+        for d in diagnostics {
+            let relative = d.file.trim_start_matches("./");
+            let file = if Path::new(&d.file).is_absolute() {
+                PathBuf::from(&d.file)
+            } else {
+                module.dir.join(relative)
+            };
+            by_line.entry((file, d.line)).or_default().push(d);
+        }
+        Self {
+            by_line,
+            module_dir: module.dir.clone(),
+            module_path: module.path.clone(),
+            sources: std::cell::RefCell::default(),
+        }
+    }
+
+    /// The traced file as a path in the module: as is when absolute, or, in `-trimpath`
+    /// builds, `MODULE/rel/file.go` under the module's directory.
+    fn local_path(&self, traced_file: &str) -> PathBuf {
+        match traced_file.strip_prefix(&format!("{}/", self.module_path)) {
+            Some(relative) if !Path::new(traced_file).is_absolute() => self.module_dir.join(relative),
+            _ => PathBuf::from(traced_file),
+        }
+    }
+
+    fn at(&self, traced_file: &str, line: u64) -> &[&'d Diagnostic] {
+        self.by_line
+            .get(&(self.local_path(traced_file), line))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Line `line` (1-based) of the source file, when it can be read.
+    fn source_line(&self, traced_file: &str, line: u64) -> Option<String> {
+        let path = self.local_path(traced_file);
+        let mut sources = self.sources.borrow_mut();
+        let lines = sources.entry(path.clone()).or_insert_with(|| {
+            std::fs::read_to_string(&path)
+                .ok()
+                .map(|t| t.lines().map(str::to_owned).collect())
+        });
+        lines
+            .as_ref()?
+            .get(usize::try_from(line).ok()?.checked_sub(1)?)
+            .cloned()
+    }
+}
+
+/// The runtime kinds: allocations the runtime makes on its own account, whatever escape
+/// analysis decided about the values involved.
+fn runtime_reason(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "growslice" => "append growth: the runtime grows the slice's backing array",
+        "makemap" => "map: the runtime allocates the map's storage as it grows",
+        "string" => "string concatenation or conversion: the runtime allocates the result",
+        "convT" => "interface conversion: the runtime boxes the value to store it in an interface",
+        _ => return None,
+    })
+}
+
+fn explain(site: Site, index: &DiagnosticIndex<'_>) -> Explained {
+    let here = index.at(&site.file, site.line);
+    let verdicts: Vec<&Diagnostic> = here.iter().copied().filter(|d| d.what != What::Inlined).collect();
+    let inlined: Vec<String> = here
+        .iter()
+        .filter(|d| d.what == What::Inlined)
+        .map(|d| d.text.clone())
+        .collect();
+    let has = |what: What| verdicts.iter().any(|d| d.what == what);
+    let runtime = site.kinds.iter().find_map(|k| runtime_reason(k));
+    let verdict = if has(What::MovedToHeap) {
+        Verdict::MovedToHeap
+    } else if has(What::Escapes) {
+        Verdict::Escapes
+    } else if let Some(_reason) = runtime {
+        Verdict::Runtime
+    } else if has(What::DoesNotEscape) {
+        Verdict::DoesNotEscape
+    } else {
+        Verdict::Unknown
+    };
+    let escaping: Vec<&Diagnostic> = verdicts
+        .iter()
+        .copied()
+        .filter(|d| matches!(d.what, What::MovedToHeap | What::Escapes))
+        .collect();
+    let source = index.source_line(&site.file, site.line).unwrap_or_default();
+    let (reason, contradiction) = match verdict {
+        Verdict::Escapes | Verdict::MovedToHeap => (escape_reason(&escaping, &source, &site), None),
+        Verdict::Runtime => (runtime.unwrap_or_default().to_owned(), None),
+        Verdict::DoesNotEscape => {
+            let why = contradiction(&verdicts, &inlined, &site);
+            ("the compiler keeps this on the stack".to_owned(), Some(why))
+        }
+        Verdict::Unknown if !inlined.is_empty() => {
+            ("allocated by code inlined at this line (see inlined)".to_owned(), None)
+        }
+        Verdict::Unknown => ("unknown".to_owned(), None),
+    };
+    Explained {
+        compiler: verdicts.iter().map(|d| d.text.clone()).collect(),
+        flow: escaping.iter().flat_map(|d| d.flow.iter().cloned()).collect(),
+        site,
+        verdict,
+        reason,
+        inlined,
+        contradiction,
+    }
+}
+
+/// Why a value escapes, from the compiler's explanation (the parenthesised reasons of its
+/// `from … (reason) at …` lines, `src/cmd/compile/internal/escape`), the kind of allocation
+/// and the statement.
+fn escape_reason(escaping: &[&Diagnostic], source: &str, site: &Site) -> String {
+    let flow: String = escaping
+        .iter()
+        .flat_map(|d| d.flow.iter().map(String::as_str).chain([d.text.as_str()]))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let statement = source.trim_start();
+    let closure_made_here = escaping
+        .iter()
+        .any(|d| d.text.ends_with("func literal escapes to heap"));
+    let reason = if flow.contains("(too large for stack)") {
+        "too large for the stack"
+    } else if flow.contains("(non-constant size)") {
+        "make with a size not known at compile time"
+    } else if closure_made_here && statement.starts_with("go ") {
+        "captured by a goroutine: the closure started with go outlives the call"
+    } else if closure_made_here && statement.starts_with("defer ") {
+        "captured by a deferred closure"
+    } else if flow.contains("(captured by a closure)") {
+        "captured by a closure that outlives the call"
+    } else if flow.contains("(return)") {
+        "returned to the caller"
+    } else if flow.contains("(interface-converted)") || site.kinds.iter().any(|k| k == "convT") {
+        "stored in an interface"
+    } else if flow.contains("(call parameter)") {
+        "passed to a function that keeps it"
+    } else if flow.contains("(assign)") && flow.contains("{heap}") {
+        "assigned to a heap location (a global, or through a pointer)"
+    } else if closure_made_here {
+        "a closure that outlives the call"
+    } else if flow.contains("(slice-literal-element)") {
+        "an element of an escaping slice literal"
+    } else {
+        "escapes (see the compiler's flow)"
+    };
+    reason.to_owned()
+}
+
+/// What a "does not escape" line with traced heap allocations usually means.
+fn contradiction(verdicts: &[&Diagnostic], inlined: &[String], site: &Site) -> String {
+    let non_constant_make = verdicts
+        .iter()
+        .any(|d| d.what == What::DoesNotEscape && d.text.contains("make(") && !d.text.contains("make(map"));
+    if non_constant_make && site.kinds.iter().any(|k| k == "makeslice") {
+        return "the compiler says this make does not escape, yet the heap was used: since Go 1.25 a make with a \
+                non-constant size gets a small stack buffer (32 bytes) and sizes above it are allocated on the heap \
+                by the runtime"
+            .to_owned();
+    }
+    if !inlined.is_empty() {
+        return format!(
+            "the compiler says this line's values do not escape, yet heap allocations were traced here: they come \
+             from code inlined at this line ({}), whose allocations are attributed to it",
+            inlined.join("; ")
+        );
+    }
+    "the compiler says this line's values do not escape, yet heap allocations were traced here: another expression \
+     on the line allocates, or the binary was built from other source or with other flags than this module"
+        .to_owned()
+}
+
+fn top_functions(sites: &[Site]) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for s in sites {
+        if !seen.contains(&s.function.as_str()) {
+            seen.push(&s.function);
+        }
+        if seen.len() == 5 {
+            break;
+        }
+    }
+    seen.join(", ")
+}
+
+// --- outputs ------------------------------------------------------------------------------------
+
+fn table(explained: &[Explained], traced: &Traced) -> String {
+    let mut out = String::new();
+    if traced.estimated {
+        let _ = writeln!(
+            out,
+            "(estimates: traced in {} mode)",
+            traced.mode.as_deref().unwrap_or("a sampled")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:>10}  {:>10}  {:>8}  {:<15}  CALLSITE",
+        "BYTES", "ALLOCS", "SIZE P50", "VERDICT"
+    );
+    for e in explained {
+        let p50 = e.site.size.map_or_else(|| "-".to_owned(), |s| human_bytes(s.p50));
+        let _ = writeln!(
+            out,
+            "{:>10}  {:>10}  {:>8}  {:<15}  {} {}:{}",
+            human_bytes(e.site.bytes),
+            thousands(e.site.allocations),
+            p50,
+            e.verdict.as_str(),
+            e.site.function,
+            crate::report::short_path(&e.site.file),
+            e.site.line
+        );
+        let _ = writeln!(out, "{:56}why: {}", "", e.reason);
+        for line in &e.compiler {
+            let _ = writeln!(out, "{:56}compiler: {line}", "");
+        }
+        if let Some(why) = &e.contradiction {
+            let _ = writeln!(out, "{:56}! {why}", "");
+        }
+    }
+    out
+}
+
+/// An annotated listing of `function`'s source, like `pprof -list`: per line the traced bytes
+/// and allocations, and the compiler's verdicts there.
+fn list_function(function: &str, explained: &[Explained], index: &DiagnosticIndex<'_>) -> anyhow::Result<String> {
+    let file = &explained[0].site.file;
+    let path = index.local_path(file);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read the source {}", path.display()))?;
+    let lines: Vec<&str> = text.lines().collect();
+    let name = function.rsplit('.').next().unwrap_or(function);
+    let is_declaration = |l: &str| {
+        l.starts_with("func ")
+            && (l.contains(&format!(" {name}("))
+                || l.contains(&format!(" {name}["))
+                || l.contains(&format!("){name}(")))
+    };
+    let first_traced = explained.iter().map(|e| e.site.line).min().unwrap_or(1);
+    // The declaration at or before the first traced line.
+    let start = (0..usize::try_from(first_traced).unwrap_or(1).min(lines.len()))
+        .rev()
+        .find(|&i| is_declaration(lines[i]))
+        .with_context(|| format!("cannot find the declaration of {function} in {}", path.display()))?;
+    let end = (start..lines.len())
+        .find(|&i| lines[i] == "}")
+        .unwrap_or(lines.len() - 1);
+    let mut out = String::new();
+    let _ = writeln!(out, "ROUTINE ======================== {function} in {}", path.display());
+    let _ = writeln!(out, "{:>10} {:>10} {:>6}  source", "bytes", "allocs", "line");
+    for (i, source) in lines.iter().enumerate().take(end + 1).skip(start) {
+        let number = u64::try_from(i + 1).unwrap_or(0);
+        let here: Vec<&Explained> = explained.iter().filter(|e| e.site.line == number).collect();
+        let (bytes, allocs) = if here.is_empty() {
+            (".".to_owned(), ".".to_owned())
+        } else {
+            (
+                human_bytes(here.iter().map(|e| e.site.bytes).sum()),
+                thousands(here.iter().map(|e| e.site.allocations).sum()),
+            )
+        };
+        let _ = writeln!(out, "{bytes:>10} {allocs:>10} {number:>6}  {source}");
+        for e in &here {
+            let _ = writeln!(out, "{:30}^ {}: {}", "", e.verdict.as_str(), e.reason);
+            if let Some(why) = &e.contradiction {
+                let _ = writeln!(out, "{:30}! {why}", "");
+            }
+        }
+        // The compiler's verdicts on untraced lines too: what stayed on the stack, and why
+        // something would not.
+        for d in index.at(file, number) {
+            if d.what != What::Inlined {
+                let message = d.text.splitn(4, ':').nth(3).unwrap_or(&d.text).trim();
+                let _ = writeln!(out, "{:30}| {message}", "");
+            }
+        }
+    }
+    Ok(out)
+}
