@@ -542,9 +542,9 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "PID")]
     pub pid: Option<u32>,
 
-    /// How long to trace --pid.
-    #[arg(long, short = 'd', value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
-    pub duration: Duration,
+    /// How long to trace --pid [default: 10s].
+    #[arg(long, short = 'd', value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
 
     /// The Go module the target was built from: go build runs there.
     #[arg(long, value_name = "MODULE_DIR")]
@@ -555,8 +555,9 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "FILE")]
     pub m2_log: Option<PathBuf>,
 
-    /// The go command to run (default: the target's release, on PATH or in ~/sdk).
-    #[arg(long, value_name = "PATH")]
+    /// The go command to run (default: the target's release, on PATH or in ~/sdk; under sudo,
+    /// PATH is usually reset, so name it here).
+    #[arg(long, value_name = "PATH", conflicts_with = "m2_log")]
     pub go: Option<PathBuf>,
 
     /// Explain the N callsites with the most bytes.
@@ -569,7 +570,7 @@ pub struct ExplainArgs {
 
     /// Print an annotated source listing of this function (e.g. main.handle) instead: per line
     /// the bytes and allocations traced, and the compiler's verdicts.
-    #[arg(long, value_name = "FUNC")]
+    #[arg(long, value_name = "FUNC", conflicts_with_all = ["format", "top"])]
     pub list: Option<String>,
 }
 
@@ -577,6 +578,9 @@ impl ExplainArgs {
     /// Checks the arguments and turns them into a configuration.
     pub fn resolve(self) -> anyhow::Result<crate::explain::ExplainConfig> {
         use crate::explain::{ExplainConfig, Input};
+        if self.duration.is_some() && self.pid.is_none() {
+            bail!("--duration only applies with --pid (a saved result was traced already)");
+        }
         let input = match (self.result, self.pid) {
             (Some(path), None) => {
                 if !path.is_file() {
@@ -587,7 +591,7 @@ impl ExplainArgs {
             (None, Some(0)) => bail!("0 is not a valid process id"),
             (None, Some(pid)) => Input::Live {
                 pid,
-                duration: self.duration,
+                duration: self.duration.unwrap_or(Duration::from_secs(10)),
             },
             _ => bail!("give either a saved RESULT or --pid"),
         };

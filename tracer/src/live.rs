@@ -303,6 +303,7 @@ mod tests {
                 p99: p50,
                 max: p50,
             },
+            inlined_into: Vec::new(),
         }
     }
 

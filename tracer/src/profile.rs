@@ -205,7 +205,14 @@ pub struct Callsite {
     pub min_size: u64,
     /// The largest size asked for, exactly.
     pub max_size: u64,
+    /// When the callsite's code was inlined: the lines it was inlined at (function, file,
+    /// line of the outermost frame of the same instruction), at most [`MAX_INLINED_INTO`].
+    /// The compiler reports its escape decisions for inlined code at those lines.
+    pub inlined_into: Vec<(Arc<str>, Arc<str>, u32)>,
 }
+
+/// How many inlining positions a callsite keeps.
+pub const MAX_INLINED_INTO: usize = 4;
 
 impl Callsite {
     /// The size at quantile `q`: the histogram's value, within the exact range of sizes seen,
@@ -320,7 +327,14 @@ pub fn build(
                 .unwrap_or_else(|_| unreachable!("1 to 5 significant figures is valid")),
             min_size: u64::MAX,
             max_size: 0,
+            inlined_into: Vec::new(),
         });
+        if let Some(outer) = inlined_into(&locations, runtime_frames) {
+            let at = (outer.function.as_str().into(), outer.file.as_str().into(), outer.line);
+            if entry.inlined_into.len() < MAX_INLINED_INTO && !entry.inlined_into.contains(&at) {
+                entry.inlined_into.push(at);
+            }
+        }
         entry.allocations = entry.allocations.saturating_add(count);
         entry.bytes = entry.bytes.saturating_add(bytes);
         entry.min_size = entry.min_size.min(key.size);
@@ -414,6 +428,21 @@ pub fn expand<S: Symbols + ?Sized>(stack: &[u64], return_address: u64, symbols: 
 /// The first frame outside the runtime, the kind named by the runtime function it called, and
 /// how many logical frames above it are the runtime's. Allocations the runtime makes for itself
 /// (no frame outside it) are attributed to their outermost frame, with nothing left out.
+/// The frame the callsite (logical frame number `callsite_depth`, innermost first) was inlined
+/// into: the outermost logical frame of the same instruction, when that is not the callsite.
+fn inlined_into(locations: &[(u64, Arc<[Frame]>)], callsite_depth: usize) -> Option<&Frame> {
+    let mut depth = 0;
+    for (_, frames) in locations {
+        if callsite_depth < depth + frames.len() {
+            return (callsite_depth + 1 < depth + frames.len())
+                .then(|| frames.last())
+                .flatten();
+        }
+        depth += frames.len();
+    }
+    None
+}
+
 fn callsite_and_kind(locations: &[(u64, Arc<[Frame]>)], runtime: &RuntimeFrames) -> (Frame, Kind, usize) {
     let mut kind = None;
     let mut outermost = None;

@@ -53,6 +53,18 @@ pub struct CallsiteReport {
     pub bytes: u64,
     /// Requested sizes.
     pub size: SizeStats,
+    /// Where the line's code was inlined (absent when it was not): the compiler reports its
+    /// escape decisions for inlined code at these positions.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inlined_into: Vec<Position>,
+}
+
+/// A source position: function, file, line.
+#[derive(Debug, Clone, Serialize)]
+pub struct Position {
+    pub function: String,
+    pub file: String,
+    pub line: u32,
 }
 
 impl From<&Callsite> for CallsiteReport {
@@ -71,6 +83,15 @@ impl From<&Callsite> for CallsiteReport {
                 p99: c.size_at_quantile(0.99),
                 max: c.max_size,
             },
+            inlined_into: c
+                .inlined_into
+                .iter()
+                .map(|(function, file, line)| Position {
+                    function: function.to_string(),
+                    file: file.to_string(),
+                    line: *line,
+                })
+                .collect(),
         }
     }
 }

@@ -825,6 +825,7 @@ mod tests {
                 sizes: hdrhistogram::Histogram::new(1).unwrap(),
                 min_size: 8,
                 max_size: 8,
+                inlined_into: Vec::new(),
             })
             .collect();
         Profile {

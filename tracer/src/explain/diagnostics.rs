@@ -78,13 +78,15 @@ pub fn parse(output: &str) -> Vec<Diagnostic> {
         let Some(what) = classify(message) else {
             continue;
         };
-        // The explanation whose header is this verdict; else any left at the position (a
-        // "parameter … leaks to …" header precedes "leaking param: …").
+        // The explanation whose header is this verdict; for "moved to heap: x", the one of
+        // "x escapes to heap:" (the variable's storage), announced under the variable's name.
         let flow = open.get_mut(&position).map_or_else(Vec::new, |explanations| {
-            let at = explanations
-                .iter()
-                .position(|(header, _)| header == message)
-                .or_else(|| (!explanations.is_empty()).then_some(0));
+            let at = explanations.iter().position(|(header, _)| {
+                header == message
+                    || message
+                        .strip_prefix("moved to heap: ")
+                        .is_some_and(|name| *header == format!("{name} escapes to heap"))
+            });
             at.map(|i| explanations.remove(i).1).unwrap_or_default()
         });
         out.push(Diagnostic {
@@ -99,13 +101,18 @@ pub fn parse(output: &str) -> Vec<Diagnostic> {
     out
 }
 
-/// `FILE:LINE:COL: MESSAGE`, where FILE may itself contain colons.
+/// `FILE:LINE:COL: MESSAGE`, or `FILE:LINE: MESSAGE` when the column is unknown (the compiler
+/// leaves out a column of 0), where FILE may itself contain colons.
 fn split_position(line: &str) -> Option<(&str, u64, u64, &str)> {
     let (head, message) = line.split_once(": ")?;
     let mut parts = head.rsplitn(3, ':');
-    let column = parts.next()?.parse().ok()?;
-    let line_number = parts.next()?.parse().ok()?;
-    let file = parts.next()?;
+    let last: u64 = parts.next()?.parse().ok()?;
+    let before = parts.next()?;
+    let (file, line_number, column) = match before.parse::<u64>() {
+        Ok(line_number) => (parts.next()?, line_number, last),
+        // No column: `before` is the file (its own colons, if any, were split off into it).
+        Err(_) => (head.rsplit_once(':')?.0, last, 0),
+    };
     let go_file = std::path::Path::new(file).extension().is_some_and(|e| e == "go");
     go_file.then_some((file, line_number, column, message))
 }
@@ -194,11 +201,58 @@ mod tests {
         assert_eq!((d[1].line, d[1].what), (42, What::DoesNotEscape));
     }
 
+    /// Whole `go build -gcflags=-m=2` logs of `fixtures/go/escapes`, as Go 1.21.13 and 1.27.3
+    /// printed them (explanations of a batch come before its verdicts, interleaved with others).
+    const LOG_1_21: &str = include_str!("testdata/escapes-go1.21.m2.log");
+    const LOG_1_27: &str = include_str!("testdata/escapes-go1.27.m2.log");
+
+    fn at(d: &[Diagnostic], line: u64, column: u64) -> Vec<&Diagnostic> {
+        d.iter().filter(|d| d.line == line && d.column == column).collect()
+    }
+
+    #[test]
+    fn whole_logs_of_both_releases_give_each_site_its_verdict_and_flow() {
+        for (log, non_constant_make) in [(LOG_1_21, What::Escapes), (LOG_1_27, What::DoesNotEscape)] {
+            let d = parse(log);
+            let one = |line, column, what: What, reason: &str| {
+                let found = at(&d, line, column);
+                let hit = found.iter().find(|d| d.what == what);
+                assert!(
+                    hit.is_some_and(|d| d.flow.iter().any(|f| f.contains(reason))),
+                    "{line}:{column} {what:?} with {reason:?}: {found:#?}"
+                );
+            };
+            one(20, 9, What::Escapes, "(return)");
+            one(25, 2, What::MovedToHeap, "(captured by a closure)");
+            one(31, 14, What::Escapes, "(assign)");
+            one(36, 13, What::Escapes, "(too large for stack)");
+            one(65, 5, What::Escapes, "(spill)");
+            // newPair inlined into main: decided at the call, as part of main.
+            one(87, 17, What::Escapes, "(assign)");
+            assert!(at(&d, 87, 17).iter().any(|d| d.what == What::Inlined));
+            assert!(
+                at(&d, 42, 13).iter().any(|d| d.what == non_constant_make),
+                "{:#?}",
+                at(&d, 42, 13)
+            );
+            // Every verdict that has an explanation got its own: none is left over or mixed.
+            let escapes = d.iter().filter(|d| d.what == What::Escapes).count();
+            assert!(
+                d.iter().filter(|d| d.what == What::Escapes).all(|d| !d.flow.is_empty()),
+                "{escapes}"
+            );
+        }
+    }
+
     #[test]
     fn positions_split_at_the_last_two_colons() {
         assert_eq!(
             split_position("/a:b/x.go:3:4: y does not escape"),
             Some(("/a:b/x.go", 3, 4, "y does not escape"))
+        );
+        assert_eq!(
+            split_position("./x.go:7: y does not escape"),
+            Some(("./x.go", 7, 0, "y does not escape"))
         );
         assert_eq!(split_position("# gotrace.test/escapes"), None);
         assert_eq!(split_position("go: downloading x"), None);

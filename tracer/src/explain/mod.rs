@@ -77,21 +77,35 @@ impl Verdict {
     }
 }
 
-/// A traced callsite: one source line of one function.
+/// A traced callsite: one source line of one function, and one kind of allocation there
+/// (`s = append(s, &T{})` is two: the `&T{}` the compiler decided about, and the append
+/// growth the runtime does on its own account).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Site {
     pub function: String,
     pub file: String,
     pub line: u64,
+    /// `new`, `makeslice`, `growslice`, `makemap`, `string`, `convT` or `other` (empty when the
+    /// input does not say).
+    pub kind: String,
     pub allocations: u64,
     pub bytes: u64,
-    /// The allocation kinds seen there (`new`, `makeslice`, `growslice`, …).
-    pub kinds: Vec<String>,
     /// The types seen there (absent in sampled modes).
     pub types: Vec<String>,
+    /// Where the line's code was inlined, if it was: the compiler reports its decisions for
+    /// inlined code at those positions.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inlined_into: Vec<Position>,
     /// Object sizes, when the input has them (JSON reports do).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<Sizes>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Position {
+    pub function: String,
+    pub file: String,
+    pub line: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -154,22 +168,20 @@ struct Output<'a> {
 }
 
 pub fn run(config: &ExplainConfig) -> anyhow::Result<()> {
-    let traced = match &config.input {
-        Input::File(path) => read_result(path)?,
-        Input::Live { pid, duration } => trace_live(*pid, *duration)?,
-    };
+    // Everything that can fail without the trace comes first: with --pid, the module and the
+    // compiler are checked before the process is traced for --duration.
     let module = Module::open(&config.src)?;
-    let (log, compiler) = match &config.m2_log {
-        Some(path) => (
-            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
-            Compiler {
-                go: None,
-                go_version: None,
-                log: Some(path.display().to_string()),
-                mismatch: None,
-            },
-        ),
-        None => compile(&module, traced.go_version.as_deref(), config.go.as_deref())?,
+    let (traced, log, compiler) = match &config.input {
+        Input::File(path) => {
+            let traced = read_result(path)?;
+            let (log, compiler) = diagnostics_for(config, &module, traced.go_version.as_deref())?;
+            (traced, log, compiler)
+        }
+        Input::Live { pid, duration } => {
+            let version = live_go_version(*pid)?;
+            let (log, compiler) = diagnostics_for(config, &module, Some(&version))?;
+            (trace_live(*pid, *duration)?, log, compiler)
+        }
     };
     if let Some(mismatch) = &compiler.mismatch {
         eprintln!("gotrace: {mismatch}");
@@ -182,11 +194,24 @@ pub fn run(config: &ExplainConfig) -> anyhow::Result<()> {
         );
     }
     let index = DiagnosticIndex::new(&module, &diagnostics);
+    if !diagnostics.is_empty() && !traced.sites.iter().any(|s| index.knows_file(&s.file)) {
+        eprintln!(
+            "gotrace: no traced callsite is in a file the compiler reported on in {}: was the binary built from \
+             this module?",
+            module.dir.display()
+        );
+    }
 
     let mut sites = traced.sites.clone();
     sites.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.function.cmp(&b.function)));
     if let Some(function) = &config.list {
-        let in_function: Vec<Site> = sites.iter().filter(|s| s.function == *function).cloned().collect();
+        // The function's own lines and its closures' (`main.f.func1`), which are in its body.
+        let closure_prefix = format!("{function}.func");
+        let in_function: Vec<Site> = sites
+            .iter()
+            .filter(|s| s.function == *function || s.function.starts_with(&closure_prefix))
+            .cloned()
+            .collect();
         if in_function.is_empty() {
             bail!(
                 "no traced allocations in {function}; the functions with the most bytes are: {}",
@@ -214,6 +239,36 @@ pub fn run(config: &ExplainConfig) -> anyhow::Result<()> {
         ExplainFormat::Table => print!("{}", table(&explained, &traced)),
     }
     Ok(())
+}
+
+/// The `-m=2` diagnostics: the saved log, or the compiler's output now.
+fn diagnostics_for(
+    config: &ExplainConfig,
+    module: &Module,
+    target_version: Option<&str>,
+) -> anyhow::Result<(String, Compiler)> {
+    match &config.m2_log {
+        Some(path) => Ok((
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+            Compiler {
+                go: None,
+                go_version: None,
+                log: Some(path.display().to_string()),
+                mismatch: None,
+            },
+        )),
+        None => compile(module, target_version, config.go.as_deref()),
+    }
+}
+
+/// The Go release that built process `pid`'s executable (its build info).
+fn live_go_version(pid: u32) -> anyhow::Result<String> {
+    let exe =
+        gobin::procmaps::process_exe(pid).with_context(|| format!("cannot find the executable of process {pid}"))?;
+    let data = std::fs::read(&exe.path).with_context(|| format!("cannot read {}", exe.path.display()))?;
+    let binary = gobin::GoBinary::parse(&data)
+        .with_context(|| format!("process {pid} ({}) cannot be traced", exe.path_in_process.display()))?;
+    Ok(binary.build_info().go_version.clone())
 }
 
 // --- inputs ------------------------------------------------------------------------------------
@@ -245,6 +300,8 @@ struct JsonCallsite {
     allocations: u64,
     bytes: u64,
     size: Option<Sizes>,
+    #[serde(default)]
+    inlined_into: Vec<Position>,
 }
 
 /// A saved result: gotrace's JSON report, or a pprof profile (gzip-compressed or not).
@@ -269,15 +326,17 @@ fn read_result(path: &Path) -> anyhow::Result<Traced> {
 }
 
 fn from_json(report: JsonReport) -> Traced {
-    let mut by_line: BTreeMap<(String, String, u64), (Site, u64)> = BTreeMap::new();
+    let mut by_line: BTreeMap<SiteKey, (Site, u64)> = BTreeMap::new();
     for c in report.callsites {
-        let key = (c.function.clone(), c.file.clone(), c.line);
+        let kind = c.kind.unwrap_or_default();
+        let key = (c.function.clone(), c.file.clone(), c.line, kind.clone());
         let (site, biggest) = by_line.entry(key).or_insert_with(|| {
             (
                 Site {
                     function: c.function.clone(),
                     file: c.file.clone(),
                     line: c.line,
+                    kind,
                     ..Site::default()
                 },
                 0,
@@ -285,8 +344,12 @@ fn from_json(report: JsonReport) -> Traced {
         });
         site.allocations += c.allocations;
         site.bytes += c.bytes;
-        push_unique(&mut site.kinds, c.kind);
         push_unique(&mut site.types, c.type_name);
+        for at in c.inlined_into {
+            if !site.inlined_into.contains(&at) {
+                site.inlined_into.push(at);
+            }
+        }
         // Sizes of a line with several (type, kind) rows: the extremes over all rows, the
         // percentiles of the row with the most bytes.
         if let Some(size) = c.size {
@@ -306,6 +369,9 @@ fn from_json(report: JsonReport) -> Traced {
         sites: by_line.into_values().map(|(site, _)| site).collect(),
     }
 }
+
+/// A site: function, file, line, kind.
+type SiteKey = (String, String, u64, String);
 
 fn push_unique(list: &mut Vec<String>, item: Option<String>) {
     if let Some(item) = item
@@ -341,39 +407,51 @@ fn read_pprof(data: &[u8]) -> anyhow::Result<Traced> {
     };
     let locations: HashMap<u64, &pprof_proto::Location> = profile.location.iter().map(|l| (l.id, l)).collect();
     let functions: HashMap<u64, &pprof_proto::Function> = profile.function.iter().map(|f| (f.id, f)).collect();
-    let mut by_line: BTreeMap<(String, String, u64), Site> = BTreeMap::new();
+    let position = |line: &pprof_proto::Line| -> Option<Position> {
+        let function = functions.get(&line.function_id)?;
+        Some(Position {
+            function: string(function.name).to_owned(),
+            file: string(function.filename).to_owned(),
+            line: u64::try_from(line.line).unwrap_or(0),
+        })
+    };
+    let mut by_line: BTreeMap<SiteKey, Site> = BTreeMap::new();
     for sample in &profile.sample {
-        // The innermost frame: a location's first line is the innermost of its inlined calls.
-        let Some(line) = sample
+        // A location's lines are its inlined calls, innermost first: the first is the
+        // allocating line, the last the function it was inlined into.
+        let Some(lines) = sample
             .location_id
             .first()
             .and_then(|id| locations.get(id))
-            .and_then(|l| l.line.first())
+            .map(|l| &l.line)
         else {
             continue;
         };
-        let Some(function) = functions.get(&line.function_id) else {
+        let (Some(at), Some(outer)) = (lines.first().and_then(position), lines.last().and_then(position)) else {
             continue;
         };
-        let (name, file) = (string(function.name).to_owned(), string(function.filename).to_owned());
-        let number = u64::try_from(line.line).unwrap_or(0);
-        let site = by_line
-            .entry((name.clone(), file.clone(), number))
-            .or_insert_with(|| Site {
-                function: name,
-                file,
-                line: number,
-                ..Site::default()
-            });
+        let label = |key: &str| {
+            sample
+                .label
+                .iter()
+                .find(|l| string(l.key) == key)
+                .map(|l| string(l.str).to_owned())
+        };
+        let kind = label("kind").unwrap_or_default();
+        let key = (at.function.clone(), at.file.clone(), at.line, kind.clone());
+        let site = by_line.entry(key).or_insert_with(|| Site {
+            function: at.function.clone(),
+            file: at.file.clone(),
+            line: at.line,
+            kind,
+            ..Site::default()
+        });
         let value = |i: usize| sample.value.get(i).and_then(|v| u64::try_from(*v).ok()).unwrap_or(0);
         site.allocations += value(objects);
         site.bytes += value(space);
-        for label in &sample.label {
-            match string(label.key) {
-                "kind" => push_unique(&mut site.kinds, Some(string(label.str).to_owned())),
-                "type" => push_unique(&mut site.types, Some(string(label.str).to_owned())),
-                _ => {}
-            }
+        push_unique(&mut site.types, label("type"));
+        if lines.len() > 1 && !site.inlined_into.contains(&outer) {
+            site.inlined_into.push(outer);
         }
     }
     // gotrace's comments name the target's release ("…, go1.27.3)").
@@ -420,9 +498,18 @@ struct TempDir {
 }
 
 impl TempDir {
+    /// A new directory only this user can enter: its name is unpredictable and it must not
+    /// exist yet (gotrace may run as root in a world-writable temporary directory).
     fn new() -> anyhow::Result<Self> {
-        let path = std::env::temp_dir().join(format!("gotrace-explain-{}", std::process::id()));
-        std::fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        use std::os::unix::fs::DirBuilderExt as _;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = std::env::temp_dir().join(format!("gotrace-explain-{}-{nanos:08x}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
         Ok(Self { path })
     }
 }
@@ -469,7 +556,7 @@ fn compile(module: &Module, target_version: Option<&str>, go: Option<&Path>) -> 
     };
     let mut found: Option<(PathBuf, String)> = None;
     for candidate in candidates {
-        let Some(version) = go_version(&candidate) else {
+        let Some(version) = go_version(&candidate, &module.dir) else {
             continue;
         };
         let matches = target_version == Some(version.as_str());
@@ -518,16 +605,22 @@ fn compile(module: &Module, target_version: Option<&str>, go: Option<&Path>) -> 
         .with_context(|| format!("cannot run {}", go.display()))?;
     let log = String::from_utf8_lossy(&output.stderr).into_owned();
     if !output.status.success() {
-        let tail: Vec<&str> = log
-            .lines()
-            .filter(|l| !l.contains(": "))
-            .chain(log.lines().rev().take(5))
-            .collect();
+        // The -m=2 output buries the error: build again without it for a plain message.
+        let plain = Command::new(&go)
+            .current_dir(&module.dir)
+            .args(["build", "-o"])
+            .arg(format!("{}/", out_dir.path.display()))
+            .arg("./...")
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .unwrap_or_default();
+        let errors: Vec<&str> = plain.lines().filter(|l| !l.starts_with('#')).take(5).collect();
         bail!(
             "go build failed in {} ({}): {}",
             module.dir.display(),
             output.status,
-            tail.join(" / ")
+            errors.join(" / ")
         );
     }
     Ok((
@@ -561,9 +654,12 @@ fn go_candidates(target_version: Option<&str>) -> Vec<PathBuf> {
     out
 }
 
-/// `go env GOVERSION` of a go command (`go1.27.3`).
-fn go_version(go: &Path) -> Option<String> {
+/// `go env GOVERSION` of a go command (`go1.27.3`), asked in the module's directory: there a
+/// `go`/`toolchain` line of go.mod may switch to another toolchain, which is the one that will
+/// compile.
+fn go_version(go: &Path, module_dir: &Path) -> Option<String> {
     let out = Command::new(go)
+        .current_dir(module_dir)
         .args(["env", "GOVERSION"])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
@@ -578,6 +674,8 @@ fn go_version(go: &Path) -> Option<String> {
 /// Diagnostics by absolute file and line.
 struct DiagnosticIndex<'d> {
     by_line: HashMap<(PathBuf, u64), Vec<&'d Diagnostic>>,
+    /// The files the compiler reported on.
+    files: std::collections::HashSet<PathBuf>,
     module_dir: PathBuf,
     module_path: String,
     /// Source files read so far, by absolute path.
@@ -596,21 +694,46 @@ impl<'d> DiagnosticIndex<'d> {
             };
             by_line.entry((file, d.line)).or_default().push(d);
         }
+        let files = by_line.keys().map(|(file, _)| file.clone()).collect();
         Self {
             by_line,
+            files,
             module_dir: module.dir.clone(),
             module_path: module.path.clone(),
             sources: std::cell::RefCell::default(),
         }
     }
 
-    /// The traced file as a path in the module: as is when absolute, or, in `-trimpath`
-    /// builds, `MODULE/rel/file.go` under the module's directory.
+    /// The traced file as a path in the module:
+    /// - as recorded, when that is where the module is (symlinks resolved);
+    /// - in `-trimpath` builds, `MODULE/rel/file.go` under the module's directory;
+    /// - for a binary built elsewhere (a container's `/app`, a CI checkout), the longest tail
+    ///   of the recorded path that names a file of the module.
     fn local_path(&self, traced_file: &str) -> PathBuf {
-        match traced_file.strip_prefix(&format!("{}/", self.module_path)) {
-            Some(relative) if !Path::new(traced_file).is_absolute() => self.module_dir.join(relative),
-            _ => PathBuf::from(traced_file),
+        if let Some(relative) = traced_file.strip_prefix(&format!("{}/", self.module_path))
+            && !Path::new(traced_file).is_absolute()
+        {
+            return self.module_dir.join(relative);
         }
+        let recorded = PathBuf::from(traced_file);
+        if recorded.starts_with(&self.module_dir) {
+            return recorded;
+        }
+        if let Ok(real) = recorded.canonicalize()
+            && real.starts_with(&self.module_dir)
+        {
+            return real;
+        }
+        let parts: Vec<&str> = traced_file.split('/').filter(|p| !p.is_empty()).collect();
+        (0..parts.len())
+            .map(|skip| self.module_dir.join(parts[skip..].join("/")))
+            .find(|candidate| self.files.contains(candidate))
+            .unwrap_or(recorded)
+    }
+
+    /// Whether the compiler reported on the traced file at all (it is one of the module's).
+    fn knows_file(&self, traced_file: &str) -> bool {
+        self.files.contains(&self.local_path(traced_file))
     }
 
     fn at(&self, traced_file: &str, line: u64) -> &[&'d Diagnostic] {
@@ -635,20 +758,38 @@ impl<'d> DiagnosticIndex<'d> {
     }
 }
 
-/// The runtime kinds: allocations the runtime makes on its own account, whatever escape
-/// analysis decided about the values involved.
-fn runtime_reason(kind: &str) -> Option<&'static str> {
+/// The runtime's reason for an allocation of `kind` when the compiler has none at the line.
+/// `always` kinds are never the compiler's decision: the runtime grows slices and maps on its
+/// own account, whatever escape analysis decided about the values involved.
+fn runtime_reason(kind: &str) -> Option<(&'static str, bool)> {
     Some(match kind {
-        "growslice" => "append growth: the runtime grows the slice's backing array",
-        "makemap" => "map: the runtime allocates the map's storage as it grows",
-        "string" => "string concatenation or conversion: the runtime allocates the result",
-        "convT" => "interface conversion: the runtime boxes the value to store it in an interface",
+        "growslice" => ("append growth: the runtime grows the slice's backing array", true),
+        "makemap" => ("map: the runtime allocates the map's storage as it grows", true),
+        "string" => (
+            "string concatenation or conversion: the runtime allocates the result",
+            false,
+        ),
+        "convT" => (
+            "interface conversion: the runtime boxes the value to store it in an interface",
+            false,
+        ),
         _ => return None,
     })
 }
 
 fn explain(site: Site, index: &DiagnosticIndex<'_>) -> Explained {
-    let here = index.at(&site.file, site.line);
+    // Code inlined into another function is compiled, and its escapes decided, as part of
+    // that function: the compiler prints those decisions at the call's position in it
+    // (`base.FmtPos` prints the outermost position of an inlined node).
+    let positions: Vec<(String, u64)> = if site.inlined_into.is_empty() {
+        vec![(site.file.clone(), site.line)]
+    } else {
+        site.inlined_into.iter().map(|p| (p.file.clone(), p.line)).collect()
+    };
+    let here: Vec<&Diagnostic> = positions
+        .iter()
+        .flat_map(|(file, line)| index.at(file, *line).iter().copied())
+        .collect();
     let verdicts: Vec<&Diagnostic> = here.iter().copied().filter(|d| d.what != What::Inlined).collect();
     let inlined: Vec<String> = here
         .iter()
@@ -656,17 +797,14 @@ fn explain(site: Site, index: &DiagnosticIndex<'_>) -> Explained {
         .map(|d| d.text.clone())
         .collect();
     let has = |what: What| verdicts.iter().any(|d| d.what == what);
-    let runtime = site.kinds.iter().find_map(|k| runtime_reason(k));
-    let verdict = if has(What::MovedToHeap) {
-        Verdict::MovedToHeap
-    } else if has(What::Escapes) {
-        Verdict::Escapes
-    } else if let Some(_reason) = runtime {
-        Verdict::Runtime
-    } else if has(What::DoesNotEscape) {
-        Verdict::DoesNotEscape
-    } else {
-        Verdict::Unknown
+    let runtime = runtime_reason(&site.kind);
+    let verdict = match runtime {
+        Some((_, true)) => Verdict::Runtime,
+        _ if has(What::MovedToHeap) => Verdict::MovedToHeap,
+        _ if has(What::Escapes) => Verdict::Escapes,
+        Some(_) => Verdict::Runtime,
+        None if has(What::DoesNotEscape) => Verdict::DoesNotEscape,
+        None => Verdict::Unknown,
     };
     let escaping: Vec<&Diagnostic> = verdicts
         .iter()
@@ -676,15 +814,18 @@ fn explain(site: Site, index: &DiagnosticIndex<'_>) -> Explained {
     let source = index.source_line(&site.file, site.line).unwrap_or_default();
     let (reason, contradiction) = match verdict {
         Verdict::Escapes | Verdict::MovedToHeap => (escape_reason(&escaping, &source, &site), None),
-        Verdict::Runtime => (runtime.unwrap_or_default().to_owned(), None),
-        Verdict::DoesNotEscape => {
-            let why = contradiction(&verdicts, &inlined, &site);
-            ("the compiler keeps this on the stack".to_owned(), Some(why))
-        }
-        Verdict::Unknown if !inlined.is_empty() => {
-            ("allocated by code inlined at this line (see inlined)".to_owned(), None)
-        }
-        Verdict::Unknown => ("unknown".to_owned(), None),
+        Verdict::Runtime => (runtime.map(|(r, _)| r).unwrap_or_default().to_owned(), None),
+        Verdict::DoesNotEscape => contradiction(&verdicts, &site),
+        Verdict::Unknown if index.knows_file(&site.file) => (
+            "the compiler says nothing about this line (code it did not see: a dependency, the standard \
+             library, or source that differs from the binary)"
+                .to_owned(),
+            None,
+        ),
+        Verdict::Unknown => (
+            "outside the module: go build -gcflags=-m=2 only reports on the module's own packages".to_owned(),
+            None,
+        ),
     };
     Explained {
         compiler: verdicts.iter().map(|d| d.text.clone()).collect(),
@@ -722,7 +863,7 @@ fn escape_reason(escaping: &[&Diagnostic], source: &str, site: &Site) -> String 
         "captured by a closure that outlives the call"
     } else if flow.contains("(return)") {
         "returned to the caller"
-    } else if flow.contains("(interface-converted)") || site.kinds.iter().any(|k| k == "convT") {
+    } else if flow.contains("(interface-converted)") || site.kind == "convT" {
         "stored in an interface"
     } else if flow.contains("(call parameter)") {
         "passed to a function that keeps it"
@@ -738,27 +879,34 @@ fn escape_reason(escaping: &[&Diagnostic], source: &str, site: &Site) -> String 
     reason.to_owned()
 }
 
-/// What a "does not escape" line with traced heap allocations usually means.
-fn contradiction(verdicts: &[&Diagnostic], inlined: &[String], site: &Site) -> String {
+/// A "does not escape" line where heap allocations were traced: the reason, and what the
+/// disagreement usually means.
+fn contradiction(verdicts: &[&Diagnostic], site: &Site) -> (String, Option<String>) {
     let non_constant_make = verdicts
         .iter()
         .any(|d| d.what == What::DoesNotEscape && d.text.contains("make(") && !d.text.contains("make(map"));
-    if non_constant_make && site.kinds.iter().any(|k| k == "makeslice") {
-        return "the compiler says this make does not escape, yet the heap was used: since Go 1.25 a make with a \
-                non-constant size gets a small stack buffer (32 bytes) and sizes above it are allocated on the heap \
-                by the runtime"
-            .to_owned();
-    }
-    if !inlined.is_empty() {
-        return format!(
-            "the compiler says this line's values do not escape, yet heap allocations were traced here: they come \
-             from code inlined at this line ({}), whose allocations are attributed to it",
-            inlined.join("; ")
+    if non_constant_make && site.kind == "makeslice" {
+        return (
+            "make with a size not known at compile time: sizes above its 32-byte stack buffer (Go 1.25 and \
+             later) are allocated on the heap by the runtime"
+                .to_owned(),
+            Some(
+                "the compiler says this make does not escape, yet the heap was used: since Go 1.25 a make with a \
+                 non-constant size gets a small stack buffer, and larger sizes go to the heap"
+                    .to_owned(),
+            ),
         );
     }
-    "the compiler says this line's values do not escape, yet heap allocations were traced here: another expression \
-     on the line allocates, or the binary was built from other source or with other flags than this module"
-        .to_owned()
+    let why = if site.inlined_into.is_empty() {
+        "the compiler says this line's values do not escape, yet heap allocations were traced here: another \
+         expression on the line allocates, or the binary was built from other source or with other flags than \
+         this module"
+    } else {
+        "the compiler says the values do not escape where this code was inlined, yet heap allocations were \
+         traced: another expression at that call allocates, or the binary was built from other source or with \
+         other flags than this module"
+    };
+    ("the compiler keeps this on the stack".to_owned(), Some(why.to_owned()))
 }
 
 fn top_functions(sites: &[Site]) -> String {
@@ -804,14 +952,41 @@ fn table(explained: &[Explained], traced: &Traced) -> String {
             e.site.line
         );
         let _ = writeln!(out, "{:56}why: {}", "", e.reason);
+        if let Some(s) = e.site.size {
+            let _ = writeln!(
+                out,
+                "{:56}sizes: min {}, p50 {}, p99 {}, max {}",
+                "",
+                human_bytes(s.min),
+                human_bytes(s.p50),
+                human_bytes(s.p99),
+                human_bytes(s.max)
+            );
+        }
         for line in &e.compiler {
             let _ = writeln!(out, "{:56}compiler: {line}", "");
+        }
+        for line in &e.flow {
+            let _ = writeln!(out, "{:58}{line}", "");
         }
         if let Some(why) = &e.contradiction {
             let _ = writeln!(out, "{:56}! {why}", "");
         }
     }
     out
+}
+
+/// The name in the `func` declaration of a Go symbol: `main.(*T).m.func1` → `m`,
+/// `main.f[...]` → `f`, `a/b.g` → `g` (a closure is listed in its enclosing function).
+fn declared_name(function: &str) -> &str {
+    let after_path = function.rsplit('/').next().unwrap_or(function);
+    let after_package = after_path.split_once('.').map_or(after_path, |(_, rest)| rest);
+    let after_receiver = match after_package.strip_prefix('(') {
+        Some(rest) => rest.split_once(").").map_or(rest, |(_, name)| name),
+        None => after_package,
+    };
+    let name = after_receiver.split('.').next().unwrap_or(after_receiver);
+    name.split('[').next().unwrap_or(name)
 }
 
 /// An annotated listing of `function`'s source, like `pprof -list`: per line the traced bytes
@@ -821,7 +996,7 @@ fn list_function(function: &str, explained: &[Explained], index: &DiagnosticInde
     let path = index.local_path(file);
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read the source {}", path.display()))?;
     let lines: Vec<&str> = text.lines().collect();
-    let name = function.rsplit('.').next().unwrap_or(function);
+    let name = declared_name(function);
     let is_declaration = |l: &str| {
         l.starts_with("func ")
             && (l.contains(&format!(" {name}("))
@@ -868,4 +1043,19 @@ fn list_function(function: &str, explained: &[Explained], index: &DiagnosticInde
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_names_of_methods_closures_and_generics() {
+        assert_eq!(declared_name("main.f"), "f");
+        assert_eq!(declared_name("main.(*T).m"), "m");
+        assert_eq!(declared_name("main.(*T).m.func1"), "m");
+        assert_eq!(declared_name("main.f.func2.1"), "f");
+        assert_eq!(declared_name("example.com/a/b.g[...]"), "g");
+        assert_eq!(declared_name("example.com/a/b.T[...].m"), "T");
+    }
 }

@@ -97,5 +97,6 @@ fn delta(now: &Callsite, before: Option<&Callsite>) -> Option<Callsite> {
         sizes,
         min_size,
         max_size,
+        inlined_into: now.inlined_into.clone(),
     })
 }
