@@ -97,8 +97,8 @@ pub enum Command {
           gotrace explain --src ~/src/server allocs.json                  the top 20 callsites
           gotrace explain --src ~/src/server allocs.json --format json    the same, as JSON
           gotrace explain --src ~/src/server allocs.json --list main.handle   annotated source
-          sudo gotrace explain --src ~/src/server --pid 4242 --duration 10s
-          gotrace explain --src . allocs.pb.gz --m2-log build.log        with a saved -m=2 log
+          sudo gotrace explain --src ~/src/server --pid 4242 -d 10s --go $(which go)
+          gotrace explain --src . allocs.pb.gz --m2-log build.log        a -m=2 log saved in --src
 
 Verdicts: escapes, moved_to_heap, does_not_escape (with a contradiction note when the heap
 was used anyway), runtime, unknown. The compiler that built the target is found on PATH or in
