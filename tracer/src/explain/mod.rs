@@ -1049,6 +1049,78 @@ fn list_function(function: &str, explained: &[Explained], index: &DiagnosticInde
 mod tests {
     use super::*;
 
+    fn site(line: u64, kind: &str) -> Site {
+        Site {
+            function: "main.f".to_owned(),
+            file: "/m/x.go".to_owned(),
+            line,
+            kind: kind.to_owned(),
+            allocations: 10,
+            bytes: 160,
+            ..Site::default()
+        }
+    }
+
+    /// `s = append(s, &T{})` on line 3: the `&T{}` is the compiler's decision, the growth the
+    /// runtime's; a map literal that stays on the stack still grows on the heap; a line the
+    /// compiler keeps on the stack but that allocated anyway is a contradiction.
+    #[test]
+    fn each_kind_at_a_line_gets_its_own_verdict() {
+        let module = Module {
+            dir: PathBuf::from("/m"),
+            path: "example.com/m".to_owned(),
+        };
+        let log = "\
+./x.go:3:18: &T{} escapes to heap:
+./x.go:3:18:   flow: {heap} ← &{storage for &T{}}:
+./x.go:3:18:     from append(s, &T{}) (call parameter) at ./x.go:3:12
+./x.go:3:18: &T{} escapes to heap
+./x.go:5:7: map[int]int{} does not escape
+./x.go:7:9: &U{} does not escape
+";
+        let diagnostics = diagnostics::parse(log);
+        let index = DiagnosticIndex::new(&module, &diagnostics);
+        let pointer = explain(site(3, "new"), &index);
+        assert_eq!(
+            (pointer.verdict, pointer.reason.as_str()),
+            (Verdict::Escapes, "passed to a function that keeps it")
+        );
+        assert_eq!(pointer.flow.len(), 2);
+        let growth = explain(site(3, "growslice"), &index);
+        assert_eq!(growth.verdict, Verdict::Runtime);
+        assert!(growth.reason.starts_with("append growth"), "{}", growth.reason);
+        let map = explain(site(5, "makemap"), &index);
+        assert_eq!((map.verdict, map.contradiction.is_none()), (Verdict::Runtime, true));
+        let odd = explain(site(7, "new"), &index);
+        assert_eq!(odd.verdict, Verdict::DoesNotEscape);
+        assert!(odd.contradiction.is_some());
+        let elsewhere = explain(
+            Site {
+                file: "/usr/lib/go/src/fmt/print.go".to_owned(),
+                ..site(1, "new")
+            },
+            &index,
+        );
+        assert_eq!(elsewhere.verdict, Verdict::Unknown);
+        assert!(elsewhere.reason.contains("outside the module"), "{}", elsewhere.reason);
+    }
+
+    #[test]
+    fn traced_paths_find_module_files_when_built_elsewhere() {
+        let module = Module {
+            dir: PathBuf::from("/home/me/src/m"),
+            path: "example.com/m".to_owned(),
+        };
+        let diagnostics = diagnostics::parse("./sub/x.go:3:18: &T{} escapes to heap\n");
+        let index = DiagnosticIndex::new(&module, &diagnostics);
+        let here = PathBuf::from("/home/me/src/m/sub/x.go");
+        assert_eq!(index.local_path("/home/me/src/m/sub/x.go"), here);
+        assert_eq!(index.local_path("example.com/m/sub/x.go"), here, "-trimpath");
+        assert_eq!(index.local_path("/app/sub/x.go"), here, "built in a container's /app");
+        assert_eq!(index.at("/app/sub/x.go", 3).len(), 1);
+        assert!(!index.knows_file("/app/other.go"));
+    }
+
     #[test]
     fn declared_names_of_methods_closures_and_generics() {
         assert_eq!(declared_name("main.f"), "f");
