@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use gobin::GoBinary;
-use gobin::procmaps::{AddressMap, ProcessExe, process_exe};
+use gobin::procmaps::AddressMap;
 use serde::Serialize;
 
 use crate::mode::{Mode, Weighing};
 use crate::probes::{AttachTarget, EmptyAt, EmptyProbes, Probes};
+use crate::process::read_executable;
 use crate::session::{ProcessSymbols, runtime_frames};
 use crate::store::Store;
 
@@ -114,13 +115,6 @@ pub fn symbolize(pid: u32, stacks: usize, timeout: Duration) -> anyhow::Result<(
         serde_json::to_string(&result).context("cannot encode the result")?
     );
     Ok(())
-}
-
-/// The executable of process `pid`, and its bytes.
-fn read_executable(pid: u32) -> anyhow::Result<(ProcessExe, Vec<u8>)> {
-    let exe = process_exe(pid).with_context(|| format!("cannot find the executable of process {pid}"))?;
-    let data = std::fs::read(&exe.path).with_context(|| format!("cannot read {}", exe.path.display()))?;
-    Ok((exe, data))
 }
 
 /// Blocks until SIGINT, SIGTERM or the end of `duration`.

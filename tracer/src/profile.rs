@@ -425,9 +425,6 @@ pub fn expand<S: Symbols + ?Sized>(stack: &[u64], return_address: u64, symbols: 
     locations
 }
 
-/// The first frame outside the runtime, the kind named by the runtime function it called, and
-/// how many logical frames above it are the runtime's. Allocations the runtime makes for itself
-/// (no frame outside it) are attributed to their outermost frame, with nothing left out.
 /// The frame the callsite (logical frame number `callsite_depth`, innermost first) was inlined
 /// into: the outermost logical frame of the same instruction, when that is not the callsite.
 fn inlined_into(locations: &[(u64, Arc<[Frame]>)], callsite_depth: usize) -> Option<&Frame> {
@@ -443,6 +440,9 @@ fn inlined_into(locations: &[(u64, Arc<[Frame]>)], callsite_depth: usize) -> Opt
     None
 }
 
+/// The first frame outside the runtime, the kind named by the runtime function it called, and
+/// how many logical frames above it are the runtime's. Allocations the runtime makes for itself
+/// (no frame outside it) are attributed to their outermost frame, with nothing left out.
 fn callsite_and_kind(locations: &[(u64, Arc<[Frame]>)], runtime: &RuntimeFrames) -> (Frame, Kind, usize) {
     let mut kind = None;
     let mut outermost = None;

@@ -325,8 +325,7 @@ fn collect(config: &ServeConfig, shared: &Shared, stop: &AtomicBool) {
 /// Traces one process until it exits or gotrace is stopped.
 fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: &AtomicBool) -> anyhow::Result<()> {
     let pid = target.pid;
-    let exe = process_exe(pid).with_context(|| format!("cannot find the executable of process {pid}"))?;
-    let data = std::fs::read(&exe.path).with_context(|| format!("cannot read {}", exe.path.display()))?;
+    let (exe, data) = crate::process::read_executable(pid)?;
     let binary =
         GoBinary::parse(&data).with_context(|| format!("{} cannot be traced", exe.path_in_process.display()))?;
     let addresses = AddressMap::for_process(pid, &exe, binary.load_segments())

@@ -82,7 +82,7 @@ impl Case {
     }
 
     fn fixture_in_vm(&self) -> String {
-        format!("/fx/go{}-{}", self.fixture.go_minor, self.fixture.variant)
+        fixture_in_vm(&self.fixture)
     }
 }
 
@@ -97,8 +97,14 @@ impl Live {
     }
 
     fn fixture_in_vm(&self) -> String {
-        format!("/fx/go{}-{}", self.fixture.go_minor, self.fixture.variant)
+        fixture_in_vm(&self.fixture)
     }
+}
+
+/// Where a fixture is in the VM's root file system (one file per release and variant, shared
+/// by the runs that use it).
+fn fixture_in_vm(fixture: &Fixture) -> String {
+    format!("/fx/go{}-{}", fixture.go_minor, fixture.variant)
 }
 
 /// The port `gotrace serve` listens on in the VM (its loopback is its own).

@@ -171,7 +171,7 @@ pub fn run(config: &ExplainConfig) -> anyhow::Result<()> {
     // Everything that can fail without the trace comes first: with --pid, the module and the
     // compiler are checked before the process is traced for --duration.
     let module = Module::open(&config.src)?;
-    let (traced, log, compiler) = match &config.input {
+    let (mut traced, log, compiler) = match &config.input {
         Input::File(path) => {
             let traced = read_result(path)?;
             let (log, compiler) = diagnostics_for(config, &module, traced.go_version.as_deref())?;
@@ -202,7 +202,7 @@ pub fn run(config: &ExplainConfig) -> anyhow::Result<()> {
         );
     }
 
-    let mut sites = traced.sites.clone();
+    let mut sites = std::mem::take(&mut traced.sites);
     sites.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.function.cmp(&b.function)));
     if let Some(function) = &config.list {
         // The function's own lines and its closures' (`main.f.func1`), which are in its body.
@@ -263,9 +263,7 @@ fn diagnostics_for(
 
 /// The Go release that built process `pid`'s executable (its build info).
 fn live_go_version(pid: u32) -> anyhow::Result<String> {
-    let exe =
-        gobin::procmaps::process_exe(pid).with_context(|| format!("cannot find the executable of process {pid}"))?;
-    let data = std::fs::read(&exe.path).with_context(|| format!("cannot read {}", exe.path.display()))?;
+    let (exe, data) = crate::process::read_executable(pid)?;
     let binary = gobin::GoBinary::parse(&data)
         .with_context(|| format!("process {pid} ({}) cannot be traced", exe.path_in_process.display()))?;
     Ok(binary.build_info().go_version.clone())
