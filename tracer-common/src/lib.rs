@@ -47,6 +47,11 @@ pub const CONFIG_MAP: &str = "CONFIG";
 /// Name of the epoch map: an `ARRAY` with one `u32`, 0 or 1, naming the counts map the probes
 /// write to ([`COUNTS_MAP`] or [`COUNTS_ALT_MAP`]). User space flips it and drains the other.
 pub const EPOCH_MAP: &str = "EPOCH";
+/// Name of the pause map: an `ARRAY` with one `u32`. While it holds 1 the sampling probes
+/// return at once: span mode's duty cycle sets it before it detaches them (detaching takes an
+/// RCU grace period per probe, ~0.1 s, during which they still fire) and clears it once they
+/// are attached again, so that the time they count is known to the millisecond.
+pub const PAUSED_MAP: &str = "PAUSED";
 /// Name of the statistics map: a `PERCPU_ARRAY` with one [`ProbeStats`] per CPU.
 pub const STATS_MAP: &str = "STATS";
 /// Name of the sampler-rate map: an `ARRAY` with one `u64`, the target's `runtime.MemProfileRate`

@@ -29,7 +29,8 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
+    cty::c_void,
+    helpers::{bpf_loop, bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::{map, uprobe},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::ProbeContext,
@@ -75,6 +76,17 @@ static LAST_REFILL: HashMap<CacheClass, AllocKey> =
 /// Which counts map the probes write to: 0 for [`COUNTS`], 1 for [`COUNTS_ALT`].
 #[map]
 static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
+/// [`tracer_common::PAUSED_MAP`]: 1 while span mode's duty cycle has the sampling probes off.
+#[map]
+static PAUSED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether the sampling probes are paused (see [`PAUSED`]): they then return at once, counting
+/// nothing, not even their hit.
+#[inline(always)]
+fn paused() -> bool {
+    PAUSED.get(0).copied() == Some(1)
+}
 
 /// [`tracer_common::SAMPLER_RATE_MAP`]: `runtime.MemProfileRate` at the latest Go sample.
 #[map]
@@ -177,14 +189,40 @@ fn span_release(ctx: ProbeContext) -> u32 {
 }
 
 fn try_span_release(ctx: &ProbeContext) -> Result<u32, u32> {
+    if paused() {
+        return Ok(0);
+    }
     let config = CONFIG.get(0).ok_or(0_u32)?;
     let stats = STATS.get_ptr_mut(0).ok_or(0_u32)?;
+    let spans = CACHED_SPANS.get_ptr_mut(0).ok_or(0_u32)?;
     let mcache = go_int_arg::<0>(ctx);
+    // `mcache.alloc`, all span classes in one read rather than one read per class.
+    let alloc = mcache.wrapping_add(u64::from(config.mcache_alloc_offset));
+    // SAFETY: this CPU's slot, valid for the run of the program; the helper checks the user
+    // address and fails cleanly.
+    let copied = unsafe {
+        let bytes = core::slice::from_raw_parts_mut((*spans).words.as_mut_ptr().cast::<u8>(), SPAN_CLASSES * 8);
+        bpf_probe_read_user_buf(alloc as *const u8, bytes)
+    };
+    if copied.is_err() {
+        return account(Outcome::SpanUnreadable);
+    }
+    // A span is cached in one class of one P at a time, so a pointer seen twice is the
+    // runtime's placeholder `emptymspan` (uncached classes point at it, `src/runtime/mcache.go`),
+    // which has nothing to count: remembering the last span that had nothing taken skips most
+    // of the placeholder's reads.
+    let mut idle_span = 0;
     for span_class in 0..NUM_SPAN_CLASSES {
-        let Some(used) = objects_taken(mcache, span_class, config) else {
+        // SAFETY: as above; span_class < NUM_SPAN_CLASSES, the words' length.
+        let span = unsafe { (*spans).words[usize::try_from(span_class).unwrap_or(0)] };
+        if span == idle_span {
+            continue;
+        }
+        let Some(used) = span_objects_taken(span, config) else {
             continue;
         };
         if used == 0 {
+            idle_span = span;
             continue;
         }
         let class = CacheClass { mcache, span_class };
@@ -204,6 +242,23 @@ fn try_span_release(ctx: &ProbeContext) -> Result<u32, u32> {
     Ok(0)
 }
 
+/// A copy of `mcache.alloc`: the cached span of each span class.
+#[repr(C)]
+struct CachedSpans {
+    words: [u64; SPAN_CLASSES],
+}
+
+/// [`NUM_SPAN_CLASSES`] as a length.
+#[expect(clippy::cast_possible_truncation, reason = "136")]
+const SPAN_CLASSES: usize = NUM_SPAN_CLASSES as usize;
+
+/// Where `span_release` copies `mcache.alloc` (per CPU: 1 KiB is too big for the BPF stack).
+/// A release that preempts another on the same CPU overwrites it, and the preempted one then
+/// charges the other P's spans a second time: rare (uprobe programs are seldom preempted, and
+/// releases come once per P per GC cycle), and bounded by one P's cached spans.
+#[map]
+static CACHED_SPANS: PerCpuArray<CachedSpans> = PerCpuArray::with_max_entries(1, 0);
+
 /// The objects the cache `mcache` took from its current span of `span_class` since that span
 /// was cached: `allocCount - allocCountBeforeCache`, as `refill` and `releaseAll` compute it.
 #[inline(always)]
@@ -213,13 +268,31 @@ fn objects_taken(mcache: u64, span_class: u64, config: &ProbeConfig) -> Option<u
         .checked_add(span_class * 8)?;
     // SAFETY: bpf_probe_read_user checks the user address and fails cleanly on a bad one.
     let span: u64 = unsafe { bpf_probe_read_user(slot as *const u64) }.ok()?;
-    let read_u16 = |offset: u32| -> Option<u64> {
+    span_objects_taken(span, config)
+}
+
+/// `allocCount - allocCountBeforeCache` of the `mspan` at `span`. Both are `uint16`s 6 bytes
+/// apart in every release gotrace knows (`src/runtime/mheap.go`), so one 8-byte read covers
+/// both: each read of user memory costs ~150 ns here.
+#[inline(always)]
+fn span_objects_taken(span: u64, config: &ProbeConfig) -> Option<u64> {
+    let count_at = config.span_alloc_count_offset;
+    let before_at = config.span_alloc_count_before_cache_offset;
+    let first = count_at.min(before_at);
+    let last = count_at.max(before_at);
+    let read_u64 = |offset: u32| -> Option<u64> {
         let at = span.checked_add(u64::from(offset))?;
-        // SAFETY: as above.
-        unsafe { bpf_probe_read_user(at as *const u16) }.ok().map(u64::from)
+        // SAFETY: bpf_probe_read_user checks the user address and fails cleanly on a bad one.
+        unsafe { bpf_probe_read_user(at as *const u64) }.ok()
     };
-    let alloc_count = read_u16(config.span_alloc_count_offset)?;
-    let before_cache = read_u16(config.span_alloc_count_before_cache_offset)?;
+    let (alloc_count, before_cache) = if last - first <= 6 {
+        // Little-endian on amd64 and arm64: the field at `first + n` is `n` bytes up.
+        let word = read_u64(first)?;
+        let field = |offset: u32| (word >> ((offset - first) * 8)) & 0xffff;
+        (field(count_at), field(before_at))
+    } else {
+        (read_u64(count_at)? & 0xffff, read_u64(before_at)? & 0xffff)
+    };
     Some(alloc_count.saturating_sub(before_cache))
 }
 
@@ -277,6 +350,9 @@ fn try_alloc_count(ctx: &ProbeContext) -> Result<u32, u32> {
 /// from the context pointer, which the verifier refuses ("dereference of modified ctx ptr").
 #[inline(always)]
 fn try_record(ctx: &ProbeContext, source: Source) -> Result<u32, u32> {
+    if paused() {
+        return Ok(0);
+    }
     account(record(ctx, source))
 }
 
@@ -310,11 +386,13 @@ fn record(ctx: &ProbeContext, source: Source) -> Outcome {
     let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
         return Outcome::CountsMapRefused;
     };
-    // SAFETY: this CPU's slot of the per-CPU array, valid for the run of the program.
-    let scratch = unsafe { &mut *scratch };
-    let mut window = StackWindow::EMPTY;
-    let walked = window.load(ctx).map(|return_address| {
-        let walk = walk_stack(ctx, config.max_stack_depth, &window, scratch);
+    // Claimed before the stack is copied into STACK_PAGE: a run that preempts this one and
+    // copies its own stack there claims the slot after, and this walk's stack is not stored.
+    // (The slot stays a raw pointer through the walk: the bpf_loop step writes it too.)
+    let generation = claim(scratch);
+    let mut pages = PagedStack::EMPTY;
+    let walked = pages.load(ctx).map(|return_address| {
+        let walk = walk_stack_paged(ctx, config.max_stack_depth, pages, scratch, generation);
         (return_address, walk)
     });
     let Some((return_address, walk)) = walked else {
@@ -325,7 +403,8 @@ fn record(ctx: &ProbeContext, source: Source) -> Outcome {
         }
         return Outcome::NoReturnAddress;
     };
-    let stack = store_stack(walk, scratch);
+    // SAFETY: this CPU's slot of the per-CPU array, valid for the run of the program.
+    let stack = store_stack(walk, unsafe { &*scratch });
     let key = AllocKey {
         stack,
         return_address,
@@ -445,8 +524,8 @@ fn count(ctx: &ProbeContext) -> Outcome {
     };
     // SAFETY: this CPU's slot of the per-CPU array, valid for the run of the program.
     let scratch = unsafe { &mut *scratch };
-    let mut window = StackWindow::EMPTY;
-    let Some(return_address) = window.load(ctx) else {
+    let mut top = StackTop::EMPTY;
+    let Some(return_address) = top.load(ctx) else {
         return Outcome::NoReturnAddress;
     };
     // A call from inside the malloc implementation is part of an allocation counted already
@@ -460,7 +539,7 @@ fn count(ctx: &ProbeContext) -> Outcome {
             return Outcome::Nested;
         }
     }
-    let walk = walk_stack(ctx, config.max_stack_depth, &window, scratch);
+    let walk = walk_stack(ctx, config.max_stack_depth, &top, scratch);
     let mut key = AllocKey {
         stack: walk.hash,
         return_address,
@@ -492,7 +571,133 @@ fn count(ctx: &ProbeContext) -> Outcome {
     }
 }
 
-/// How many 8-byte words of goroutine stack [`StackWindow::load`] copies at most: 256 bytes,
+/// A read of user memory never crosses a boundary of this size above its start: the page the
+/// start is in is mapped, the next one need not be (a goroutine stack near the end of the heap's
+/// mapped memory). A read that faults costs a page-fault exception, microseconds, and then
+/// nothing is copied at all. 4 KiB is the smallest page size of `x86_64` and arm64.
+const STACK_PAGE_BYTES: u64 = 4096;
+/// How many 8-byte words [`STACK_PAGE`] holds: a page.
+const PAGE_WORDS: usize = (STACK_PAGE_BYTES / 8) as usize;
+/// How much of the stack [`PagedStack`]'s first read copies from the stack pointer, at most:
+/// as much as exact mode's [`StackTop`] (see there), so that a shallow stack costs one short
+/// copy; a deeper record is copied with the rest of its page.
+const FIRST_READ_BYTES: u64 = 256;
+
+/// A copy of part of the traced thread's stack. The thread is stopped in the probe, so its
+/// stack cannot change while the probe reads the copy.
+#[repr(C)]
+struct StackCopy {
+    words: [u64; PAGE_WORDS],
+}
+
+/// Where a walk copies the stack: per CPU, a page is too big for the BPF stack. A run that
+/// preempts a walk on the same CPU may copy its own stack here; it also claims the scratch slot
+/// (see [`walk_stack`]), so the preempted walk's stack is then not stored.
+#[map]
+static STACK_PAGE: PerCpuArray<StackCopy> = PerCpuArray::with_max_entries(1, 0);
+
+/// Which part of the traced thread's stack [`STACK_PAGE`] holds for the current walk.
+///
+/// Deep stacks (a refill under `encoding/json`'s recursion, a handler under `net/http`) have
+/// their frame records kilobytes above the stack pointer. Read one by one, each record cost a
+/// `bpf_probe_read_user` (~150 ns), so that a 25-frame walk took microseconds; instead, a
+/// record beyond the copy is read together with everything from it to the end of its page,
+/// and the records above it come from that copy.
+struct PagedStack {
+    /// The user address of the first word; `u64::MAX` when nothing was copied (then nothing
+    /// falls inside it).
+    base: u64,
+    /// Bytes copied.
+    valid: u64,
+}
+
+impl PagedStack {
+    /// Nothing copied yet.
+    const EMPTY: Self = Self {
+        base: u64::MAX,
+        valid: 0,
+    };
+
+    /// Copies the top of the stack, and returns the return address into the caller: on amd64
+    /// at the stack pointer, where `CALL` left it; on arm64 in the link register, which the
+    /// frame set-up saves only after the probe.
+    #[inline(always)]
+    #[cfg_attr(
+        bpf_target_arch = "aarch64",
+        expect(clippy::unnecessary_wraps, reason = "the amd64 read of the return address can fail")
+    )]
+    fn load(&mut self, ctx: &ProbeContext) -> Option<u64> {
+        let sp = stack_pointer(ctx);
+        let copied = self.copy(sp, FIRST_READ_BYTES);
+        #[cfg(bpf_target_arch = "x86_64")]
+        let return_address = match copied {
+            Some(words) => words[0],
+            // SAFETY: bpf_probe_read_user checks the address and fails cleanly.
+            None => unsafe { bpf_probe_read_user(sp as *const u64) }.ok()?,
+        };
+        #[cfg(bpf_target_arch = "aarch64")]
+        let return_address = {
+            let _ = copied;
+            link_register(ctx)
+        };
+        Some(return_address)
+    }
+
+    /// Copies up to `at_most` bytes from `at` (an 8-aligned stack address) into the window,
+    /// never past the end of `at`'s page, but always 16 bytes: one frame record. (A record that
+    /// straddles two pages has both mapped.) Returns the window's words.
+    #[inline(always)]
+    #[expect(clippy::cast_possible_truncation, reason = "at most a page")]
+    fn copy(&mut self, at: u64, at_most: u64) -> Option<&'static [u64; PAGE_WORDS]> {
+        let window = STACK_PAGE.get_ptr_mut(0)?;
+        let valid = (STACK_PAGE_BYTES - at % STACK_PAGE_BYTES).clamp(16, at_most);
+        // SAFETY: `valid` bytes (at most a page) of this CPU's window, valid for the run of the
+        // program; the helper checks the user address and fails cleanly.
+        let copied = unsafe {
+            let bytes = core::slice::from_raw_parts_mut(window.cast::<u8>(), valid as usize);
+            bpf_probe_read_user_buf(at as *const u8, bytes)
+        };
+        if copied.is_err() {
+            self.base = u64::MAX;
+            self.valid = 0;
+            return None;
+        }
+        self.base = at;
+        self.valid = valid;
+        // SAFETY: as above.
+        Some(unsafe { &(*window).words })
+    }
+}
+
+impl FrameRecords for PagedStack {
+    /// From the copy when it holds the record, else copied with the rest of its page.
+    #[inline(always)]
+    fn frame_record(&mut self, fp: u64) -> Option<(u64, u64)> {
+        // Below the window (or with no window) the difference wraps to a huge offset.
+        let offset = fp.wrapping_sub(self.base);
+        // No alignment check: Go's frame pointers are 8-aligned, and with one the compiler
+        // would index the stack at an offset the verifier cannot prove aligned. A misaligned
+        // (garbage) pointer reads the word it falls in, and the walk ends at the next check.
+        let (words, index) = if offset <= STACK_PAGE_BYTES - 16 && offset + 16 <= self.valid {
+            let window = STACK_PAGE.get_ptr(0)?;
+            // SAFETY: this CPU's window, valid for the run of the program.
+            (unsafe { &(*window).words }, (offset / 8) as usize)
+        } else {
+            (self.copy(fp, STACK_PAGE_BYTES)?, 0)
+        };
+        let index = index.min(PAGE_WORDS - 2);
+        Some((words[index], words[index + 1]))
+    }
+}
+
+/// Where a walk gets Go's frame records from.
+trait FrameRecords {
+    /// The frame record at `fp`: the caller's frame pointer, then the return address into the
+    /// caller (Go's layout on amd64 and arm64).
+    fn frame_record(&mut self, fp: u64) -> Option<(u64, u64)>;
+}
+
+/// How many 8-byte words of goroutine stack [`StackTop::load`] copies at most: 256 bytes,
 /// the return address and the first frame records of small frames. One `bpf_probe_read_user`
 /// costs about as much whether it copies 16 bytes or 256 (measured with
 /// `kernel.bpf_stats_enabled`: a three-frame walk read frame by frame added ~290 ns to the
@@ -501,22 +706,17 @@ fn count(ctx: &ProbeContext) -> Outcome {
 /// more, since the kernel's hardened-usercopy check (`__check_object_size`) looks the
 /// destination up as heap or vmalloc memory, where a stack destination passes at once (seen
 /// with `perf record` on the traced process).
-const STACK_WINDOW_WORDS: usize = 32;
+const STACK_TOP_WORDS: usize = 32;
 /// The window's size in bytes.
-const STACK_WINDOW_BYTES: u64 = STACK_WINDOW_WORDS as u64 * 8;
-/// The window never crosses a boundary of this size above the stack pointer: the page the
-/// stack pointer is in is mapped, the next one need not be (a goroutine stack near the end of
-/// the heap's mapped memory). A read that faults costs a page-fault exception, microseconds,
-/// and then nothing is copied at all. 4 KiB is the smallest page size of `x86_64` and arm64.
-const STACK_PAGE_BYTES: u64 = 4096;
+const STACK_TOP_BYTES: u64 = STACK_TOP_WORDS as u64 * 8;
 
 /// A copy of the top of the traced thread's stack, from its stack pointer. The thread is stopped in the probe, so its
 /// stack cannot change while the probe reads the copy; the copy is the program's own (on its
 /// stack), so another run of the probe cannot change it either.
-struct StackWindow {
+struct StackTop {
     /// Uninitialised beyond `valid` bytes (privileged programs may read their uninitialised
     /// stack; nothing here does).
-    words: MaybeUninit<[u64; STACK_WINDOW_WORDS]>,
+    words: MaybeUninit<[u64; STACK_TOP_WORDS]>,
     /// The user address of the first word; `u64::MAX` when the window could not be read (then
     /// nothing falls inside it).
     base: u64,
@@ -524,7 +724,7 @@ struct StackWindow {
     valid: u64,
 }
 
-impl StackWindow {
+impl StackTop {
     /// Nothing copied yet.
     const EMPTY: Self = Self {
         words: MaybeUninit::uninit(),
@@ -542,15 +742,10 @@ impl StackWindow {
         expect(clippy::unnecessary_wraps, reason = "the amd64 read of the return address can fail")
     )]
     fn load(&mut self, ctx: &ProbeContext) -> Option<u64> {
-        // SAFETY: as in go_size_and_type.
-        let regs = unsafe { &*ctx.regs };
-        #[cfg(bpf_target_arch = "x86_64")]
-        let sp = regs.rsp;
-        #[cfg(bpf_target_arch = "aarch64")]
-        let sp = regs.sp;
+        let sp = stack_pointer(ctx);
         // Up to the end of the stack pointer's page (see STACK_PAGE_BYTES), at least 8 bytes:
         // the stack pointer is 8-aligned.
-        let valid = (STACK_PAGE_BYTES - sp % STACK_PAGE_BYTES).min(STACK_WINDOW_BYTES);
+        let valid = (STACK_PAGE_BYTES - sp % STACK_PAGE_BYTES).min(STACK_TOP_BYTES);
         // SAFETY: `valid` bytes of the words, which are that long at least;
         // bpf_probe_read_user_buf checks the user address and fails cleanly on a bad one.
         let loaded = unsafe {
@@ -570,7 +765,7 @@ impl StackWindow {
             unsafe { bpf_probe_read_user(sp as *const u64) }.ok()?
         };
         #[cfg(bpf_target_arch = "aarch64")]
-        let return_address = regs.regs[30];
+        let return_address = link_register(ctx);
         Some(return_address)
     }
 
@@ -578,19 +773,21 @@ impl StackWindow {
     #[inline(always)]
     fn word(&self, index: usize) -> u64 {
         // SAFETY: callers stay within the copied words (and the array).
-        unsafe { *self.words.as_ptr().cast::<u64>().add(index.min(STACK_WINDOW_WORDS - 1)) }
+        unsafe { *self.words.as_ptr().cast::<u64>().add(index.min(STACK_TOP_WORDS - 1)) }
     }
+}
 
-    /// The frame record at `fp`: the caller's frame pointer, then the return address into
-    /// the caller (Go's layout on amd64 and arm64); from the window when it holds it.
+impl FrameRecords for &StackTop {
+    /// From the copy when it holds the record, else read on its own: exact mode's walks are
+    /// mostly shallow, and the copy on the BPF stack costs less than a page in a map.
     #[inline(always)]
-    fn frame_record(&self, fp: u64) -> Option<(u64, u64)> {
+    fn frame_record(&mut self, fp: u64) -> Option<(u64, u64)> {
         // Below the window (or with no window) the difference wraps to a huge offset.
         let offset = fp.wrapping_sub(self.base);
         // No alignment check: Go's frame pointers are 8-aligned, and with one the compiler
         // would index the stack at an offset the verifier cannot prove aligned. A misaligned
         // (garbage) pointer reads the word it falls in, and the walk ends at the next check.
-        if offset <= STACK_WINDOW_BYTES - 16 && offset + 16 <= self.valid {
+        if offset <= STACK_TOP_BYTES - 16 && offset + 16 <= self.valid {
             let index = (offset / 8) as usize;
             return Some((self.word(index), self.word(index + 1)));
         }
@@ -618,46 +815,129 @@ fn counts_map() -> &'static PerCpuHashMap<AllocKey, u64> {
 ///
 /// The walk follows the frame pointers itself rather than calling `bpf_get_stack`: measured on
 /// these machines, the kernel's user-stack walker costs about 1.5 µs for a six-frame Go stack.
-/// It reads the stack's top from `window`.
+/// It reads the stack's top from `top` (exact mode's program).
 ///
 /// At the probe (after the stack check, before the probed function saved its frame pointer)
 /// the frame-pointer register still holds the caller's frame, so the chain yields the probed
 /// pc and then the caller's *caller*: the caller itself is the return address, which the count
 /// key carries next to the stack.
 #[inline(always)]
-fn walk_stack(ctx: &ProbeContext, depth: u32, window: &StackWindow, out: &mut UserStack) -> StackWalk {
-    // Claims the slot: a run that preempts this one on the same CPU claims it again.
-    let generation = out.generation.wrapping_add(1);
-    out.generation = generation;
-    let depth = if depth == 0 { MAX_STACK_DEPTH } else { depth as usize };
-    let (mut fp, pc) = frame_pointer_and_pc(ctx);
-    let mut hash = StackHasher::new().push(pc);
-    out.frames[0] = pc;
-    let mut len = 1;
-    for i in 1..MAX_STACK_DEPTH {
-        if i >= depth {
+fn walk_stack(ctx: &ProbeContext, depth: u32, top: &StackTop, out: &mut UserStack) -> StackWalk {
+    let generation = claim(out);
+    let (mut walk, depth) = start_walk(ctx, depth, top, out);
+    for _ in 1..MAX_STACK_DEPTH {
+        if out.len >= u64::from(depth) || !walk.step(out) {
             break;
         }
-        let Some((next_fp, ret)) = window.frame_record(fp) else {
-            break;
-        };
-        if ret == 0 {
-            break;
-        }
-        hash = hash.push(ret);
-        out.frames[i] = ret;
-        len = i + 1;
-        // Frames sit at increasing addresses; anything else is the end or garbage.
-        if next_fp <= fp {
-            break;
-        }
-        fp = next_fp;
     }
-    out.len = len as u64;
     StackWalk {
-        hash: hash.finish(),
+        hash: walk.hash.finish(),
         generation,
     }
+}
+
+/// [`walk_stack`] for the sampling programs: records beyond the first copy are read a page at a
+/// time ([`PagedStack`]), since their stacks are deep (a refill happens inside `mallocgc`,
+/// under the allocating code's own frames), and the steps run in `bpf_loop`: the verifier
+/// checks the step once, where the loop of [`MAX_STACK_DEPTH`] steps, each with a read that
+/// may fail, took these programs past its budget of a million instructions. (The kernel
+/// inlines `bpf_loop` into a plain loop with a direct call, `inline_bpf_loop`.)
+#[inline(always)]
+fn walk_stack_paged(
+    ctx: &ProbeContext,
+    depth: u32,
+    pages: PagedStack,
+    out: *mut UserStack,
+    generation: u64,
+) -> StackWalk {
+    let (mut walk, depth) = start_walk(ctx, depth, pages, out);
+    // SAFETY: bpf_loop calls `walk_step` with `walk`, which outlives the call.
+    unsafe {
+        bpf_loop(depth - 1, walk_step as *mut c_void, (&raw mut walk).cast::<c_void>(), 0);
+    }
+    StackWalk {
+        hash: walk.hash.finish(),
+        generation,
+    }
+}
+
+/// Claims the scratch slot `out` for a walk: a run that preempts this one on the same CPU
+/// claims it again. Returns the claimed generation.
+#[inline(always)]
+fn claim(out: *mut UserStack) -> u64 {
+    // SAFETY: the caller's scratch slot, valid for the run of the program.
+    unsafe {
+        let generation = (*out).generation.wrapping_add(1);
+        (*out).generation = generation;
+        generation
+    }
+}
+
+/// Puts the probed pc in the scratch slot `out` as the first frame; returns the walk's state
+/// and the depth to walk to.
+#[inline(always)]
+fn start_walk<R: FrameRecords>(ctx: &ProbeContext, depth: u32, records: R, out: *mut UserStack) -> (WalkState<R>, u32) {
+    let max_depth = u32::try_from(MAX_STACK_DEPTH).unwrap_or(u32::MAX);
+    let depth = if depth == 0 { max_depth } else { depth.min(max_depth) };
+    let (fp, pc) = frame_pointer_and_pc(ctx);
+    // SAFETY: the caller's scratch slot, valid for the run of the program.
+    unsafe {
+        (*out).frames[0] = pc;
+        (*out).len = 1;
+    }
+    let walk = WalkState {
+        fp,
+        hash: StackHasher::new().push(pc),
+        records,
+    };
+    (walk, depth)
+}
+
+/// A walk's state between its steps.
+struct WalkState<R> {
+    /// The frame record to read next.
+    fp: u64,
+    hash: StackHasher,
+    records: R,
+}
+
+impl<R: FrameRecords> WalkState<R> {
+    /// Reads the frame record at `fp` into the next frame of `out`; false when the walk is
+    /// over.
+    #[inline(always)]
+    fn step(&mut self, out: &mut UserStack) -> bool {
+        let fp = self.fp;
+        let Some((next_fp, ret)) = self.records.frame_record(fp) else {
+            return false;
+        };
+        if ret == 0 {
+            return false;
+        }
+        // Checked after the read, next to the store: a bound checked before the helper call
+        // survives it only in a stack slot, where older verifiers (Debian's 6.1) lose it.
+        let len = usize::try_from(out.len).unwrap_or(MAX_STACK_DEPTH);
+        if len >= MAX_STACK_DEPTH {
+            return false;
+        }
+        self.hash = self.hash.push(ret);
+        out.frames[len] = ret;
+        out.len = len as u64 + 1;
+        self.fp = next_fp;
+        // Frames sit at increasing addresses; anything else is the end or garbage.
+        next_fp > fp
+    }
+}
+
+/// [`WalkState::step`] as a `bpf_loop` callback: returns 0 to go on, 1 when the walk is over.
+#[inline(never)]
+extern "C" fn walk_step(_index: u64, state: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes walk_stack_paged's state, which lives until bpf_loop returns.
+    let walk = unsafe { &mut *state.cast::<WalkState<PagedStack>>() };
+    let Some(out) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's slot of the per-CPU array, valid for the run of the program.
+    i64::from(!walk.step(unsafe { &mut *out }))
 }
 
 /// A stack walked into the scratch slot: its hash (the key in [`STACKS`]), and the slot's
@@ -771,6 +1051,24 @@ fn go_int_arg<const N: usize>(ctx: &ProbeContext) -> u64 {
     #[cfg(bpf_target_arch = "aarch64")]
     let value = regs.regs[if N < 3 { N } else { 2 }];
     value
+}
+
+/// The traced thread's stack pointer.
+fn stack_pointer(ctx: &ProbeContext) -> u64 {
+    // SAFETY: as in go_size_and_type.
+    let regs = unsafe { &*ctx.regs };
+    #[cfg(bpf_target_arch = "x86_64")]
+    let sp = regs.rsp;
+    #[cfg(bpf_target_arch = "aarch64")]
+    let sp = regs.sp;
+    sp
+}
+
+/// The link register (x30) on arm64: the return address into the caller at the probe.
+#[cfg(bpf_target_arch = "aarch64")]
+fn link_register(ctx: &ProbeContext) -> u64 {
+    // SAFETY: as in go_size_and_type.
+    unsafe { (*ctx.regs).regs[30] }
 }
 
 /// The frame pointer (the caller's frame at the probe) and the probed pc.

@@ -10,7 +10,7 @@ use gobin::procmaps::AddressMap;
 use serde::Serialize;
 
 use crate::mode::{Mode, Weighing};
-use crate::probes::{AttachTarget, EmptyAt, EmptyProbes, Probes};
+use crate::probes::{AttachTarget, EmptyAt, EmptyProbes, ProbeOptions, Probes};
 use crate::process::read_executable;
 use crate::session::{ProcessSymbols, runtime_frames};
 use crate::store::Store;
@@ -66,7 +66,11 @@ pub fn symbolize(pid: u32, stacks: usize, timeout: Duration) -> anyhow::Result<(
         pid,
         addresses: &addresses,
     };
-    let mut probes = Probes::attach(&target, Mode::Exact, depth, None)?;
+    let options = ProbeOptions {
+        stack_depth: depth,
+        span_budget: None,
+    };
+    let mut probes = Probes::attach(&target, Mode::Exact, options, None)?;
     let mut store = Store::new(usize::MAX, depth);
     let started = Instant::now();
     while store.stack_count() < stacks {

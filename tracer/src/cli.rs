@@ -11,6 +11,10 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use crate::mode::Mode;
+use crate::probes::ProbeOptions;
+
+/// `--span-budget`'s default: probe hits a second (see `crate::duty`).
+const DEFAULT_SPAN_BUDGET: u32 = 4000;
 
 /// See where a running Go program allocates heap memory: each callsite, the type it
 /// allocates, how often and how big. No recompiling, no pprof import, no restart.
@@ -206,6 +210,9 @@ pub struct ServeArgs {
     /// and the sidecar less memory; the callsite is always within the first few.
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=96))]
     pub stack_depth: u16,
+
+    #[command(flatten)]
+    pub span_budget: SpanBudgetArg,
 }
 
 impl ServeArgs {
@@ -237,7 +244,10 @@ impl ServeArgs {
             top_k: self.top_k,
             interval: self.interval,
             max_keys: self.max_keys,
-            stack_depth: usize::from(self.stack_depth),
+            probe_options: ProbeOptions {
+                stack_depth: usize::from(self.stack_depth),
+                span_budget: self.span_budget.budget(),
+            },
         })
     }
 }
@@ -313,10 +323,33 @@ pub struct SamplingArgs {
     pub set_mem_profile_rate: Option<u64>,
 
     /// Frames recorded per allocation stack (1 to 96). The probe copies the top 256 bytes of
-    /// the stack at once; each frame beyond them is one more read of the target's memory per
-    /// hit (~0.1 µs): deep stacks walked in full cost microseconds per hit.
+    /// the stack at once. In exact mode each frame beyond them is one more read of the target's
+    /// memory per hit (~0.1 µs), so deep stacks walked in full cost microseconds per hit; the
+    /// sampled modes read the rest of the stack a page at a time.
     #[arg(long, value_name = "N", default_value_t = 96, value_parser = clap::value_parser!(u16).range(1..=96))]
     pub stack_depth: u16,
+
+    #[command(flatten)]
+    pub span_budget: SpanBudgetArg,
+}
+
+/// `--span-budget` (attach, run and serve).
+#[derive(Debug, Args)]
+pub struct SpanBudgetArg {
+    /// Span mode: the probe hits a second the target pays for, on average. Each costs it a trap
+    /// and the probe, ~3 µs on a 2-core VM, so 4000 is ~1% of a core. A target that refills
+    /// spans faster gets the probes attached for only part of each second (a duty cycle, down
+    /// to 5% of it), and the estimates are scaled by the inverse of that part. 0: always
+    /// attached.
+    #[arg(long, value_name = "HITS", default_value_t = DEFAULT_SPAN_BUDGET)]
+    pub span_budget: u32,
+}
+
+impl SpanBudgetArg {
+    /// The budget, `None` for none.
+    fn budget(&self) -> Option<u32> {
+        (self.span_budget > 0).then_some(self.span_budget)
+    }
 }
 
 /// Report formats of `attach` and `run`.
@@ -364,8 +397,8 @@ pub struct TraceConfig {
     pub mode: Mode,
     /// `--set-mem-profile-rate`.
     pub set_mem_profile_rate: Option<u64>,
-    /// `--stack-depth`.
-    pub stack_depth: usize,
+    /// `--stack-depth` and `--span-budget`.
+    pub probe_options: ProbeOptions,
 }
 
 impl OutputFormat {
@@ -451,7 +484,10 @@ impl TraceArgs {
             live,
             mode: self.sampling.mode,
             set_mem_profile_rate: self.sampling.set_mem_profile_rate,
-            stack_depth: usize::from(self.sampling.stack_depth),
+            probe_options: ProbeOptions {
+                stack_depth: usize::from(self.sampling.stack_depth),
+                span_budget: self.sampling.span_budget.budget(),
+            },
         })
     }
 }

@@ -5,6 +5,7 @@
 
 mod bench;
 mod cli;
+mod duty;
 mod ebpf;
 mod explain;
 mod export;

@@ -282,10 +282,10 @@ pub fn prepare_and_attach(
     requested: crate::mode::Mode,
     set_rate: Option<u64>,
     target: &crate::probes::AttachTarget<'_, '_>,
-    stack_depth: usize,
+    options: crate::probes::ProbeOptions,
 ) -> anyhow::Result<PreparedProbes> {
     let (mode, rate, rate_override) = prepare(requested, set_rate, target.binary, target.pid, target.addresses)?;
-    let probes = crate::probes::Probes::attach(target, mode, stack_depth, rate.as_ref().map(MemProfileRate::address))?;
+    let probes = crate::probes::Probes::attach(target, mode, options, rate.as_ref().map(MemProfileRate::address))?;
     Ok(PreparedProbes {
         probes,
         mode,

@@ -2,22 +2,26 @@
 //! attach them to its allocation entry points, and read what they counted.
 
 use std::num::NonZeroU32;
-use std::path::Path;
+use std::os::fd::AsFd as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use aya::programs::UProbe;
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
 use aya::{Ebpf, EbpfLoader};
 use gobin::procmaps::AddressMap;
 use gobin::{ArgRole, GoBinary, ProbePoint, ProbeRole};
 use tracer_common::{
     ALLOC_COUNT_PROGRAM, AddressRange, AllocKey, CONFIG_MAP, COUNTS_ALT_MAP, COUNTS_MAP, EMPTY_PROGRAM, EPOCH_MAP,
-    FLAG_SKIP_ZERO_SIZE, GO_SAMPLE_PROGRAM, LARGE_ALLOC_PROGRAM, MAX_NESTED_RANGES, MAX_STACK_DEPTH, ProbeConfig,
-    ProbeStats, SAMPLER_RATE_MAP, SPAN_REFILL_PROGRAM, SPAN_RELEASE_PROGRAM, STACKS_MAP, STATS_MAP, UserStack,
+    FLAG_SKIP_ZERO_SIZE, GO_SAMPLE_PROGRAM, LARGE_ALLOC_PROGRAM, MAX_NESTED_RANGES, MAX_STACK_DEPTH, PAUSED_MAP,
+    ProbeConfig, ProbeStats, SAMPLER_RATE_MAP, SPAN_REFILL_PROGRAM, SPAN_RELEASE_PROGRAM, STACKS_MAP, STATS_MAP,
+    UserStack,
 };
 
+use crate::duty::{DutyCycle, Switch};
 use crate::mode::Mode;
 
 /// The process probes attach to: its Go binary (read from `binary_path`), its pid, and its
@@ -29,11 +33,23 @@ pub struct AttachTarget<'b, 'd> {
     pub addresses: &'b AddressMap,
 }
 
+/// How the probes are set up, besides their mode.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeOptions {
+    /// Frames walked per hit.
+    pub stack_depth: usize,
+    /// Span mode's probe hits a second, on average, beyond which its probes are attached for
+    /// only part of each second ([`crate::duty`]); `None`: always attached.
+    pub span_budget: Option<u32>,
+}
+
 /// Probes attached to one process.
 pub struct Probes {
+    /// Span mode's duty cycle, when it has one. Stopped before the programs go.
+    duty: Option<DutyCycle>,
     /// Owns the programs and their links: dropping it detaches everything. The kernel also
     /// detaches when this process dies, however it dies (the links are file descriptors).
-    _ebpf: Ebpf,
+    _attachments: Arc<Mutex<Attachments>>,
     stats: PerCpuArray<MapData, ProbeStats>,
     /// `COUNTS` and `COUNTS_ALT`, by epoch.
     counts: [PerCpuHashMap<MapData, AllocKey, u64>; 2],
@@ -72,7 +88,7 @@ impl Probes {
     pub fn attach(
         target: &AttachTarget<'_, '_>,
         mode: Mode,
-        stack_depth: usize,
+        options: ProbeOptions,
         mem_profile_rate_address: Option<u64>,
     ) -> anyhow::Result<Self> {
         let started = Instant::now();
@@ -87,7 +103,7 @@ impl Probes {
             .context("cannot find the allocation entry points")?;
         let plan = plan(binary, &points, mode)?;
         let mut config = probe_config(binary, &points, addresses, mode)?;
-        config.max_stack_depth = u32::try_from(stack_depth.clamp(1, MAX_STACK_DEPTH)).unwrap_or(0);
+        config.max_stack_depth = u32::try_from(options.stack_depth.clamp(1, MAX_STACK_DEPTH)).unwrap_or(0);
         config.mem_profile_rate_address = mem_profile_rate_address.unwrap_or(0);
 
         let mut ebpf = load_object()?;
@@ -98,12 +114,27 @@ impl Probes {
         config_map
             .set(0, config, 0)
             .context("cannot write the probe configuration")?;
-        let scope = one_process(pid)?;
-        let mut attached = 0;
-        for (program_name, points) in &plan {
-            let offsets = points.iter().map(|p| (p.function.as_str(), p.file_offset));
-            attached += attach_program(&mut ebpf, program_name, offsets, binary_path, scope)?;
+        let mut attachments = Attachments {
+            scope: one_process(pid)?,
+            binary_path: binary_path.to_owned(),
+            plan: plan
+                .iter()
+                .map(|(program, points)| {
+                    let places = points.iter().map(|p| (p.function.clone(), p.file_offset)).collect();
+                    (*program, places)
+                })
+                .collect(),
+            links: Vec::new(),
+            paused: Array::try_from(take(&mut ebpf, PAUSED_MAP)?)?,
+            ebpf,
+        };
+        for (program_name, _) in &attachments.plan {
+            load_program(&mut attachments.ebpf, program_name)?;
         }
+        attachments.attach()?;
+        let attached = attachments.links.len();
+        let mut ebpf = attachments.ebpf;
+        let stats_for_duty = reopen_per_cpu_array(&ebpf, STATS_MAP)?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, STATS_MAP)?)?;
         let counts = [
             PerCpuHashMap::try_from(take(&mut ebpf, COUNTS_MAP)?)?,
@@ -112,8 +143,21 @@ impl Probes {
         let epoch_map = Array::try_from(take(&mut ebpf, EPOCH_MAP)?)?;
         let sampler_rate = Array::try_from(take(&mut ebpf, SAMPLER_RATE_MAP)?)?;
         let stacks = BpfHashMap::try_from(take(&mut ebpf, STACKS_MAP)?)?;
+        attachments.ebpf = ebpf;
+        let attachments = Arc::new(Mutex::new(attachments));
+        let duty = match (mode, options.span_budget) {
+            (Mode::Span, Some(budget)) => {
+                let stats: PerCpuArray<MapData, ProbeStats> = PerCpuArray::try_from(Map::PerCpuArray(stats_for_duty))?;
+                let hits = move || stats.get(&0, 0).map_or(0, |cpus| total_stats(cpus.iter()).hits);
+                let switch: Arc<Mutex<dyn Switch>> = attachments.clone();
+                let clock = Box::new(move || crate::process::user_cpu_ticks(pid));
+                Some(DutyCycle::start(switch, hits, clock, budget).context("cannot start span mode's duty cycle")?)
+            }
+            _ => None,
+        };
         Ok(Self {
-            _ebpf: ebpf,
+            duty,
+            _attachments: attachments,
             stats,
             counts,
             epoch_map,
@@ -128,13 +172,18 @@ impl Probes {
 
     /// What the probes did so far, summed over CPUs (cumulative).
     pub fn stats(&self) -> anyhow::Result<ProbeStats> {
-        Ok(self
-            .stats
-            .get(&0, 0)
-            .context("cannot read the probe statistics")?
-            .iter()
-            .fold(ProbeStats::default(), |acc, cpu| acc.merged(*cpu))
-            .with_outcome_hits())
+        Ok(total_stats(
+            self.stats
+                .get(&0, 0)
+                .context("cannot read the probe statistics")?
+                .iter(),
+        ))
+    }
+
+    /// The fraction of each second span mode's probes are attached now: below 1 while its duty
+    /// cycle keeps their hits within the budget.
+    pub fn attached_fraction(&self) -> f64 {
+        self.duty.as_ref().map_or(1.0, DutyCycle::fraction)
     }
 
     /// The target's `runtime.MemProfileRate` when go-sampler's probe last took a sample; `None`
@@ -145,14 +194,17 @@ impl Probes {
 
     /// Takes what the probes counted since the last drain, summed over CPUs, and empties the
     /// kernel's map of it: the probes switch to the other counts map first, so nothing they
-    /// add is lost, and the kernel side never holds more than one interval's keys.
-    pub fn drain(&mut self) -> anyhow::Result<Vec<(AllocKey, u64)>> {
+    /// add is lost, and the kernel side never holds more than one interval's keys. Also
+    /// returns the factor that scales the counts to the whole interval: above 1 when a duty
+    /// cycle detached the probes for part of it.
+    pub fn drain(&mut self) -> anyhow::Result<(Vec<(AllocKey, u64)>, f64)> {
         let old = self.epoch;
         let new = 1 - old;
         self.epoch_map
             .set(0, new, 0)
             .context("cannot switch the probes' counts map")?;
         self.epoch = new;
+        let scale = self.duty.as_ref().map_or(1.0, DutyCycle::take_scale);
         std::thread::sleep(EPOCH_SETTLE);
         let map = &mut self.counts[old as usize];
         // Keys first: deleting while the kernel iterates would restart the walk.
@@ -168,7 +220,7 @@ impl Probes {
             }
             let _ = map.remove(&key);
         }
-        Ok(out)
+        Ok((out, scale))
     }
 
     /// The user stack with the given key, innermost frame first (addresses in the process).
@@ -270,6 +322,39 @@ fn one_process(pid: u32) -> anyhow::Result<UProbeScope> {
     ))
 }
 
+/// Loads one program of the object into the kernel.
+fn load_program(ebpf: &mut Ebpf, program_name: &str) -> anyhow::Result<()> {
+    let program: &mut UProbe = ebpf
+        .program_mut(program_name)
+        .with_context(|| format!("the eBPF object has no program {program_name}"))?
+        .try_into()?;
+    program
+        .load()
+        .with_context(|| format!("the kernel refused gotrace's probe {program_name}"))
+}
+
+/// Attaches a loaded program at `file_offset` of `binary_path` (in `function`, for errors).
+fn attach_at(
+    ebpf: &mut Ebpf,
+    program_name: &str,
+    (function, file_offset): (&str, u64),
+    binary_path: &Path,
+    scope: UProbeScope,
+) -> anyhow::Result<UProbeLinkId> {
+    let program: &mut UProbe = ebpf
+        .program_mut(program_name)
+        .with_context(|| format!("the eBPF object has no program {program_name}"))?
+        .try_into()?;
+    program
+        .attach(UProbeAttachLocation::AbsoluteOffset(file_offset), binary_path, scope)
+        .with_context(|| {
+            format!(
+                "cannot attach a uprobe to {function} at file offset {file_offset:#x} of {}",
+                binary_path.display()
+            )
+        })
+}
+
 /// Loads one program of the object and attaches it at each (function, file offset) of
 /// `binary_path`; returns how many uprobes it attached.
 fn attach_program<'f>(
@@ -279,26 +364,102 @@ fn attach_program<'f>(
     binary_path: &Path,
     scope: UProbeScope,
 ) -> anyhow::Result<usize> {
-    let program: &mut UProbe = ebpf
-        .program_mut(program_name)
-        .with_context(|| format!("the eBPF object has no program {program_name}"))?
-        .try_into()?;
-    program
-        .load()
-        .with_context(|| format!("the kernel refused gotrace's probe {program_name}"))?;
+    load_program(ebpf, program_name)?;
     let mut attached = 0;
-    for (function, file_offset) in offsets {
-        program
-            .attach(UProbeAttachLocation::AbsoluteOffset(file_offset), binary_path, scope)
-            .with_context(|| {
-                format!(
-                    "cannot attach a uprobe to {function} at file offset {file_offset:#x} of {}",
-                    binary_path.display()
-                )
-            })?;
+    for place in offsets {
+        attach_at(ebpf, program_name, place, binary_path, scope)?;
         attached += 1;
     }
     Ok(attached)
+}
+
+/// The loaded programs and where each goes: what attaching, and re-attaching after a duty
+/// cycle's pause, need.
+struct Attachments {
+    ebpf: Ebpf,
+    /// Each program, with the functions and file offsets it goes on.
+    plan: Vec<(&'static str, Vec<(String, u64)>)>,
+    binary_path: PathBuf,
+    scope: UProbeScope,
+    /// The programs' links while attached.
+    links: Vec<(&'static str, UProbeLinkId)>,
+    /// [`PAUSED_MAP`]: the sampling programs count nothing while it holds 1.
+    paused: Array<MapData, u32>,
+}
+
+impl Switch for Attachments {
+    fn attach(&mut self) -> anyhow::Result<()> {
+        for (program_name, places) in &self.plan {
+            for (function, offset) in places {
+                let attached = attach_at(
+                    &mut self.ebpf,
+                    program_name,
+                    (function, *offset),
+                    &self.binary_path,
+                    self.scope,
+                );
+                match attached {
+                    Ok(link) => self.links.push((program_name, link)),
+                    Err(e) => {
+                        // None or all: a probe attached while paused costs a trap and counts nothing.
+                        self.detach();
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        self.paused.set(0, 0, 0).context("cannot resume the probes")
+    }
+
+    fn detach(&mut self) {
+        // At once, where detaching takes a while (see PAUSED_MAP). Were it to fail, the probes
+        // would count until detached: a slight overestimate, nothing worse.
+        let _ = self.paused.set(0, 1, 0);
+        let mut links = Vec::with_capacity(self.links.len());
+        for (program_name, link) in self.links.drain(..) {
+            let program: Option<&mut UProbe> = self
+                .ebpf
+                .program_mut(program_name)
+                .and_then(|program| program.try_into().ok());
+            if let Some(link) = program.and_then(|program| program.take_link(link).ok()) {
+                links.push(link);
+            }
+        }
+        // Each link's release waits for an RCU grace period (~0.1 s here), one after the other
+        // in one thread: in threads of their own the waits overlap, so the paused probes stop
+        // trapping sooner. They are waited for: a probe attached again at the same place while
+        // the old one is still being released was seen to miss hits (estimates 2–28% low
+        // instead of a steady 12%).
+        std::thread::scope(|scope| {
+            for link in links {
+                scope.spawn(move || drop(link));
+            }
+        });
+    }
+}
+
+/// Statistics summed over CPUs, with their hits.
+fn total_stats<'s>(per_cpu: impl Iterator<Item = &'s ProbeStats>) -> ProbeStats {
+    per_cpu
+        .fold(ProbeStats::default(), |acc, cpu| acc.merged(*cpu))
+        .with_outcome_hits()
+}
+
+/// A second handle on one of the object's per-CPU arrays (its file descriptor duplicated), for
+/// another thread.
+fn reopen_per_cpu_array(ebpf: &Ebpf, name: &str) -> anyhow::Result<MapData> {
+    let map = ebpf
+        .map(name)
+        .with_context(|| format!("the eBPF object has no map {name}"))?;
+    let Map::PerCpuArray(data) = map else {
+        anyhow::bail!("the eBPF object's map {name} is not a per-CPU array");
+    };
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .with_context(|| format!("cannot duplicate the map {name}"))?;
+    MapData::from_fd(fd).with_context(|| format!("cannot open the map {name} again"))
 }
 
 /// Which eBPF program goes on which entry points, for a mode.

@@ -278,6 +278,14 @@ pub fn alive(pid: u32) -> bool {
         .is_some_and(|exited| !exited)
 }
 
+/// The user-mode CPU time of all of a process's threads so far, in clock ticks (field 14 of
+/// `/proc/PID/stat`): how far a program got, leaving out its threads' time in the kernel (probe
+/// traps included).
+#[must_use]
+pub fn user_cpu_ticks(pid: u32) -> Option<u64> {
+    stat_after_name(pid)?.split_whitespace().nth(11)?.parse().ok()
+}
+
 /// The executable a process runs, as a file identity (device, inode).
 #[must_use]
 pub fn exe_identity(pid: u32) -> Option<(u64, u64)> {

@@ -29,7 +29,7 @@ use tracer_common::ProbeStats;
 use crate::export::{Exporter as _, MappingInfo, PprofExporter, Trace};
 use crate::memprofile::{self, PreparedProbes};
 use crate::mode::Mode;
-use crate::probes::AttachTarget;
+use crate::probes::{AttachTarget, ProbeOptions};
 use crate::process::{ProcessId, exe_identity};
 use crate::profile::{self, CallsiteKey, Profile};
 use crate::report::{Report, TargetInfo};
@@ -61,8 +61,8 @@ pub struct ServeConfig {
     pub interval: Duration,
     /// Distinct keys the store keeps per target.
     pub max_keys: usize,
-    /// Frames walked and kept per stack.
-    pub stack_depth: usize,
+    /// Frames walked and kept per stack, span mode's budget.
+    pub probe_options: ProbeOptions,
 }
 
 /// How often the collector checks whether its target still lives, and looks for a new one.
@@ -92,6 +92,9 @@ struct Snapshot {
     /// When tracing of the current generation started.
     started: Option<(Instant, i64)>,
     attached_probes: usize,
+    /// The fraction of each second the probes are attached (below 1 under span mode's duty
+    /// cycle).
+    attached_fraction: f64,
     /// Probe statistics of earlier generations, summed.
     earlier_stats: ProbeStats,
     reattaches: u64,
@@ -345,7 +348,7 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
         config.mode,
         config.set_mem_profile_rate,
         &attach_target,
-        config.stack_depth,
+        config.probe_options,
     )?;
     let target_info = target_info(pid, &exe.path_in_process, &binary);
     eprintln!(
@@ -373,6 +376,7 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
         s.mapping = mapping_info(&addresses, &exe.path_in_process, &binary);
         s.started = Some((Instant::now(), unix_nanos()));
         s.attached_probes = probes.attached;
+        s.attached_fraction = probes.attached_fraction();
         s.last_error = None;
         s.last_collection = Some(Instant::now());
         s.overflowed_keys
@@ -381,7 +385,7 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
     release_free_memory();
     let runtime = runtime_frames(&binary);
     let mut symbols = ProcessSymbols::new(&binary, &addresses);
-    let mut store = Store::new(config.max_keys, config.stack_depth);
+    let mut store = Store::new(config.max_keys, config.probe_options.stack_depth);
     let mut last_rate = memprofile::DEFAULT_RATE;
     let mut next_collect = Instant::now() + config.interval;
     loop {
@@ -406,6 +410,7 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
             release_free_memory();
             let mut s = lock(shared);
             s.store_keys = store.len();
+            s.attached_fraction = probes.attached_fraction();
             s.overflowed_keys = overflowed_before + store.overflowed;
             s.stale = ended;
             s.last_collection = Some(Instant::now());
@@ -660,6 +665,13 @@ fn render_own_metrics(out: &mut String, s: &Snapshot, profile: Option<&Profile>)
         let _ = writeln!(out, "# TYPE {name} {kind}");
         let _ = writeln!(out, "{name} {value}");
     }
+    let _ = writeln!(
+        out,
+        "# HELP gotrace_probe_attached_ratio The fraction of each second the probes are attached: \
+         below 1 while span mode's duty cycle keeps them within --span-budget (estimates are scaled up)."
+    );
+    let _ = writeln!(out, "# TYPE gotrace_probe_attached_ratio gauge");
+    let _ = writeln!(out, "gotrace_probe_attached_ratio {}", s.attached_fraction);
     if let (Some(t), Some(mode)) = (&s.target, s.mode) {
         let _ = writeln!(
             out,

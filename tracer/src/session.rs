@@ -79,13 +79,13 @@ pub fn run(target: Target, config: &TraceConfig) -> anyhow::Result<ExitCode> {
         rate,
         rate_override: _rate_override,
         ..
-    } = memprofile::prepare_and_attach(config.mode, config.set_mem_profile_rate, &target, config.stack_depth)?;
+    } = memprofile::prepare_and_attach(config.mode, config.set_mem_profile_rate, &target, config.probe_options)?;
     let child = stopped.map(process::StoppedChild::resume).transpose()?;
     let session = Session {
         binary: &binary,
         addresses: &addresses,
         probes: RefCell::new(probes),
-        store: RefCell::new(Store::new(ATTACH_MAX_KEYS, config.stack_depth)),
+        store: RefCell::new(Store::new(ATTACH_MAX_KEYS, config.probe_options.stack_depth)),
         rate,
         last_rate: std::cell::Cell::new(memprofile::DEFAULT_RATE),
         runtime: runtime_frames(&binary),

@@ -57,11 +57,12 @@ impl Store {
 
     /// Drains the probes into the store.
     pub fn collect(&mut self, probes: &mut Probes, weighing: Weighing) -> anyhow::Result<()> {
-        let drained = probes.drain()?;
+        let (drained, scale) = probes.drain()?;
         for (key, count) in drained {
             let Some((mut key, objects)) = weighing.weigh(key, count) else {
                 continue;
             };
+            let objects = objects * scale;
             let mut frames = None;
             if key.stack != NO_STACK {
                 match self.cut_stack(probes, key.stack) {

@@ -1,0 +1,422 @@
+//! Sampling in time: span mode's probes attached for part of each second, when the target
+//! refills spans faster than a budget of probe hits allows.
+//!
+//! Every probe hit is a trap into the kernel (~1 µs on these machines) plus the program (~1.7 µs
+//! for a refill with its stack walk): a CPU-bound Go program that refills 24,000 spans a second
+//! on one core loses ~6% of it to span mode. Skipping work inside the probe cannot help, since
+//! the trap is paid before the program runs; only a probe that is not there costs nothing. So a
+//! thread detaches the probes for the rest of each [`PERIOD`] once they have been attached for
+//! the fraction that keeps their hits within the budget, and the counts of each collection are
+//! scaled by the inverse of the share of the target's progress the probes were attached for.
+//!
+//! The scaling is unbiased for a steady workload: each span is counted, with all of its
+//! objects, when its end (the refill that replaces it, or the `releaseAll` that hands it back)
+//! falls while the probes are attached, which happens for that share of the spans. The objects
+//! are charged to the refill that ended the span and half of them to the one that started it,
+//! as the probes know it: for a span brought in while they were detached, that is the last
+//! refill of the same P and size class they saw before, which is a guess (the totals are
+//! right, the split between callsites sharing a size class may not be). The probes' traps slow
+//! the target while attached, which the share allows for (see [`DutyCycle::take_scale`]).
+//!
+//! Detaching takes an RCU grace period per probe (~0.1 s, in parallel), during which the probes
+//! still trap but count nothing (`PAUSED_MAP`): a cost the budget does not see.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// One cycle: attached for `fraction` of it, detached for the rest. Short enough that most
+/// collection intervals (2 s by default) hold some attached time (one that holds none adds its
+/// time to the next, see [`DutyCycle::take_scale`]); long enough that attaching (~10 ms for
+/// three probes) and the detach's grace period (~0.1 s) stay small against it.
+pub const PERIOD: Duration = Duration::from_secs(1);
+
+/// The least fraction of each cycle the probes stay attached: 5% of a second is still
+/// thousands of refills in a program that needs sampling. (So a target that hits the probes
+/// more than 20 times the budget a second, attached, pays more than the budget.)
+const MIN_FRACTION: f64 = 0.05;
+
+/// What the duty-cycle thread does to the probes.
+pub trait Switch: Send + 'static {
+    /// Attaches every probe again; they count from when it returns.
+    fn attach(&mut self) -> anyhow::Result<()>;
+    /// Detaches every probe; they count nothing from when it is called (even if detaching
+    /// itself takes a while).
+    fn detach(&mut self);
+}
+
+/// Reads the target's user-mode CPU time so far (clock ticks); `None` when it cannot.
+pub type ProgressClock = Box<dyn Fn() -> Option<u64> + Send>;
+
+/// The target's pace attached and detached, over the whole trace: user CPU ticks and wall time
+/// of each. Per window (50 ms at 5%) the 10 ms ticks are far too coarse to measure by, but
+/// pooled over every window they give how much the probes slow the target while attached.
+#[derive(Debug, Default)]
+struct Pace {
+    attached_ticks: u64,
+    attached_wall: Duration,
+    detached_ticks: u64,
+    detached_wall: Duration,
+}
+
+/// Pooled ticks on each side below which the pace is not trusted (0.2 s of CPU time).
+const MIN_PACE_TICKS: u64 = 20;
+
+impl Pace {
+    /// How much faster the target runs detached than attached (its user CPU time per second),
+    /// once both sides have enough ticks; 1 before. Never below 1: the probes cannot speed it up.
+    fn slowdown(&self) -> f64 {
+        if self.attached_ticks < MIN_PACE_TICKS || self.detached_ticks < MIN_PACE_TICKS {
+            return 1.0;
+        }
+        #[expect(clippy::cast_precision_loss, reason = "tick counts")]
+        let rate = |ticks: u64, wall: Duration| ticks as f64 / wall.as_secs_f64().max(1e-3);
+        (rate(self.detached_ticks, self.detached_wall) / rate(self.attached_ticks, self.attached_wall)).clamp(1.0, 4.0)
+    }
+}
+
+/// What the probes were attached for, as the collection sees it.
+#[derive(Debug)]
+struct Attached {
+    /// Since when the probes are attached, while they are.
+    since: Option<Instant>,
+    /// Time attached since `taken`, not counting the current stretch.
+    wall: Duration,
+    /// The last [`DutyCycle::take_scale`].
+    taken: Instant,
+    /// The fraction of each cycle the thread keeps the probes attached now.
+    fraction: f64,
+}
+
+impl Attached {
+    /// Ends the current attached stretch at `now` (starting a new one when `still_attached`).
+    fn close_stretch(&mut self, now: Instant, still_attached: bool) {
+        if let Some(since) = self.since.take() {
+            self.wall += now.saturating_duration_since(since);
+        }
+        if still_attached {
+            self.since = Some(now);
+        }
+    }
+}
+
+struct Shared {
+    stop: Mutex<bool>,
+    wake: Condvar,
+    attached: Mutex<Attached>,
+    pace: Mutex<Pace>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("attached", &self.attached)
+            .field("pace", &self.pace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn attached(&self) -> MutexGuard<'_, Attached> {
+        self.attached.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn pace(&self) -> MutexGuard<'_, Pace> {
+        self.pace.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sleeps for `time` unless told to stop; true when told to stop.
+    fn sleep(&self, time: Duration) -> bool {
+        let stop = self.stop.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (stop, _) = self
+            .wake
+            .wait_timeout_while(stop, time, |stop| !*stop)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *stop
+    }
+}
+
+/// A running duty cycle; dropping it stops the thread (the probes stay as they are then: the
+/// owner drops them next).
+pub struct DutyCycle {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for DutyCycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DutyCycle")
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DutyCycle {
+    /// Starts cycling probes that are attached now, keeping their hits (`hits` returns the
+    /// count so far) within `budget` a second on average. `clock` reads the target's user CPU
+    /// time, by which the scaling allows for the probes slowing the target (see
+    /// [`Self::take_scale`]).
+    pub fn start(
+        switch: Arc<Mutex<dyn Switch>>,
+        hits: impl FnMut() -> u64 + Send + 'static,
+        clock: ProgressClock,
+        budget: u32,
+    ) -> anyhow::Result<Self> {
+        let now = Instant::now();
+        let shared = Arc::new(Shared {
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            attached: Mutex::new(Attached {
+                since: Some(now),
+                wall: Duration::ZERO,
+                taken: now,
+                fraction: 1.0,
+            }),
+            pace: Mutex::new(Pace::default()),
+        });
+        let thread = std::thread::Builder::new().name("duty-cycle".to_owned()).spawn({
+            let shared = shared.clone();
+            move || cycle(&shared, &*switch, hits, &clock, f64::from(budget))
+        })?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The factor that turns counts collected since the last call into estimates for the whole
+    /// time: the inverse of the share of it the probes were attached.
+    ///
+    /// The share is of the target's progress, not of wall time: the probes' traps slow the
+    /// target while attached, so it allocates less per second then (a third less on `workloads
+    /// classes`, which refills 90,000 spans a second), and the share of wall time would
+    /// overstate what the probes saw (estimates 8–17% low there). Progress is user CPU time,
+    /// which leaves the traps out; its clock ticks (10 ms) are far too coarse for one 50 ms
+    /// window (±25% errors when measured so), so the pace attached and detached is pooled over
+    /// the whole trace ([`Pace`]) and each interval's detached wall time weighed by it.
+    pub fn take_scale(&self) -> f64 {
+        let now = Instant::now();
+        let mut a = self.shared.attached();
+        let still_attached = a.since.is_some();
+        a.close_stretch(now, still_attached);
+        if a.wall.is_zero() {
+            // Not attached at all since the last scale, so nothing was counted: the time adds
+            // up to the next interval's, whose counts then stand for both. (Counts that came in
+            // around the edges are weighed by the current setting.)
+            return 1.0 / a.fraction;
+        }
+        let wall = now.saturating_duration_since(a.taken);
+        let detached = wall.saturating_sub(a.wall).as_secs_f64();
+        let scale = 1.0 + detached * self.shared.pace().slowdown() / a.wall.as_secs_f64();
+        a.taken = now;
+        a.wall = Duration::ZERO;
+        scale.max(1.0)
+    }
+
+    /// The fraction of each cycle the probes are attached now (1 while the target stays within
+    /// the budget).
+    pub fn fraction(&self) -> f64 {
+        self.shared.attached().fraction
+    }
+}
+
+impl Drop for DutyCycle {
+    fn drop(&mut self) {
+        *self
+            .shared
+            .stop
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        self.shared.wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The fraction of the cycle that keeps `rate` hits a second (measured while attached) within
+/// `budget` a second.
+fn fraction_for(rate: f64, budget: f64) -> f64 {
+    if rate <= budget {
+        return 1.0;
+    }
+    (budget / rate).clamp(MIN_FRACTION, 1.0)
+}
+
+fn cycle(
+    shared: &Shared,
+    switch: &Mutex<dyn Switch>,
+    mut hits: impl FnMut() -> u64,
+    clock: &ProgressClock,
+    budget: f64,
+) {
+    let lock = || switch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut fraction = 1.0;
+    let mut attached = true;
+    // Whether the user was told the duty cycle engaged; how often re-attaching failed in a row.
+    let mut told = false;
+    let mut failures = 0_u32;
+    // When the probes were last detached, and the target's user CPU time then.
+    let mut off_since = Instant::now();
+    let mut off_ticks = None;
+    loop {
+        if !attached {
+            if let Err(e) = lock().attach() {
+                // Most likely the target exited, which the collection notices within a second;
+                // else the next cycle tries again.
+                failures += 1;
+                if failures == 2 {
+                    eprintln!("gotrace: cannot attach the probes again (trying again each second): {e:#}");
+                }
+                if shared.sleep(PERIOD) {
+                    return;
+                }
+                continue;
+            }
+            failures = 0;
+            attached = true;
+            let now = Instant::now();
+            shared.attached().since = Some(now);
+            if let (Some(start), Some(end)) = (off_ticks, clock()) {
+                let mut pace = shared.pace();
+                pace.detached_ticks += end.saturating_sub(start);
+                pace.detached_wall += now.saturating_duration_since(off_since);
+            }
+        }
+        let hits_before = hits();
+        let on_since = Instant::now();
+        let on_ticks = clock();
+        if shared.sleep(PERIOD.mul_f64(fraction)) {
+            return;
+        }
+        #[expect(clippy::cast_precision_loss, reason = "a rate")]
+        let rate = hits().saturating_sub(hits_before) as f64 / on_since.elapsed().as_secs_f64();
+        fraction = fraction_for(rate, budget);
+        shared.attached().fraction = fraction;
+        if fraction >= 1.0 {
+            continue;
+        }
+        if !told {
+            told = true;
+            eprintln!(
+                "gotrace: span mode: {rate:.0} probe hits a second is over the budget of {budget:.0} \
+                 (--span-budget): the probes are attached for {:.0}% of each second and the counts \
+                 scaled up to match",
+                fraction * 100.0
+            );
+        }
+        off_since = Instant::now();
+        off_ticks = clock();
+        shared.attached().close_stretch(off_since, false);
+        if let (Some(start), Some(end)) = (on_ticks, off_ticks) {
+            let mut pace = shared.pace();
+            pace.attached_ticks += end.saturating_sub(start);
+            pace.attached_wall += off_since.saturating_duration_since(on_since);
+        }
+        lock().detach();
+        attached = false;
+        if shared.sleep(PERIOD.mul_f64(1.0 - fraction).saturating_sub(off_since.elapsed())) {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A target that hits the probes `RATE` times a second while they are attached.
+    struct FakeProbes {
+        since: Option<Instant>,
+        hits: f64,
+        switches: usize,
+    }
+
+    const RATE: f64 = 100_000.0;
+
+    impl FakeProbes {
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a positive count, far below 2^53"
+        )]
+        fn hits(&self) -> u64 {
+            let current = self.since.map_or(0.0, |since| since.elapsed().as_secs_f64() * RATE);
+            (self.hits + current) as u64
+        }
+    }
+
+    impl Switch for FakeProbes {
+        fn attach(&mut self) -> anyhow::Result<()> {
+            self.since = Some(Instant::now());
+            self.switches += 1;
+            Ok(())
+        }
+
+        fn detach(&mut self) {
+            if let Some(since) = self.since.take() {
+                self.hits += since.elapsed().as_secs_f64() * RATE;
+            }
+            self.switches += 1;
+        }
+    }
+
+    #[test]
+    fn cycles_within_the_budget_and_scales_by_the_time_attached() {
+        let probes = Arc::new(Mutex::new(FakeProbes {
+            since: Some(Instant::now()),
+            hits: 0.0,
+            switches: 0,
+        }));
+        let reader = probes.clone();
+        let duty = DutyCycle::start(
+            probes.clone(),
+            move || reader.lock().unwrap().hits(),
+            Box::new(|| None),
+            10_000,
+        )
+        .unwrap();
+        // The first second is attached whole: its rate sets the fraction.
+        std::thread::sleep(PERIOD + PERIOD / 2);
+        assert!((duty.fraction() - 0.1).abs() < 0.02, "{}", duty.fraction());
+        let _ = duty.take_scale();
+        let hits_before = probes.lock().unwrap().hits();
+        std::thread::sleep(PERIOD * 3);
+        let scale = duty.take_scale();
+        let hits = probes.lock().unwrap().hits() - hits_before;
+        // Estimated hits over the 3 s: the target's true 300,000.
+        #[expect(clippy::cast_precision_loss, reason = "far below 2^53")]
+        let estimate = hits as f64 * scale;
+        assert!(
+            (estimate / (RATE * 3.0) - 1.0).abs() < 0.15,
+            "scale {scale}, hits {hits}"
+        );
+        assert!((scale - 10.0).abs() < 2.0, "{scale}");
+        drop(duty);
+        assert!(probes.lock().unwrap().switches >= 4);
+    }
+
+    #[test]
+    fn pace_is_trusted_only_with_enough_ticks_and_never_speeds_up() {
+        let mut pace = Pace {
+            attached_ticks: 10,
+            attached_wall: Duration::from_millis(150),
+            detached_ticks: 90,
+            detached_wall: Duration::from_millis(900),
+        };
+        assert!((pace.slowdown() - 1.0).abs() < f64::EPSILON);
+        // Attached: 67 ticks a second; detached: 100.
+        pace.attached_ticks = 20;
+        pace.attached_wall = Duration::from_millis(300);
+        assert!((pace.slowdown() - 1.5).abs() < 1e-9, "{}", pace.slowdown());
+        pace.attached_ticks = 60;
+        assert!((pace.slowdown() - 1.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn fraction_keeps_hits_within_budget() {
+        assert!((fraction_for(1000.0, 4000.0) - 1.0).abs() < f64::EPSILON);
+        assert!((fraction_for(24_000.0, 4000.0) - 1.0 / 6.0).abs() < 1e-9);
+        assert!((fraction_for(1e9, 4000.0) - MIN_FRACTION).abs() < f64::EPSILON);
+    }
+}
