@@ -338,9 +338,9 @@ pub struct SamplingArgs {
 pub struct SpanBudgetArg {
     /// Span mode: the probe hits a second the target pays for, on average. Each costs it a trap
     /// and the probe, ~3 µs on a 2-core VM, so 4000 is ~1% of a core. A target that refills
-    /// spans faster gets the probes attached for only part of each second (a duty cycle, down
-    /// to 5% of it), and the estimates are scaled by the inverse of that part. 0: always
-    /// attached.
+    /// spans more than twice as fast gets the probes attached for only part of each second (a
+    /// duty cycle, down to 5% of it), and the estimates are scaled by the inverse of that part.
+    /// 0: always attached.
     #[arg(long, value_name = "HITS", default_value_t = DEFAULT_SPAN_BUDGET)]
     pub span_budget: u32,
 }
