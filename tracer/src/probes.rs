@@ -134,7 +134,9 @@ impl Probes {
         attachments.attach()?;
         let attached = attachments.links.len();
         let mut ebpf = attachments.ebpf;
-        let stats_for_duty = reopen_per_cpu_array(&ebpf, STATS_MAP)?;
+        // The duty cycle's thread reads the hits through a handle of its own.
+        let budget = options.span_budget.filter(|_| mode == Mode::Span);
+        let stats_for_duty = budget.map(|_| reopen_per_cpu_array(&ebpf, STATS_MAP)).transpose()?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, STATS_MAP)?)?;
         let counts = [
             PerCpuHashMap::try_from(take(&mut ebpf, COUNTS_MAP)?)?,
@@ -145,8 +147,8 @@ impl Probes {
         let stacks = BpfHashMap::try_from(take(&mut ebpf, STACKS_MAP)?)?;
         attachments.ebpf = ebpf;
         let attachments = Arc::new(Mutex::new(attachments));
-        let duty = match (mode, options.span_budget) {
-            (Mode::Span, Some(budget)) => {
+        let duty = match (budget, stats_for_duty) {
+            (Some(budget), Some(stats_for_duty)) => {
                 let stats: PerCpuArray<MapData, ProbeStats> = PerCpuArray::try_from(Map::PerCpuArray(stats_for_duty))?;
                 let hits = move || stats.get(&0, 0).map_or(0, |cpus| total_stats(cpus.iter()).hits);
                 let switch: Arc<Mutex<dyn Switch>> = attachments.clone();
