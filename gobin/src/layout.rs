@@ -15,6 +15,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use crate::sizeclasses::{CLASS_TO_SIZE, NUM_SIZE_CLASSES};
 use crate::version::GoVersion;
 
 /// The DWARF name of the per-P allocation cache (`src/runtime/mcache.go`).
@@ -95,6 +96,130 @@ impl RuntimeLayout {
     }
 }
 
+/// The DWARF name of the runtime's statistics (`src/runtime/mstats.go`), the type of
+/// `runtime.memstats`.
+pub(crate) const MSTATS: &str = "runtime.mstats";
+/// The DWARF name of `mstats.heapStats`'s type: `stats [3]heapStatsDelta` first.
+pub(crate) const CONSISTENT_HEAP_STATS: &str = "runtime.consistentHeapStats";
+/// The DWARF name of one generation of the heap statistics.
+pub(crate) const HEAP_STATS_DELTA: &str = "runtime.heapStatsDelta";
+/// The symbol of the runtime's statistics.
+pub(crate) const MEMSTATS_SYMBOL: &str = "runtime.memstats";
+
+/// Where the runtime keeps its count of the heap allocations, which span mode's duty cycle
+/// reads to know what share of them its probes saw.
+///
+/// `runtime.memstats.heapStats` is a `consistentHeapStats`: three generations of
+/// `heapStatsDelta`, whose sum is the running total (`unsafeRead` in `src/runtime/mstats.go`
+/// adds them up the same way). The counts move at exactly the events span mode's probes count:
+/// `smallAllocCount[sizeclass]` grows by a span's used slots when `runtime.(*mcache).refill`
+/// gives the span back and when `releaseAll` flushes the cache, and `largeAlloc` by the span's
+/// bytes in `allocLarge` (`src/runtime/mcache.go`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct HeapStatsLayout {
+    /// Offset of the first `heapStatsDelta` in `runtime.mstats` (`heapStats.stats[0]`).
+    pub generations: u32,
+    /// Bytes per `heapStatsDelta`: the stride of the three generations.
+    pub generation_size: u32,
+    /// `largeAlloc uint64` in `heapStatsDelta`: bytes of large-object spans allocated.
+    pub large_alloc: u32,
+    /// `smallAllocCount [NUM_SIZE_CLASSES]uint64` in `heapStatsDelta`: objects allocated, by
+    /// size class.
+    pub small_alloc_count: u32,
+    /// How gotrace knows.
+    pub source: LayoutSource,
+}
+
+impl HeapStatsLayout {
+    /// The layout of a Go release's 64-bit runtime, from gotrace's table; `None` outside Go
+    /// 1.21–1.27. Go 1.25 removed `heapStatsDelta.inPtrScalarBits` (with the GC programs it
+    /// counted), moving the allocation counts 8 bytes down. `heapStats` is the first member of
+    /// `mstats` and `stats` the first of `consistentHeapStats` in every release.
+    #[must_use]
+    pub fn from_version_table(version: GoVersion) -> Option<Self> {
+        if version.major != 1 {
+            return None;
+        }
+        // Six (five from 1.25) int64 byte deltas, then tinyAllocCount, largeAlloc,
+        // largeAllocCount and smallAllocCount.
+        let deltas = match version.minor {
+            21..=24 => 6,
+            25..=27 => 5,
+            _ => return None,
+        };
+        Some(Self::from_leading_words(deltas, LayoutSource::VersionTable))
+    }
+
+    fn from_leading_words(deltas: u32, source: LayoutSource) -> Self {
+        let large_alloc = 8 * (deltas + 1);
+        let small_alloc_count = large_alloc + 16;
+        Self {
+            generations: 0,
+            generation_size: Self::size_after(small_alloc_count),
+            large_alloc,
+            small_alloc_count,
+            source,
+        }
+    }
+
+    /// A `heapStatsDelta`'s size from where `smallAllocCount` is: it, `largeFree`,
+    /// `largeFreeCount` and `smallFreeCount` follow, all 8-byte words.
+    #[expect(clippy::cast_possible_truncation, reason = "NUM_SIZE_CLASSES is 68")]
+    const fn size_after(small_alloc_count: u32) -> u32 {
+        small_alloc_count + 2 * 8 * NUM_SIZE_CLASSES as u32 + 16
+    }
+
+    /// The layout from DWARF member offsets (see `DwarfInfo::struct_members`); `None` when a
+    /// structure or member is missing or an offset is out of range.
+    pub(crate) fn from_dwarf(structs: &HashMap<String, HashMap<String, u64>>) -> Option<Self> {
+        let offset = |structure: &str, member: &str| -> Option<u32> {
+            u32::try_from(*structs.get(structure)?.get(member)?).ok()
+        };
+        let small_alloc_count = offset(HEAP_STATS_DELTA, "smallAllocCount")?;
+        let small_free_count = offset(HEAP_STATS_DELTA, "smallFreeCount")?;
+        #[expect(clippy::cast_possible_truncation, reason = "NUM_SIZE_CLASSES is 68")]
+        let generation_size = small_free_count.checked_add(8 * NUM_SIZE_CLASSES as u32)?;
+        Some(Self {
+            generations: offset(MSTATS, "heapStats")?.checked_add(offset(CONSISTENT_HEAP_STATS, "stats")?)?,
+            generation_size,
+            large_alloc: offset(HEAP_STATS_DELTA, "largeAlloc")?,
+            small_alloc_count,
+            source: LayoutSource::Dwarf,
+        })
+    }
+
+    /// Bytes to read at `runtime.memstats` + [`Self::generations`] for all three generations.
+    #[must_use]
+    pub fn read_size(&self) -> usize {
+        3 * self.generation_size as usize
+    }
+
+    /// The bytes the runtime has counted as allocated, from the three generations read at
+    /// `runtime.memstats` + [`Self::generations`]: each small size class's objects times its
+    /// size, plus the large-object bytes. `None` when `generations` is shorter than
+    /// [`Self::read_size`].
+    #[must_use]
+    pub fn allocated_bytes(&self, generations: &[u8]) -> Option<u64> {
+        if generations.len() < self.read_size() {
+            return None;
+        }
+        let word = |at: usize| -> Option<u64> {
+            let bytes = generations.get(at..at + 8)?;
+            Some(u64::from_le_bytes(bytes.try_into().ok()?))
+        };
+        let mut total = 0_u64;
+        for generation in 0..3 {
+            let base = generation * self.generation_size as usize;
+            total = total.wrapping_add(word(base + self.large_alloc as usize)?);
+            for (class, &size) in CLASS_TO_SIZE.iter().enumerate().skip(1) {
+                let count = word(base + self.small_alloc_count as usize + 8 * class)?;
+                total = total.wrapping_add(count.wrapping_mul(u64::from(size)));
+            }
+        }
+        Some(total)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +259,36 @@ mod tests {
         );
         structs.get_mut(MSPAN).unwrap().remove("elemsize");
         assert!(RuntimeLayout::from_dwarf(&structs).is_none());
+    }
+
+    #[test]
+    fn heap_stats_table_covers_go_1_21_to_1_27() {
+        let old = HeapStatsLayout::from_version_table(GoVersion::new(1, 24, 0)).unwrap();
+        assert_eq!(
+            (old.large_alloc, old.small_alloc_count, old.generation_size),
+            (56, 72, 1176)
+        );
+        let new = HeapStatsLayout::from_version_table(GoVersion::new(1, 25, 0)).unwrap();
+        assert_eq!(
+            (new.large_alloc, new.small_alloc_count, new.generation_size),
+            (48, 64, 1168)
+        );
+        assert!(HeapStatsLayout::from_version_table(GoVersion::new(1, 20, 0)).is_none());
+        assert!(HeapStatsLayout::from_version_table(GoVersion::new(1, 28, 0)).is_none());
+    }
+
+    #[test]
+    fn allocated_bytes_sums_the_three_generations() {
+        let layout = HeapStatsLayout::from_version_table(GoVersion::new(1, 27, 0)).unwrap();
+        let mut memory = vec![0_u8; layout.read_size()];
+        let mut put = |at: usize, value: u64| memory[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        let size = layout.generation_size as usize;
+        // 3 objects of class 1 (8 bytes) in generation 0, 2 of class 67 (32 KiB) in generation
+        // 2, and a 40 KiB large span in generation 1.
+        put(layout.small_alloc_count as usize + 8, 3);
+        put(2 * size + layout.small_alloc_count as usize + 8 * 67, 2);
+        put(size + layout.large_alloc as usize, 40_960);
+        assert_eq!(layout.allocated_bytes(&memory), Some(3 * 8 + 2 * 32_768 + 40_960));
+        assert_eq!(layout.allocated_bytes(&memory[..memory.len() - 1]), None);
     }
 }

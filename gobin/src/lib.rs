@@ -60,7 +60,7 @@ pub use crate::entrypoints::{
 };
 pub use crate::error::{Error, Result};
 pub use crate::functions::{Function, FunctionSource, FunctionTable};
-pub use crate::layout::{LayoutSource, RuntimeLayout};
+pub use crate::layout::{HeapStatsLayout, LayoutSource, RuntimeLayout};
 pub use crate::moduledata::ModuleData;
 pub use crate::prologue::StackCheck;
 pub use crate::types::runtime_spelling;
@@ -371,6 +371,31 @@ impl<'data> GoBinary<'data> {
         RuntimeLayout::from_version_table(self.version).ok_or_else(|| Error::UnknownRuntimeLayout {
             version: self.build_info.go_version.clone(),
         })
+    }
+
+    /// Where the runtime counts its heap allocations: the link-time address of
+    /// `runtime.memstats.heapStats.stats` and the layout of what is there (see
+    /// [`HeapStatsLayout`]). `None` without `.symtab` (stripped: `.gopclntab` names only
+    /// functions), or when neither DWARF nor gotrace's table knows the layout.
+    ///
+    /// # Errors
+    /// When the DWARF is malformed.
+    pub fn heap_stats(&self) -> Result<Option<(u64, HeapStatsLayout)>> {
+        let Some(memstats) = self.variable(layout::MEMSTATS_SYMBOL) else {
+            return Ok(None);
+        };
+        let mut found = None;
+        if let Some(dwarf) = &self.dwarf {
+            let structs =
+                dwarf.struct_members(&[layout::MSTATS, layout::CONSISTENT_HEAP_STATS, layout::HEAP_STATS_DELTA])?;
+            found = HeapStatsLayout::from_dwarf(&structs);
+        }
+        let Some(layout) = found.or_else(|| HeapStatsLayout::from_version_table(self.version)) else {
+            return Ok(None);
+        };
+        // The three generations must lie inside the variable.
+        let end = u64::from(layout.generations) + layout.read_size() as u64;
+        Ok((end <= memstats.size).then(|| (memstats.address + u64::from(layout.generations), layout)))
     }
 
     /// A variable by its full name, from `.symtab`: `None` when there is no such data symbol,

@@ -162,10 +162,21 @@ impl AddressMap {
         self.loads.iter().find_map(|s| s.vaddr_of(file_offset))
     }
 
-    /// Runtime address of a link-time address in the binary.
+    /// Runtime address of a link-time address in the binary, the zero-filled end of a
+    /// segment (`.bss`, `.noptrbss`) included: the kernel maps that anonymously, right after
+    /// the segment's file-backed part (`load_elf_binary`'s `set_brk`/`padzero`), so it moves
+    /// with the segment's start.
     #[must_use]
     pub fn to_runtime(&self, link_time: u64) -> Option<u64> {
-        let file_offset = self.loads.iter().find_map(|s| s.file_offset_of(link_time))?;
+        let Some(file_offset) = self.loads.iter().find_map(|s| s.file_offset_of(link_time)) else {
+            let segment = self
+                .loads
+                .iter()
+                .find(|s| link_time.checked_sub(s.vaddr).is_some_and(|delta| delta < s.memsz) && s.filesz > 0)?;
+            // The segment's first byte is file-backed (`filesz > 0`), so this does not recurse
+            // again.
+            return self.to_runtime(segment.vaddr)?.checked_add(link_time - segment.vaddr);
+        };
         let m = self
             .mappings
             .iter()
@@ -290,5 +301,8 @@ mod tests {
         assert_eq!(map.to_static(0x5555_5560_0008), Some(0xad008));
         assert_eq!(map.to_runtime(0xad008), Some(0x5555_5560_0008));
         assert_eq!(map.to_static(0x7fff_f7fc_3000), None);
+        // Past the data segment's file-backed part: its `.bss`, mapped anonymously after it.
+        assert_eq!(map.to_runtime(0xc0010), Some(0x5555_5561_3010));
+        assert_eq!(map.to_runtime(0xcd000), None);
     }
 }

@@ -13,8 +13,8 @@ use std::path::Path;
 
 use gobin::procmaps::{AddressMap, ProcessMaps};
 use gobin::{
-    Arch, ArgRole, ArgSource, GoBinary, LayoutSource, ProbeRole, Register, ReturnAddress, RuntimeLayout, StackCheck,
-    SymbolSource, TypeSource, runtime_spelling, table_registers,
+    Arch, ArgRole, ArgSource, GoBinary, HeapStatsLayout, LayoutSource, ProbeRole, Register, ReturnAddress,
+    RuntimeLayout, StackCheck, SymbolSource, TypeSource, runtime_spelling, table_registers,
 };
 use testkit::{Fixture, LiveOracle, allocs_fixtures, default_variant_of, hex, objdump};
 
@@ -361,6 +361,47 @@ fn runtime_layout_from_dwarf_matches_the_version_table() {
                 ..layout
             },
             table,
+            "{}",
+            f.name()
+        );
+    }
+    assert!(from_dwarf > 20, "only {from_dwarf} fixtures with DWARF");
+}
+
+/// DWARF's offsets in `runtime.mstats` and `runtime.heapStatsDelta` are what the version
+/// table says, on both architectures and in every link mode; without `.symtab` there is no
+/// `runtime.memstats` to read them at.
+#[test]
+fn heap_stats_layout_from_dwarf_matches_the_version_table() {
+    let mut from_dwarf = 0;
+    for f in allocs_fixtures() {
+        let data = f.bytes();
+        let bin = parse(&data, &f);
+        let found = bin.heap_stats().unwrap_or_else(|e| panic!("{}: {e}", f.name()));
+        let Some((address, layout)) = found else {
+            assert!(!f.has_symtab(), "{}: no heap statistics", f.name());
+            continue;
+        };
+        assert_eq!(
+            Some(address),
+            bin.variable("runtime.memstats").map(|v| v.address),
+            "{}",
+            f.name()
+        );
+        let table = HeapStatsLayout::from_version_table(bin.go_version())
+            .unwrap_or_else(|| panic!("{}: not in the table", f.name()));
+        let expected_source = if f.has_dwarf() {
+            from_dwarf += 1;
+            LayoutSource::Dwarf
+        } else {
+            LayoutSource::VersionTable
+        };
+        assert_eq!(
+            layout,
+            HeapStatsLayout {
+                source: expected_source,
+                ..table
+            },
             "{}",
             f.name()
         );

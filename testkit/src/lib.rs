@@ -112,6 +112,8 @@ pub struct Oracle {
     pub goarch: String,
     pub types: Vec<OracleType>,
     pub stacks: Vec<OracleStack>,
+    /// `runtime.MemStats.TotalAlloc` just before the document was encoded.
+    pub total_alloc: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

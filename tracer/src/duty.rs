@@ -26,8 +26,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// One cycle: attached for `fraction` of it, detached for the rest. Short enough that most
-/// collection intervals (2 s by default) hold some attached time (one that holds none adds its
-/// time to the next, see [`DutyCycle::take_scale`]); long enough that attaching (~10 ms for
+/// collection intervals (2 s by default) hold some attached time (for one that holds none, the
+/// previous interval's counts stand in, see [`DutyCycle::take_scale`]); long enough that attaching (~10 ms for
 /// three probes) and the detach's grace period (~0.1 s) stay small against it.
 pub const PERIOD: Duration = Duration::from_secs(1);
 
@@ -43,6 +43,11 @@ const MIN_FRACTION: f64 = 0.05;
 /// twice the budget keeps its probes.
 const MAX_FRACTION: f64 = 0.5;
 
+/// How often the cycle reads the target's allocation total besides at each switch, so that
+/// when the target exits the latest reading is recent (~10 µs each: two `process_vm_readv` of
+/// 3.5 KiB).
+const HEAP_POLL: Duration = Duration::from_millis(25);
+
 /// What the duty-cycle thread does to the probes.
 pub trait Switch: Send + 'static {
     /// Attaches every probe again; they count from when it returns.
@@ -54,6 +59,10 @@ pub trait Switch: Send + 'static {
 
 /// Reads the target's user-mode CPU time so far (clock ticks); `None` when it cannot.
 pub type ProgressClock = Box<dyn Fn() -> Option<u64> + Send>;
+
+/// Reads the bytes the target's runtime has counted as allocated so far
+/// ([`crate::remote::HeapCounter`]); `None` when it cannot.
+pub type HeapReader = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 
 /// The target's pace attached and detached, over the whole trace: user CPU ticks and wall time
 /// of each. Per window (50 ms at 5%) the 10 ms ticks are far too coarse to measure by, but
@@ -93,17 +102,115 @@ struct Attached {
     taken: Instant,
     /// The fraction of each cycle the thread keeps the probes attached now.
     fraction: f64,
+    /// The target's allocated bytes at `taken` and when the current stretch began.
+    heap_at_taken: Option<u64>,
+    heap_at_since: Option<u64>,
+    /// Bytes the target allocated while attached since `taken`; `None` once a reading failed.
+    heap_seen: Option<u64>,
+    /// The latest reading of the target's allocated bytes: what stands for the reading at
+    /// the end when the target has exited (its memory is gone).
+    heap_latest: Option<u64>,
+    /// What the probes were attached for in the last interval that had attached time.
+    previous: Option<AttachedShare>,
+}
+
+/// The time and allocations an interval's counts were collected over.
+#[derive(Debug, Clone, Copy)]
+struct AttachedShare {
+    wall: Duration,
+    heap: Option<u64>,
+}
+
+/// How the counts of one collection interval become estimates: see
+/// [`DutyCycle::take_scale`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scale {
+    /// The factor for this interval's counts.
+    pub counts: f64,
+    /// How many times the previous interval's counts (unscaled) to add again, for an interval
+    /// in which the probes were never attached: 0 otherwise.
+    pub previous: f64,
+}
+
+impl Scale {
+    /// Counts that stand for themselves.
+    pub const ONE: Self = Self {
+        counts: 1.0,
+        previous: 0.0,
+    };
 }
 
 impl Attached {
-    /// Ends the current attached stretch at `now` (starting a new one when `still_attached`).
-    fn close_stretch(&mut self, now: Instant, still_attached: bool) {
+    /// Starts an attached stretch at `now`, when the target had allocated `heap` bytes.
+    fn open_stretch(&mut self, now: Instant, heap: Option<u64>) {
+        self.since = Some(now);
+        self.heap_at_since = heap;
+    }
+
+    /// Ends the current attached stretch at `now`, when the target had allocated `heap` bytes
+    /// (starting a new one when `still_attached`).
+    fn close_stretch(&mut self, now: Instant, heap: Option<u64>, still_attached: bool) {
         if let Some(since) = self.since.take() {
             self.wall += now.saturating_duration_since(since);
+            self.heap_seen = match (self.heap_seen, self.heap_at_since, heap) {
+                (Some(sum), Some(start), Some(end)) => Some(sum + end.saturating_sub(start)),
+                _ => None,
+            };
         }
         if still_attached {
-            self.since = Some(now);
+            self.open_stretch(now, heap);
         }
+    }
+
+    /// Ends the interval since `taken` at `now`, when the target had allocated `heap_now`
+    /// bytes: see [`DutyCycle::take_scale`]. `slowdown` is the pace detached over attached.
+    fn take(&mut self, now: Instant, heap_now: Option<u64>, slowdown: impl Fn() -> f64) -> Scale {
+        let still_attached = self.since.is_some();
+        self.close_stretch(now, heap_now, still_attached);
+        let wall = now.saturating_duration_since(self.taken);
+        let scale = if self.wall.is_zero() {
+            // Not attached at all since the last scale, so nothing was counted: the last
+            // interval that was stands for this one too, in proportion (the last interval of
+            // a trace may be one such, when the target exits while the probes are detached).
+            let previous = self.previous.map_or(0.0, |share| {
+                let total = heap_now
+                    .zip(self.heap_at_taken)
+                    .map(|(now, then)| now.saturating_sub(then));
+                #[expect(clippy::cast_precision_loss, reason = "byte counts, a ratio")]
+                match (total, share.heap.filter(|&bytes| bytes > 0)) {
+                    (Some(total), Some(attached)) => total as f64 / attached as f64,
+                    _ => wall.as_secs_f64() * slowdown() / share.wall.as_secs_f64().max(1e-3),
+                }
+            });
+            Scale { counts: 1.0, previous }
+        } else {
+            let detached = wall.saturating_sub(self.wall).as_secs_f64();
+            let counts = self
+                .heap_scale(heap_now)
+                .unwrap_or_else(|| 1.0 + detached * slowdown() / self.wall.as_secs_f64());
+            self.previous = Some(AttachedShare {
+                wall: self.wall,
+                heap: self.heap_seen,
+            });
+            Scale {
+                counts: counts.max(1.0),
+                previous: 0.0,
+            }
+        };
+        self.taken = now;
+        self.wall = Duration::ZERO;
+        self.heap_at_taken = heap_now;
+        self.heap_seen = Some(0);
+        scale
+    }
+
+    /// The share of the target's allocations since `taken` that fell while the probes were
+    /// attached, inverted; `None` without the readings for it (or when nothing was allocated).
+    #[expect(clippy::cast_precision_loss, reason = "byte counts, a ratio")]
+    fn heap_scale(&self, heap_now: Option<u64>) -> Option<f64> {
+        let total = heap_now?.saturating_sub(self.heap_at_taken?);
+        let attached = self.heap_seen.filter(|&bytes| bytes > 0)?;
+        Some(total as f64 / attached as f64)
     }
 }
 
@@ -132,6 +239,22 @@ impl Shared {
         self.pace.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Sleeps for `time` unless told to stop, reading the target's allocated bytes every
+    /// [`HEAP_POLL`] (when `read_heap` can); true when told to stop.
+    fn sleep_reading(&self, time: Duration, read_heap: &dyn Fn() -> Option<u64>) -> bool {
+        let end = Instant::now() + time;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if self.sleep(left.min(HEAP_POLL)) {
+                return true;
+            }
+            if left <= HEAP_POLL {
+                return false;
+            }
+            read_heap();
+        }
+    }
+
     /// Sleeps for `time` unless told to stop; true when told to stop.
     fn sleep(&self, time: Duration) -> bool {
         let stop = self.stop.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -147,6 +270,7 @@ impl Shared {
 /// owner drops them next).
 pub struct DutyCycle {
     shared: Arc<Shared>,
+    heap: Option<HeapReader>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -160,16 +284,19 @@ impl std::fmt::Debug for DutyCycle {
 
 impl DutyCycle {
     /// Starts cycling probes that are attached now, keeping their hits (`hits` returns the
-    /// count so far) within `budget` a second on average. `clock` reads the target's user CPU
-    /// time, by which the scaling allows for the probes slowing the target (see
+    /// count so far) within `budget` a second on average. The counts are scaled by what `heap`
+    /// reads, the target's own allocation total, when there is one; else by time, with `clock`
+    /// (the target's user CPU time) allowing for the probes slowing the target (see
     /// [`Self::take_scale`]).
     pub fn start(
         switch: Arc<Mutex<dyn Switch>>,
         hits: impl FnMut() -> u64 + Send + 'static,
+        heap: Option<HeapReader>,
         clock: ProgressClock,
         budget: u32,
     ) -> anyhow::Result<Self> {
         let now = Instant::now();
+        let heap_now = heap.as_ref().and_then(|read| read());
         let shared = Arc::new(Shared {
             stop: Mutex::new(false),
             wake: Condvar::new(),
@@ -178,46 +305,50 @@ impl DutyCycle {
                 wall: Duration::ZERO,
                 taken: now,
                 fraction: 1.0,
+                heap_at_taken: heap_now,
+                heap_at_since: heap_now,
+                heap_seen: Some(0),
+                heap_latest: heap_now,
+                previous: None,
             }),
             pace: Mutex::new(Pace::default()),
         });
         let thread = std::thread::Builder::new().name("duty-cycle".to_owned()).spawn({
             let shared = shared.clone();
-            move || cycle(&shared, &*switch, hits, &clock, f64::from(budget))
+            let heap = heap.clone();
+            move || cycle(&shared, &*switch, hits, heap.as_deref(), &clock, f64::from(budget))
         })?;
         Ok(Self {
             shared,
+            heap,
             thread: Some(thread),
         })
     }
 
     /// The factor that turns counts collected since the last call into estimates for the whole
-    /// time: the inverse of the share of it the probes were attached.
+    /// time: the inverse of the share of the target's allocations the probes were attached for.
     ///
-    /// The share is of the target's progress, not of wall time: the probes' traps slow the
-    /// target while attached, so it allocates less per second then (a third less on `workloads
-    /// classes`, which refills 90,000 spans a second), and the share of wall time would
-    /// overstate what the probes saw (estimates 8–17% low there). Progress is user CPU time,
-    /// which leaves the traps out; its clock ticks (10 ms) are far too coarse for one 50 ms
-    /// window (±25% errors when measured so), so the pace attached and detached is pooled over
-    /// the whole trace ([`Pace`]) and each interval's detached wall time weighed by it.
-    pub fn take_scale(&self) -> f64 {
+    /// The target's runtime counts its allocations itself, at the very events the probes
+    /// count (see [`crate::remote::HeapCounter`]): read at each switch, it gives that share
+    /// exactly, whatever the probes' traps did to the target's pace and however its allocation
+    /// rate varied. (On `workloads classes`, which refills 90,000 spans a second, the traps
+    /// slow the target by a third while attached: the share of wall time overstated what the
+    /// probes saw, and estimates came out 8–17% low.)
+    ///
+    /// Without it (a stripped binary has no symbol for `runtime.memstats`), the share is of
+    /// time, weighed by the target's pace: user CPU time, which leaves the traps out. Its clock
+    /// ticks (10 ms) are far too coarse for one 50 ms window (±25% errors when measured so),
+    /// so the pace attached and detached is pooled over the whole trace ([`Pace`]) and each
+    /// interval's detached wall time weighed by it (−21% to +6% at a 5% duty cycle).
+    pub fn take_scale(&self) -> Scale {
         let now = Instant::now();
+        let heap_read = self.heap.as_ref().and_then(|read| read());
         let mut a = self.shared.attached();
-        let still_attached = a.since.is_some();
-        a.close_stretch(now, still_attached);
-        if a.wall.is_zero() {
-            // Not attached at all since the last scale, so nothing was counted: the time adds
-            // up to the next interval's, whose counts then stand for both. (Counts that came in
-            // around the edges are weighed by the current setting.)
-            return 1.0 / a.fraction;
-        }
-        let wall = now.saturating_duration_since(a.taken);
-        let detached = wall.saturating_sub(a.wall).as_secs_f64();
-        let scale = 1.0 + detached * self.shared.pace().slowdown() / a.wall.as_secs_f64();
-        a.taken = now;
-        a.wall = Duration::ZERO;
-        scale.max(1.0)
+        // Once the target has exited, the allocations since the latest reading (at most
+        // `HEAP_POLL` ago) are missing from both sides of the share.
+        let heap_now = heap_read.or(a.heap_latest);
+        a.heap_latest = heap_now;
+        a.take(now, heap_now, || self.shared.pace().slowdown())
     }
 
     /// The fraction of each cycle the probes are attached now (1 while the target stays within
@@ -252,9 +383,17 @@ fn cycle(
     shared: &Shared,
     switch: &Mutex<dyn Switch>,
     mut hits: impl FnMut() -> u64,
+    heap: Option<&(dyn Fn() -> Option<u64> + Send + Sync)>,
     clock: &ProgressClock,
     budget: f64,
 ) {
+    let read_heap = || {
+        let bytes = heap.and_then(|read| read());
+        if bytes.is_some() {
+            shared.attached().heap_latest = bytes;
+        }
+        bytes
+    };
     let lock = || switch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut fraction = 1.0;
     let mut attached = true;
@@ -280,8 +419,9 @@ fn cycle(
             }
             failures = 0;
             attached = true;
+            let heap_now = read_heap();
             let now = Instant::now();
-            shared.attached().since = Some(now);
+            shared.attached().open_stretch(now, heap_now);
             if let (Some(start), Some(end)) = (off_ticks, clock()) {
                 let mut pace = shared.pace();
                 pace.detached_ticks += end.saturating_sub(start);
@@ -291,7 +431,7 @@ fn cycle(
         let hits_before = hits();
         let on_since = Instant::now();
         let on_ticks = clock();
-        if shared.sleep(PERIOD.mul_f64(fraction)) {
+        if shared.sleep_reading(PERIOD.mul_f64(fraction), &read_heap) {
             return;
         }
         #[expect(clippy::cast_precision_loss, reason = "a rate")]
@@ -303,16 +443,23 @@ fn cycle(
         }
         if !told {
             told = true;
+            let basis = if heap.is_some() {
+                "by the target's own count of its allocations"
+            } else {
+                "by time (the binary has no symbol table to find the runtime's allocation count \
+                 in, so expect errors of up to ±20%)"
+            };
             eprintln!(
                 "gotrace: span mode: {rate:.0} probe hits a second is over the budget of {budget:.0} \
                  (--span-budget): the probes are attached for {:.0}% of each second and the counts \
-                 scaled up to match",
+                 scaled up to match, {basis}",
                 fraction * 100.0
             );
         }
+        let heap_now = read_heap();
         off_since = Instant::now();
         off_ticks = clock();
-        shared.attached().close_stretch(off_since, false);
+        shared.attached().close_stretch(off_since, heap_now, false);
         if let (Some(start), Some(end)) = (on_ticks, off_ticks) {
             let mut pace = shared.pace();
             pace.attached_ticks += end.saturating_sub(start);
@@ -320,7 +467,10 @@ fn cycle(
         }
         lock().detach();
         attached = false;
-        if shared.sleep(PERIOD.mul_f64(1.0 - fraction).saturating_sub(off_since.elapsed())) {
+        if shared.sleep_reading(
+            PERIOD.mul_f64(1.0 - fraction).saturating_sub(off_since.elapsed()),
+            &read_heap,
+        ) {
             return;
         }
     }
@@ -377,6 +527,7 @@ mod tests {
         let duty = DutyCycle::start(
             probes.clone(),
             move || reader.lock().unwrap().hits(),
+            None,
             Box::new(|| None),
             10_000,
         )
@@ -388,6 +539,8 @@ mod tests {
         let hits_before = probes.lock().unwrap().hits();
         std::thread::sleep(PERIOD * 3);
         let scale = duty.take_scale();
+        assert!(scale.previous.abs() < f64::EPSILON, "{scale:?}");
+        let scale = scale.counts;
         let hits = probes.lock().unwrap().hits() - hits_before;
         // Estimated hits over the 3 s: the target's true 300,000.
         #[expect(clippy::cast_precision_loss, reason = "far below 2^53")]
@@ -399,6 +552,82 @@ mod tests {
         assert!((scale - 10.0).abs() < 2.0, "{scale}");
         drop(duty);
         assert!(probes.lock().unwrap().switches >= 4);
+    }
+
+    fn attached_at(start: Instant, heap: Option<u64>) -> Attached {
+        Attached {
+            since: Some(start),
+            wall: Duration::ZERO,
+            taken: start,
+            fraction: 1.0,
+            heap_at_taken: heap,
+            heap_at_since: heap,
+            heap_seen: Some(0),
+            heap_latest: heap,
+            previous: None,
+        }
+    }
+
+    #[test]
+    #[expect(clippy::float_cmp, reason = "exact ratios of small integers")]
+    fn scales_by_the_share_of_the_targets_allocations_seen_attached() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut a = attached_at(t0, Some(1_000));
+        // Attached 100 ms in which 100 bytes were allocated, then detached: 1,900 more bytes by
+        // the end of the interval. Time (10%) would say 10; the allocations say 20.
+        a.close_stretch(ms(100), Some(1_100), false);
+        let scale = a.take(ms(1_000), Some(3_000), || 1.0);
+        assert_eq!(
+            scale,
+            Scale {
+                counts: 20.0,
+                previous: 0.0
+            }
+        );
+        // Two stretches, the interval ending attached.
+        a.open_stretch(ms(1_500), Some(3_500));
+        a.close_stretch(ms(1_600), Some(3_600), false);
+        a.open_stretch(ms(1_900), Some(3_900));
+        let scale = a.take(ms(2_000), Some(4_000), || 1.0);
+        assert_eq!(
+            scale,
+            Scale {
+                counts: 5.0,
+                previous: 0.0
+            }
+        );
+        // An interval whose 200 bytes seen attached stand for 2,000; the next one is never
+        // attached (say the target exited while detached): they stand for its 3,000 too.
+        a.open_stretch(ms(2_000), Some(4_000));
+        a.close_stretch(ms(2_100), Some(4_200), false);
+        assert_eq!(a.take(ms(3_000), Some(6_000), || 1.0).counts, 10.0);
+        assert_eq!(
+            a.take(ms(4_000), Some(9_000), || 1.0),
+            Scale {
+                counts: 1.0,
+                previous: 15.0
+            }
+        );
+    }
+
+    #[test]
+    fn scales_by_time_without_the_targets_count() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut a = attached_at(t0, None);
+        a.close_stretch(ms(100), None, false);
+        // 10% of the time attached, the target running 1.5 times as fast detached.
+        let scale = a.take(ms(1_000), None, || 1.5);
+        assert!((scale.counts - 14.5).abs() < 1e-9, "{scale:?}");
+        // No attached time: the previous 100 ms stand for this second, at that pace.
+        let scale = a.take(ms(2_000), None, || 1.5);
+        assert!((scale.previous - 15.0).abs() < 1e-9, "{scale:?}");
+        // A reading that fails mid-interval also falls back to time.
+        let mut a = attached_at(t0, Some(0));
+        a.close_stretch(ms(100), None, false);
+        let scale = a.take(ms(1_000), Some(2_000), || 1.0);
+        assert!((scale.counts - 10.0).abs() < 1e-9, "{scale:?}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod privileges;
 mod probes;
 mod process;
 mod profile;
+mod remote;
 mod report;
 mod serve;
 mod session;

@@ -11,6 +11,8 @@ use anyhow::{Context as _, bail};
 use gobin::GoBinary;
 use gobin::procmaps::AddressMap;
 
+use crate::remote::RemoteMemory;
+
 /// The symbol of the rate (an `int`).
 const RATE_SYMBOL: &str = "runtime.MemProfileRate";
 /// The symbol of the linker's flag (a `bool`).
@@ -47,68 +49,12 @@ impl MemProfileRate {
         })
     }
 
-    /// Reads `buf.len()` bytes at `address` in the target.
-    ///
-    /// With `process_vm_readv`, which needs only ptrace access to the target (`CAP_SYS_PTRACE`
-    /// for another user's process); `/proc/PID/mem` would also need the file's permissions
-    /// (mode 0600, owned by the target's user), that is `CAP_DAC_OVERRIDE` as well.
     fn read_at(&self, address: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let local = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: `local` describes `buf`, writable for its length.
-        unsafe { self.transfer(libc::process_vm_readv, local, address) }
+        RemoteMemory::new(self.pid).read_at(address, buf)
     }
 
-    /// Writes `buf` at `address` in the target, with `process_vm_writev` (same access rule).
     fn write_at(&self, address: u64, buf: &[u8]) -> std::io::Result<()> {
-        let local = libc::iovec {
-            iov_base: buf.as_ptr().cast_mut().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: `local` describes `buf`, which process_vm_writev only reads.
-        unsafe { self.transfer(libc::process_vm_writev, local, address) }
-    }
-
-    /// Copies `local.iov_len` bytes between `local` and `address` in the target with
-    /// `process_vm_readv` or `process_vm_writev`; a partial copy is an error.
-    ///
-    /// # Safety
-    /// `local` must describe memory valid for the direction of `copy` (writable for a read).
-    unsafe fn transfer(
-        &self,
-        copy: unsafe extern "C" fn(
-            libc::pid_t,
-            *const libc::iovec,
-            libc::c_ulong,
-            *const libc::iovec,
-            libc::c_ulong,
-            libc::c_ulong,
-        ) -> libc::ssize_t,
-        local: libc::iovec,
-        address: u64,
-    ) -> std::io::Result<()> {
-        let remote = libc::iovec {
-            iov_base: address as *mut libc::c_void,
-            iov_len: local.iov_len,
-        };
-        // SAFETY: the caller vouches for `local`; the kernel checks `remote`.
-        let n = unsafe {
-            copy(
-                libc::pid_t::try_from(self.pid).unwrap_or(-1),
-                &raw const local,
-                1,
-                &raw const remote,
-                1,
-                0,
-            )
-        };
-        match usize::try_from(n) {
-            Ok(n) if n == local.iov_len => Ok(()),
-            Ok(_) => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "partial copy")),
-            Err(_) => Err(std::io::Error::last_os_error()),
-        }
+        RemoteMemory::new(self.pid).write_at(address, buf)
     }
 
     /// The rate now.

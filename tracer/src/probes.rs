@@ -21,8 +21,9 @@ use tracer_common::{
     UserStack,
 };
 
-use crate::duty::{DutyCycle, Switch};
+use crate::duty::{DutyCycle, HeapReader, Scale, Switch};
 use crate::mode::Mode;
+use crate::remote::HeapCounter;
 
 /// The process probes attach to: its Go binary (read from `binary_path`), its pid, and its
 /// address space.
@@ -153,7 +154,14 @@ impl Probes {
                 let hits = move || stats.get(&0, 0).map_or(0, |cpus| total_stats(cpus.iter()).hits);
                 let switch: Arc<Mutex<dyn Switch>> = attachments.clone();
                 let clock = Box::new(move || crate::process::user_cpu_ticks(pid));
-                Some(DutyCycle::start(switch, hits, clock, budget).context("cannot start span mode's duty cycle")?)
+                let heap = HeapCounter::locate(binary, pid, addresses).map(|counter| {
+                    let read: HeapReader = Arc::new(move || counter.allocated_bytes());
+                    read
+                });
+                Some(
+                    DutyCycle::start(switch, hits, heap, clock, budget)
+                        .context("cannot start span mode's duty cycle")?,
+                )
             }
             _ => None,
         };
@@ -188,6 +196,11 @@ impl Probes {
         self.duty.as_ref().map_or(1.0, DutyCycle::fraction)
     }
 
+    /// Whether a duty cycle may detach the probes (span mode with a budget).
+    pub fn duty_cycled(&self) -> bool {
+        self.duty.is_some()
+    }
+
     /// The target's `runtime.MemProfileRate` when go-sampler's probe last took a sample; `None`
     /// before the first sample, or when the probe cannot read it (no symbol table).
     pub fn sampler_rate(&self) -> Option<u64> {
@@ -197,16 +210,16 @@ impl Probes {
     /// Takes what the probes counted since the last drain, summed over CPUs, and empties the
     /// kernel's map of it: the probes switch to the other counts map first, so nothing they
     /// add is lost, and the kernel side never holds more than one interval's keys. Also
-    /// returns the factor that scales the counts to the whole interval: above 1 when a duty
-    /// cycle detached the probes for part of it.
-    pub fn drain(&mut self) -> anyhow::Result<(Vec<(AllocKey, u64)>, f64)> {
+    /// returns how the counts scale to the whole interval: above 1 when a duty cycle detached
+    /// the probes for part of it (see [`DutyCycle::take_scale`]).
+    pub fn drain(&mut self) -> anyhow::Result<(Vec<(AllocKey, u64)>, Scale)> {
         let old = self.epoch;
         let new = 1 - old;
         self.epoch_map
             .set(0, new, 0)
             .context("cannot switch the probes' counts map")?;
         self.epoch = new;
-        let scale = self.duty.as_ref().map_or(1.0, DutyCycle::take_scale);
+        let scale = self.duty.as_ref().map_or(Scale::ONE, DutyCycle::take_scale);
         std::thread::sleep(EPOCH_SETTLE);
         let map = &mut self.counts[old as usize];
         // Keys first: deleting while the kernel iterates would restart the walk.

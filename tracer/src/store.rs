@@ -36,6 +36,9 @@ pub struct Store {
     stacks_read_since_purge: usize,
     /// Keys folded into [`OTHER_CALLSITES`] so far.
     pub overflowed: u64,
+    /// The last interval's weighed objects before scaling, by key as stored, kept while a duty
+    /// cycle runs: for an interval in which its probes were never attached, they stand in.
+    last_interval: Vec<(AllocKey, f64)>,
 }
 
 impl Store {
@@ -52,17 +55,29 @@ impl Store {
             max_frames: max_frames.max(1),
             stacks_read_since_purge: 0,
             overflowed: 0,
+            last_interval: Vec::new(),
         }
     }
 
     /// Drains the probes into the store.
     pub fn collect(&mut self, probes: &mut Probes, weighing: Weighing) -> anyhow::Result<()> {
         let (drained, scale) = probes.drain()?;
+        if scale.previous > 0.0 {
+            for (key, objects) in &self.last_interval {
+                *self.counts.entry(*key).or_insert(0.0) += objects * scale.previous;
+            }
+        }
+        // An interval with attached time (even with nothing counted) is the one the next
+        // interval's `previous` refers to.
+        let keep_interval = probes.duty_cycled() && scale.previous == 0.0;
+        if keep_interval {
+            self.last_interval.clear();
+        }
         for (key, count) in drained {
-            let Some((mut key, objects)) = weighing.weigh(key, count) else {
+            let Some((mut key, unscaled)) = weighing.weigh(key, count) else {
                 continue;
             };
-            let objects = objects * scale;
+            let objects = unscaled * scale.counts;
             let mut frames = None;
             if key.stack != NO_STACK {
                 match self.cut_stack(probes, key.stack) {
@@ -82,6 +97,9 @@ impl Store {
                 self.stacks.entry(key.stack).or_insert(frames);
             }
             *self.counts.entry(key).or_insert(0.0) += objects;
+            if keep_interval {
+                self.last_interval.push((key, unscaled));
+            }
         }
         // The kernel's stack map only grows; once a good part of it has been copied here,
         // empty it so that new stacks keep finding room.
