@@ -431,7 +431,14 @@ fn cycle(
         let hits_before = hits();
         let on_since = Instant::now();
         let on_ticks = clock();
-        if shared.sleep_reading(PERIOD.mul_f64(fraction), &read_heap) {
+        // Reading the target's count matters only around detached time: uncycled, every
+        // interval's share is whole whatever the readings.
+        let stopped = if fraction < 1.0 {
+            shared.sleep_reading(PERIOD.mul_f64(fraction), &read_heap)
+        } else {
+            shared.sleep(PERIOD)
+        };
+        if stopped {
             return;
         }
         #[expect(clippy::cast_precision_loss, reason = "a rate")]
