@@ -32,6 +32,7 @@ use crate::mode::Mode;
 use crate::probes::{AttachTarget, ProbeOptions};
 use crate::process::{ProcessId, exe_identity};
 use crate::profile::{self, CallsiteKey, Profile};
+use crate::remote::HeapCounter;
 use crate::report::{Report, TargetInfo};
 use crate::session::{ProcessSymbols, mapping_info, runtime_frames, target_info, unix_nanos};
 use crate::store::Store;
@@ -95,6 +96,9 @@ struct Snapshot {
     /// The fraction of each second the probes are attached (below 1 under span mode's duty
     /// cycle).
     attached_fraction: f64,
+    /// The bytes the target's runtime has counted as allocated since it started (`None`
+    /// without a symbol table to find the count by).
+    runtime_allocated_bytes: Option<u64>,
     /// Probe statistics of earlier generations, summed.
     earlier_stats: ProbeStats,
     reattaches: u64,
@@ -377,6 +381,7 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
         s.started = Some((Instant::now(), unix_nanos()));
         s.attached_probes = probes.attached;
         s.attached_fraction = probes.attached_fraction();
+        s.runtime_allocated_bytes = None;
         s.last_error = None;
         s.last_collection = Some(Instant::now());
         s.overflowed_keys
@@ -386,6 +391,7 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
     let runtime = runtime_frames(&binary);
     let mut symbols = ProcessSymbols::new(&binary, &addresses);
     let mut store = Store::new(config.max_keys, config.probe_options.stack_depth);
+    let heap = HeapCounter::locate(&binary, pid, &addresses);
     let mut last_rate = memprofile::DEFAULT_RATE;
     let mut next_collect = Instant::now() + config.interval;
     loop {
@@ -411,6 +417,10 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
             let mut s = lock(shared);
             s.store_keys = store.len();
             s.attached_fraction = probes.attached_fraction();
+            // Once the target is gone the last reading stays.
+            if let Some(bytes) = heap.as_ref().and_then(HeapCounter::allocated_bytes) {
+                s.runtime_allocated_bytes = Some(bytes);
+            }
             s.overflowed_keys = overflowed_before + store.overflowed;
             s.stale = ended;
             s.last_collection = Some(Instant::now());
@@ -672,6 +682,16 @@ fn render_own_metrics(out: &mut String, s: &Snapshot, profile: Option<&Profile>)
     );
     let _ = writeln!(out, "# TYPE gotrace_probe_attached_ratio gauge");
     let _ = writeln!(out, "gotrace_probe_attached_ratio {}", s.attached_fraction);
+    if let Some(bytes) = s.runtime_allocated_bytes {
+        let _ = writeln!(
+            out,
+            "# HELP gotrace_target_runtime_allocated_bytes_total Heap bytes the target's own runtime has \
+             counted as allocated since it started (what runtime.MemStats.TotalAlloc reports, read from \
+             its memory): not sampled, whatever the mode; a cached span's objects count when it is given back."
+        );
+        let _ = writeln!(out, "# TYPE gotrace_target_runtime_allocated_bytes_total counter");
+        let _ = writeln!(out, "gotrace_target_runtime_allocated_bytes_total {bytes}");
+    }
     if let (Some(t), Some(mode)) = (&s.target, s.mode) {
         let _ = writeln!(
             out,

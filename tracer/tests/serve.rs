@@ -199,6 +199,13 @@ fn serve_follows_its_target_through_kill_and_restart() {
     assert_eq!(sample(&text, "gotrace_attached_targets"), Some(1.0), "{text}");
     // The default mode on a target with profiling on (it reads runtime.MemProfile).
     assert!(text.contains("mode=\"go-sampler\""), "{text}");
+    // The runtime's own count, read from the target's memory, grows while it allocates.
+    let counted = |t: &str| sample(t, "gotrace_target_runtime_allocated_bytes_total").unwrap_or(0.0);
+    let first_count = counted(&text);
+    assert!(first_count > 0.0, "{text}");
+    wait_for(port, Duration::from_secs(10), "a growing runtime count", |t| {
+        counted(t) > first_count
+    });
     let (status, _, body) = http(port, "GET", "/healthz");
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&body).contains(&format!("tracing pid {}", first.0.id())));
