@@ -414,16 +414,7 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
             drop(s);
             // The previous profile is gone now (unless a request still reads it).
             release_free_memory();
-            let mut s = lock(shared);
-            s.store_keys = store.len();
-            s.attached_fraction = probes.attached_fraction();
-            // Once the target is gone the last reading stays.
-            if let Some(bytes) = heap.as_ref().and_then(HeapCounter::allocated_bytes) {
-                s.runtime_allocated_bytes = Some(bytes);
-            }
-            s.overflowed_keys = overflowed_before + store.overflowed;
-            s.stale = ended;
-            s.last_collection = Some(Instant::now());
+            publish_figures(shared, &store, &probes, heap.as_ref(), overflowed_before, ended);
             next_collect = Instant::now() + config.interval;
         }
         if ended {
@@ -438,6 +429,27 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// Publishes what a collection learnt besides the profile: the store's size, the probes'
+/// duty cycle, the runtime's own allocation count (the last reading stays once the target is
+/// gone), whether the target is gone.
+fn publish_figures(
+    shared: &Shared,
+    store: &Store,
+    probes: &crate::probes::Probes,
+    heap: Option<&HeapCounter>,
+    overflowed_before: u64,
+    ended: bool,
+) {
+    let runtime_allocated_bytes = heap.and_then(HeapCounter::allocated_bytes);
+    let mut s = lock(shared);
+    s.store_keys = store.len();
+    s.attached_fraction = probes.attached_fraction();
+    s.runtime_allocated_bytes = runtime_allocated_bytes.or(s.runtime_allocated_bytes);
+    s.overflowed_keys = overflowed_before + store.overflowed;
+    s.stale = ended;
+    s.last_collection = Some(Instant::now());
 }
 
 /// Returns freed heap memory to the kernel. glibc keeps freed memory in its arenas for reuse,
