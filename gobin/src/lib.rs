@@ -376,7 +376,7 @@ impl<'data> GoBinary<'data> {
     /// Where the runtime counts its heap allocations: the link-time address of
     /// `runtime.memstats.heapStats.stats` and the layout of what is there (see
     /// [`HeapStatsLayout`]). `None` without `.symtab` (stripped: `.gopclntab` names only
-    /// functions), or when neither DWARF nor gotrace's table knows the layout.
+    /// functions), or for a Go release outside gotrace's table (1.21–1.27).
     ///
     /// # Errors
     /// When the DWARF is malformed.
@@ -384,18 +384,21 @@ impl<'data> GoBinary<'data> {
         let Some(memstats) = self.variable(layout::MEMSTATS_SYMBOL) else {
             return Ok(None);
         };
-        let mut found = None;
+        // Only releases the table knows, DWARF or not: the reading assumes their number of
+        // size classes, and a later release may count differently.
+        let Some(mut stats_layout) = HeapStatsLayout::from_version_table(self.version) else {
+            return Ok(None);
+        };
         if let Some(dwarf) = &self.dwarf {
             let structs =
                 dwarf.struct_members(&[layout::MSTATS, layout::CONSISTENT_HEAP_STATS, layout::HEAP_STATS_DELTA])?;
-            found = HeapStatsLayout::from_dwarf(&structs);
+            if let Some(found) = HeapStatsLayout::from_dwarf(&structs) {
+                stats_layout = found;
+            }
         }
-        let Some(layout) = found.or_else(|| HeapStatsLayout::from_version_table(self.version)) else {
-            return Ok(None);
-        };
         // The three generations must lie inside the variable.
-        let end = u64::from(layout.generations) + layout.read_size() as u64;
-        Ok((end <= memstats.size).then(|| (memstats.address + u64::from(layout.generations), layout)))
+        let end = u64::from(stats_layout.generations) + stats_layout.read_size() as u64;
+        Ok((end <= memstats.size).then(|| (memstats.address + u64::from(stats_layout.generations), stats_layout)))
     }
 
     /// A variable by its full name, from `.symtab`: `None` when there is no such data symbol,

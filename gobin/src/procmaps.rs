@@ -162,28 +162,47 @@ impl AddressMap {
         self.loads.iter().find_map(|s| s.vaddr_of(file_offset))
     }
 
-    /// Runtime address of a link-time address in the binary, the zero-filled end of a
-    /// segment (`.bss`, `.noptrbss`) included: the kernel maps that anonymously, right after
-    /// the segment's file-backed part (`load_elf_binary`'s `set_brk`/`padzero`), so it moves
-    /// with the segment's start.
+    /// Runtime address of a link-time address in the binary: anywhere in a loaded segment,
+    /// its zero-filled end (`.bss`, `.noptrbss`) included.
+    ///
+    /// The kernel maps every `PT_LOAD` segment at its link-time address plus one load bias
+    /// (`load_elf_binary`; 0 for a non-PIE executable), so the bias comes from the mapping of
+    /// file offset 0 and the segment that holds it. Translating through the mapping of an
+    /// address's file offset instead would go wrong where two segments share a file page, as
+    /// the external linker lays out cgo binaries: the read-only mapping of that page also
+    /// covers the start of the data segment, whose own (copy-on-write) mapping is a page
+    /// further up.
     #[must_use]
     pub fn to_runtime(&self, link_time: u64) -> Option<u64> {
-        let Some(file_offset) = self.loads.iter().find_map(|s| s.file_offset_of(link_time)) else {
-            let segment = self
-                .loads
-                .iter()
-                .find(|s| link_time.checked_sub(s.vaddr).is_some_and(|delta| delta < s.memsz) && s.filesz > 0)?;
-            // The segment's first byte is file-backed (`filesz > 0`), so this does not recurse
-            // again.
-            return self.to_runtime(segment.vaddr)?.checked_add(link_time - segment.vaddr);
-        };
-        let m = self
-            .mappings
+        let segment = self
+            .loads
             .iter()
-            .find(|m| file_offset >= m.offset && file_offset - m.offset < m.end.saturating_sub(m.start))?;
-        m.start.checked_add(file_offset - m.offset)
+            .find(|s| link_time.checked_sub(s.vaddr).is_some_and(|delta| delta < s.memsz))?;
+        let Some(bias) = self.load_bias() else {
+            // No mapping of the file's start (never seen): the mapping of the address's file
+            // offset, for the file-backed part only.
+            let file_offset = segment.file_offset_of(link_time)?;
+            let m = self
+                .mappings
+                .iter()
+                .find(|m| file_offset >= m.offset && file_offset - m.offset < m.end.saturating_sub(m.start))?;
+            return m.start.checked_add(file_offset - m.offset);
+        };
+        link_time.checked_add(bias)
+    }
+
+    /// What the kernel added to every link-time address: the start of the mapping of file
+    /// offset 0 less the page of the segment loaded from there (wrapping: a non-PIE binary's is
+    /// 0, a PIE binary's its load address).
+    fn load_bias(&self) -> Option<u64> {
+        let first = self.loads.iter().find(|s| s.offset == 0)?;
+        Some(self.base()?.wrapping_sub(first.vaddr & !(PAGE - 1)))
     }
 }
+
+/// The smallest page the kernel maps segments by (`ELF_MIN_ALIGN`, 4 KiB on `x86_64` and on
+/// arm64 kernels with 4 KiB pages); a segment's offset-0 start is page-aligned by any page.
+const PAGE: u64 = 4096;
 
 /// The executable of a process, as gotrace opens it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,7 +267,7 @@ mod tests {
     const MAPS: &str = "\
 555555554000-555555555000 r--p 00000000 08:01 1234 /usr/bin/demo app
 555555555000-555555600000 r-xp 00001000 08:01 1234 /usr/bin/demo app
-555555600000-555555610000 rw-p 000ac000 08:01 1234 /usr/bin/demo app
+555555601000-555555611000 rw-p 000ac000 08:01 1234 /usr/bin/demo app
 7ffff7fc3000-7ffff7fc7000 r--p 00000000 00:00 0                          [vvar]
 7ffffffde000-7ffffffff000 rw-p 00000000 00:00 0                          [stack]
 ";
@@ -290,6 +309,39 @@ mod tests {
         assert!(ProcessMaps::parse("garbage").is_err());
     }
 
+    /// An externally linked (cgo) executable: the data segment starts inside the last file
+    /// page of the read-only segment, whose mapping covers that page too, a page below the data
+    /// segment's own mapping.
+    #[test]
+    fn translates_data_in_a_file_page_shared_with_rodata() {
+        let maps = ProcessMaps::parse(
+            "00400000-00531000 r-xp 00000000 08:01 77 /app\n\
+             00531000-00686000 r--p 00131000 08:01 77 /app\n\
+             00686000-006b9000 rw-p 00285000 08:01 77 /app\n",
+        )
+        .unwrap();
+        let loads = [
+            LoadSegment {
+                vaddr: 0x40_0000,
+                memsz: 0x28_5000,
+                offset: 0,
+                filesz: 0x28_5000,
+                flags: 5,
+            },
+            LoadSegment {
+                vaddr: 0x68_6df0,
+                memsz: 0x4_0000,
+                offset: 0x28_5df0,
+                filesz: 0x3_0000,
+                flags: 6,
+            },
+        ];
+        let map = AddressMap::new(maps.of_inode(77).into_iter().cloned().collect(), &loads).unwrap();
+        assert_eq!(map.to_runtime(0x68_6e00), Some(0x68_6e00));
+        assert_eq!(map.to_runtime(0x6b_a420), Some(0x6b_a420));
+        assert_eq!(map.to_runtime(0x40_1000), Some(0x40_1000));
+    }
+
     #[test]
     fn translates_pie_addresses_both_ways() {
         let maps = ProcessMaps::parse(MAPS).unwrap();
@@ -298,11 +350,11 @@ mod tests {
         assert_eq!(map.to_static(0x5555_5555_5010), Some(0x1010));
         assert_eq!(map.to_runtime(0x1010), Some(0x5555_5555_5010));
         // The data segment's vaddr and offset differ by a page.
-        assert_eq!(map.to_static(0x5555_5560_0008), Some(0xad008));
-        assert_eq!(map.to_runtime(0xad008), Some(0x5555_5560_0008));
+        assert_eq!(map.to_static(0x5555_5560_1008), Some(0xad008));
+        assert_eq!(map.to_runtime(0xad008), Some(0x5555_5560_1008));
         assert_eq!(map.to_static(0x7fff_f7fc_3000), None);
         // Past the data segment's file-backed part: its `.bss`, mapped anonymously after it.
-        assert_eq!(map.to_runtime(0xc0010), Some(0x5555_5561_3010));
+        assert_eq!(map.to_runtime(0xc0010), Some(0x5555_5561_4010));
         assert_eq!(map.to_runtime(0xcd000), None);
     }
 }

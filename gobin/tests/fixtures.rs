@@ -382,6 +382,7 @@ fn heap_stats_layout_from_dwarf_matches_the_version_table() {
             assert!(!f.has_symtab(), "{}: no heap statistics", f.name());
             continue;
         };
+        // The generations are the first member of `memstats` in every release.
         assert_eq!(
             Some(address),
             bin.variable("runtime.memstats").map(|v| v.address),

@@ -127,16 +127,18 @@ struct AttachedShare {
 pub struct Scale {
     /// The factor for this interval's counts.
     pub counts: f64,
-    /// How many times the previous interval's counts (unscaled) to add again, for an interval
-    /// in which the probes were never attached: 0 otherwise.
-    pub previous: f64,
+    /// For an interval in which the probes saw nothing (never attached, or attached while the
+    /// target allocated nothing): how many times the last interval in which they did see
+    /// something stands in for it, its counts unscaled. `None` for an interval that saw
+    /// something: it becomes the one that stands in.
+    pub previous: Option<f64>,
 }
 
 impl Scale {
     /// Counts that stand for themselves.
     pub const ONE: Self = Self {
         counts: 1.0,
-        previous: 0.0,
+        previous: None,
     };
 }
 
@@ -153,7 +155,7 @@ impl Attached {
         if let Some(since) = self.since.take() {
             self.wall += now.saturating_duration_since(since);
             self.heap_seen = match (self.heap_seen, self.heap_at_since, heap) {
-                (Some(sum), Some(start), Some(end)) => Some(sum + end.saturating_sub(start)),
+                (Some(sum), Some(start), Some(end)) => Some(sum.saturating_add(end.saturating_sub(start))),
                 _ => None,
             };
         }
@@ -168,21 +170,27 @@ impl Attached {
         let still_attached = self.since.is_some();
         self.close_stretch(now, heap_now, still_attached);
         let wall = now.saturating_duration_since(self.taken);
-        let scale = if self.wall.is_zero() {
-            // Not attached at all since the last scale, so nothing was counted: the last
-            // interval that was stands for this one too, in proportion (the last interval of
-            // a trace may be one such, when the target exits while the probes are detached).
+        let total = heap_now
+            .zip(self.heap_at_taken)
+            .map(|(now, then)| now.saturating_sub(then));
+        // With the target's count, "saw nothing" is exact: no bytes fell while attached (a
+        // factor by time would be unbounded for a stretch of microseconds).
+        let saw_nothing = self.wall.is_zero() || (total.is_some() && self.heap_seen == Some(0));
+        let scale = if saw_nothing {
+            // Nothing was counted, or only stragglers: the last interval that saw something
+            // stands for this one too, in proportion (the last interval of a trace may be one
+            // such, when the target exits while the probes are detached).
             let previous = self.previous.map_or(0.0, |share| {
-                let total = heap_now
-                    .zip(self.heap_at_taken)
-                    .map(|(now, then)| now.saturating_sub(then));
                 #[expect(clippy::cast_precision_loss, reason = "byte counts, a ratio")]
                 match (total, share.heap.filter(|&bytes| bytes > 0)) {
-                    (Some(total), Some(attached)) => total as f64 / attached as f64,
+                    (Some(total), Some(seen)) => total as f64 / seen as f64,
                     _ => wall.as_secs_f64() * slowdown() / share.wall.as_secs_f64().max(1e-3),
                 }
             });
-            Scale { counts: 1.0, previous }
+            Scale {
+                counts: 1.0,
+                previous: Some(previous),
+            }
         } else {
             let detached = wall.saturating_sub(self.wall).as_secs_f64();
             let counts = self
@@ -194,7 +202,7 @@ impl Attached {
             });
             Scale {
                 counts: counts.max(1.0),
-                previous: 0.0,
+                previous: None,
             }
         };
         self.taken = now;
@@ -341,9 +349,10 @@ impl DutyCycle {
     /// so the pace attached and detached is pooled over the whole trace ([`Pace`]) and each
     /// interval's detached wall time weighed by it (−21% to +6% at a 5% duty cycle).
     pub fn take_scale(&self) -> Scale {
-        let now = Instant::now();
-        let heap_read = self.heap.as_ref().and_then(|read| read());
+        // Read under the lock, so that the cycle cannot switch between the reading and `now`.
         let mut a = self.shared.attached();
+        let heap_read = self.heap.as_ref().and_then(|read| read());
+        let now = Instant::now();
         // Once the target has exited, the allocations since the latest reading (at most
         // `HEAP_POLL` ago) are missing from both sides of the share.
         let heap_now = heap_read.or(a.heap_latest);
@@ -431,14 +440,9 @@ fn cycle(
         let hits_before = hits();
         let on_since = Instant::now();
         let on_ticks = clock();
-        // Reading the target's count matters only around detached time: uncycled, every
-        // interval's share is whole whatever the readings.
-        let stopped = if fraction < 1.0 {
-            shared.sleep_reading(PERIOD.mul_f64(fraction), &read_heap)
-        } else {
-            shared.sleep(PERIOD)
-        };
-        if stopped {
+        // Read on while uncycled too: if the target exits in the same interval, the latest
+        // reading ends its share (see `DutyCycle::take_scale`).
+        if shared.sleep_reading(PERIOD.mul_f64(fraction), &read_heap) {
             return;
         }
         #[expect(clippy::cast_precision_loss, reason = "a rate")]
@@ -463,9 +467,10 @@ fn cycle(
                 fraction * 100.0
             );
         }
+        off_ticks = clock();
+        // Read last before the switch: the probes count until `detach` pauses them.
         let heap_now = read_heap();
         off_since = Instant::now();
-        off_ticks = clock();
         shared.attached().close_stretch(off_since, heap_now, false);
         if let (Some(start), Some(end)) = (on_ticks, off_ticks) {
             let mut pace = shared.pace();
@@ -546,7 +551,7 @@ mod tests {
         let hits_before = probes.lock().unwrap().hits();
         std::thread::sleep(PERIOD * 3);
         let scale = duty.take_scale();
-        assert!(scale.previous.abs() < f64::EPSILON, "{scale:?}");
+        assert!(scale.previous.is_none(), "{scale:?}");
         let scale = scale.counts;
         let hits = probes.lock().unwrap().hits() - hits_before;
         // Estimated hits over the 3 s: the target's true 300,000.
@@ -589,7 +594,7 @@ mod tests {
             scale,
             Scale {
                 counts: 20.0,
-                previous: 0.0
+                previous: None
             }
         );
         // Two stretches, the interval ending attached.
@@ -601,7 +606,7 @@ mod tests {
             scale,
             Scale {
                 counts: 5.0,
-                previous: 0.0
+                previous: None
             }
         );
         // An interval whose 200 bytes seen attached stand for 2,000; the next one is never
@@ -613,7 +618,18 @@ mod tests {
             a.take(ms(4_000), Some(9_000), || 1.0),
             Scale {
                 counts: 1.0,
-                previous: 15.0
+                previous: Some(15.0)
+            }
+        );
+        // Attached for a moment in which the target allocated nothing: that saw nothing
+        // either (time would make it a factor of 1,000), and the 200 bytes stand for its 1,000.
+        a.open_stretch(ms(4_000), Some(9_000));
+        a.close_stretch(ms(4_001), Some(9_000), false);
+        assert_eq!(
+            a.take(ms(5_000), Some(10_000), || 1.0),
+            Scale {
+                counts: 1.0,
+                previous: Some(5.0)
             }
         );
     }
@@ -629,7 +645,7 @@ mod tests {
         assert!((scale.counts - 14.5).abs() < 1e-9, "{scale:?}");
         // No attached time: the previous 100 ms stand for this second, at that pace.
         let scale = a.take(ms(2_000), None, || 1.5);
-        assert!((scale.previous - 15.0).abs() < 1e-9, "{scale:?}");
+        assert!((scale.previous.unwrap() - 15.0).abs() < 1e-9, "{scale:?}");
         // A reading that fails mid-interval also falls back to time.
         let mut a = attached_at(t0, Some(0));
         a.close_stretch(ms(100), None, false);

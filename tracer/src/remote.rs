@@ -108,19 +108,22 @@ impl HeapCounter {
 
     /// Bytes allocated so far; `None` when the target cannot be read (it exited).
     ///
-    /// The three generations are copied one after the other while the target runs; only
-    /// `consistentHeapStats.read` (behind `runtime.ReadMemStats` and `runtime/metrics`) moves
-    /// counts between them, adding one generation into another before zeroing it, so a copy
-    /// taken in between counts some twice. Of two copies the smaller is right unless both
-    /// landed in that window of a few hundred nanoseconds.
+    /// The three generations are copied one after the other while the target runs. Only
+    /// `consistentHeapStats.read` (behind `runtime/metrics.Read`, which a Prometheus client in
+    /// the target calls at every scrape) moves counts between them, adding the previous
+    /// generation into the current one and then zeroing it (`src/runtime/mstats.go`), so a
+    /// copy taken meanwhile can count a generation twice, or not at all. That takes well
+    /// under a microsecond; of three copies in a row, the median is right unless two of them
+    /// fell into it.
     pub fn allocated_bytes(&self) -> Option<u64> {
         let mut buf = vec![0_u8; self.layout.read_size()];
         let mut read = || {
             self.memory.read_at(self.address, &mut buf).ok()?;
             self.layout.allocated_bytes(&buf)
         };
-        let first = read()?;
-        Some(read().map_or(first, |second| first.min(second)))
+        let mut readings = [read()?, read()?, read()?];
+        readings.sort_unstable();
+        Some(readings[1])
     }
 }
 
@@ -130,10 +133,12 @@ mod tests {
     use testkit::{LiveOracle, fixture};
 
     /// What the counter reads in a live process is what the program's own
-    /// `runtime.ReadMemStats` said just before it printed its oracle document (~200 KB), plus
-    /// what encoding the document allocated after that, which stays in the cached spans (the
-    /// two were equal to the byte when written): on both sides of Go 1.25's layout change,
-    /// from DWARF and from the table (`nodwarf`), PIE included; none without `.symtab`.
+    /// `runtime.ReadMemStats` said just before it printed its oracle document (a `TotalAlloc` of
+    /// ~200 KB), plus what encoding the document allocated after that, which stays in the
+    /// cached spans (the two were equal to the byte when written): on both sides of Go 1.25's
+    /// layout change, from DWARF and from the table (`nodwarf`), PIE and cgo (external
+    /// linking, a data segment sharing a file page with rodata) included; none without
+    /// `.symtab`.
     #[test]
     fn reads_what_the_program_says_it_allocated() {
         for (minor, variant) in [
@@ -141,6 +146,7 @@ mod tests {
             ("1.24", "pie"),
             ("1.25", "nodwarf"),
             ("1.27", "default"),
+            ("1.27", "cgo"),
             ("1.27", "stripped"),
         ] {
             let f = fixture(minor, variant);

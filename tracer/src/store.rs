@@ -62,14 +62,13 @@ impl Store {
     /// Drains the probes into the store.
     pub fn collect(&mut self, probes: &mut Probes, weighing: Weighing) -> anyhow::Result<()> {
         let (drained, scale) = probes.drain()?;
-        if scale.previous > 0.0 {
+        if let Some(previous) = scale.previous.filter(|&factor| factor > 0.0) {
             for (key, objects) in &self.last_interval {
-                *self.counts.entry(*key).or_insert(0.0) += objects * scale.previous;
+                *self.counts.entry(*key).or_insert(0.0) += objects * previous;
             }
         }
-        // An interval with attached time (even with nothing counted) is the one the next
-        // interval's `previous` refers to.
-        let keep_interval = probes.duty_cycled() && scale.previous == 0.0;
+        // An interval whose probes saw something is the one later `previous` factors refer to.
+        let keep_interval = probes.duty_cycled() && scale.previous.is_none();
         if keep_interval {
             self.last_interval.clear();
         }
