@@ -181,11 +181,8 @@ impl Attached {
             // stands for this one too, in proportion (the last interval of a trace may be one
             // such, when the target exits while the probes are detached).
             let previous = self.previous.map_or(0.0, |share| {
-                #[expect(clippy::cast_precision_loss, reason = "byte counts, a ratio")]
-                match (total, share.heap.filter(|&bytes| bytes > 0)) {
-                    (Some(total), Some(seen)) => total as f64 / seen as f64,
-                    _ => wall.as_secs_f64() * slowdown() / share.wall.as_secs_f64().max(1e-3),
-                }
+                share_of(total, share.heap)
+                    .unwrap_or_else(|| wall.as_secs_f64() * slowdown() / share.wall.as_secs_f64().max(1e-3))
             });
             Scale {
                 counts: 1.0,
@@ -193,8 +190,7 @@ impl Attached {
             }
         } else {
             let detached = wall.saturating_sub(self.wall).as_secs_f64();
-            let counts = self
-                .heap_scale(heap_now)
+            let counts = share_of(total, self.heap_seen)
                 .unwrap_or_else(|| 1.0 + detached * slowdown() / self.wall.as_secs_f64());
             self.previous = Some(AttachedShare {
                 wall: self.wall,
@@ -211,15 +207,14 @@ impl Attached {
         self.heap_seen = Some(0);
         scale
     }
+}
 
-    /// The share of the target's allocations since `taken` that fell while the probes were
-    /// attached, inverted; `None` without the readings for it (or when nothing was allocated).
-    #[expect(clippy::cast_precision_loss, reason = "byte counts, a ratio")]
-    fn heap_scale(&self, heap_now: Option<u64>) -> Option<f64> {
-        let total = heap_now?.saturating_sub(self.heap_at_taken?);
-        let attached = self.heap_seen.filter(|&bytes| bytes > 0)?;
-        Some(total as f64 / attached as f64)
-    }
+/// `total` bytes allocated over `seen` of them allocated while attached: the factor that
+/// scales what the probes saw to the whole; `None` without both readings, or when nothing was
+/// seen.
+#[expect(clippy::cast_precision_loss, reason = "byte counts, a ratio")]
+fn share_of(total: Option<u64>, seen: Option<u64>) -> Option<f64> {
+    Some(total? as f64 / seen.filter(|&bytes| bytes > 0)? as f64)
 }
 
 struct Shared {
@@ -248,8 +243,11 @@ impl Shared {
     }
 
     /// Sleeps for `time` unless told to stop, reading the target's allocated bytes every
-    /// [`HEAP_POLL`] (when `read_heap` can); true when told to stop.
-    fn sleep_reading(&self, time: Duration, read_heap: &dyn Fn() -> Option<u64>) -> bool {
+    /// [`HEAP_POLL`] when there is a reader; true when told to stop.
+    fn sleep_reading(&self, time: Duration, read_heap: Option<&dyn Fn() -> Option<u64>>) -> bool {
+        let Some(read_heap) = read_heap else {
+            return self.sleep(time);
+        };
         let end = Instant::now() + time;
         loop {
             let left = end.saturating_duration_since(Instant::now());
@@ -403,6 +401,8 @@ fn cycle(
         }
         bytes
     };
+    // Polled only when there is a count to read.
+    let poll: Option<&dyn Fn() -> Option<u64>> = heap.map(|_| &read_heap as &dyn Fn() -> Option<u64>);
     let lock = || switch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut fraction = 1.0;
     let mut attached = true;
@@ -442,7 +442,7 @@ fn cycle(
         let on_ticks = clock();
         // Read on while uncycled too: if the target exits in the same interval, the latest
         // reading ends its share (see `DutyCycle::take_scale`).
-        if shared.sleep_reading(PERIOD.mul_f64(fraction), &read_heap) {
+        if shared.sleep_reading(PERIOD.mul_f64(fraction), poll) {
             return;
         }
         #[expect(clippy::cast_precision_loss, reason = "a rate")]
@@ -479,10 +479,7 @@ fn cycle(
         }
         lock().detach();
         attached = false;
-        if shared.sleep_reading(
-            PERIOD.mul_f64(1.0 - fraction).saturating_sub(off_since.elapsed()),
-            &read_heap,
-        ) {
+        if shared.sleep_reading(PERIOD.mul_f64(1.0 - fraction).saturating_sub(off_since.elapsed()), poll) {
             return;
         }
     }
