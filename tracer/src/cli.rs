@@ -14,7 +14,7 @@ pub use crate::mode::Mode;
 use crate::probes::ProbeOptions;
 
 /// `--span-budget`'s default: probe hits a second (see `crate::duty`).
-const DEFAULT_SPAN_BUDGET: u32 = 4000;
+const DEFAULT_SPAN_BUDGET: u32 = 1000;
 
 /// See where a running Go program allocates heap memory: each callsite, the type it
 /// allocates, how often and how big. No recompiling, no pprof import, no restart.
@@ -213,6 +213,13 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub span_budget: SpanBudgetArg,
+
+    /// Have the kernel time each run of gotrace's probes and report their total: what they
+    /// cost the target beyond the traps that start them (JSON: probes.run_time; serve:
+    /// gotrace_probe_run_seconds_total). While on, the kernel times every BPF program on the
+    /// host, two clock reads a run (Linux 5.8+, BPF_ENABLE_STATS).
+    #[arg(long)]
+    pub time_probes: bool,
 }
 
 impl ServeArgs {
@@ -247,6 +254,7 @@ impl ServeArgs {
             probe_options: ProbeOptions {
                 stack_depth: usize::from(self.stack_depth),
                 span_budget: self.span_budget.budget(),
+                time_probes: self.time_probes,
             },
         })
     }
@@ -331,13 +339,21 @@ pub struct SamplingArgs {
 
     #[command(flatten)]
     pub span_budget: SpanBudgetArg,
+
+    /// Have the kernel time each run of gotrace's probes and report their total: what they
+    /// cost the target beyond the traps that start them (JSON: probes.run_time; serve:
+    /// gotrace_probe_run_seconds_total). While on, the kernel times every BPF program on the
+    /// host, two clock reads a run (Linux 5.8+, BPF_ENABLE_STATS).
+    #[arg(long)]
+    pub time_probes: bool,
 }
 
 /// `--span-budget` (attach, run and serve).
 #[derive(Debug, Args)]
 pub struct SpanBudgetArg {
-    /// Span mode: the probe hits a second the target pays for, on average. Each costs it a trap
-    /// and the probe, ~3 µs on a 2-core VM, so 4000 is ~1% of a core. A target that refills
+    /// Span mode: the probe hits a second the target pays for, on average. Each costs it a trap,
+    /// the probe, and the cache misses they leave behind: ~7 µs of the CPU-bound benchmark
+    /// workload's time on a 2-core VM, so 1000 is ~0.7% of a core. A target that refills
     /// spans more than twice as fast gets the probes attached for only part of each second (a
     /// duty cycle, down to 5% of it), and the estimates are scaled by the inverse of that part.
     /// 0: always attached.
@@ -487,6 +503,7 @@ impl TraceArgs {
             probe_options: ProbeOptions {
                 stack_depth: usize::from(self.sampling.stack_depth),
                 span_budget: self.sampling.span_budget.budget(),
+                time_probes: self.sampling.time_probes,
             },
         })
     }

@@ -1,9 +1,11 @@
 //! Sampling in time: span mode's probes attached for part of each second, when the target
 //! refills spans faster than a budget of probe hits allows.
 //!
-//! Every probe hit is a trap into the kernel (~1 µs on these machines) plus the program (~1.7 µs
-//! for a refill with its stack walk): a CPU-bound Go program that refills 24,000 spans a second
-//! on one core loses ~6% of it to span mode. Skipping work inside the probe cannot help, since
+//! Every probe hit is a trap into the kernel (~1 µs on these machines) plus the program (~2 µs
+//! for a refill with its stack walk), and the cache misses both leave the target: a CPU-bound
+//! Go program that refills 14,500 spans per second of its CPU time lost ~10% of its work per
+//! CPU-second to span mode always attached (`cargo xtask bench`'s account), ~7 µs a hit.
+//! Skipping work inside the probe cannot help, since
 //! the trap is paid before the program runs; only a probe that is not there costs nothing. So a
 //! thread detaches the probes for the rest of each [`PERIOD`] once they have been attached for
 //! the fraction that keeps their hits within the budget, and the counts of each collection are

@@ -339,6 +339,7 @@ mod tests {
                     without_stack: 0,
                     dropped_return_address: 0,
                     dropped_counts_map: 0,
+                    run_time: None,
                 },
                 ended: None,
                 interval: None,

@@ -2,7 +2,7 @@
 //! attach them to its allocation entry points, and read what they counted.
 
 use std::num::NonZeroU32;
-use std::os::fd::AsFd as _;
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,6 +42,33 @@ pub struct ProbeOptions {
     /// Span mode's probe hits a second, on average, beyond which its probes are attached for
     /// only part of each second ([`crate::duty`]); `None`: always attached.
     pub span_budget: Option<u32>,
+    /// Have the kernel time every run of every BPF program while the probes are attached
+    /// (`BPF_ENABLE_STATS`), so that [`Probes::run_time`] can say what the probes cost.
+    pub time_probes: bool,
+}
+
+/// How long the probes' programs ran in the target, as the kernel timed them: from the
+/// program's start to its end, without the trap that brought the thread into the kernel.
+/// Only while something keeps the kernel's BPF run-time statistics on (`--time-probes`, or
+/// the `kernel.bpf_stats_enabled` sysctl): the kernel reads the clock around a run then, and
+/// only then (`__bpf_prog_run` in `include/linux/filter.h`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProbeRunTime {
+    /// Runs timed.
+    pub runs: u64,
+    /// Their summed run time.
+    pub nanoseconds: u64,
+}
+
+impl ProbeRunTime {
+    /// Both sums, of these runs and `other`.
+    #[must_use]
+    pub const fn plus(self, other: Self) -> Self {
+        Self {
+            runs: self.runs.saturating_add(other.runs),
+            nanoseconds: self.nanoseconds.saturating_add(other.nanoseconds),
+        }
+    }
 }
 
 /// Probes attached to one process.
@@ -50,7 +77,9 @@ pub struct Probes {
     duty: Option<DutyCycle>,
     /// Owns the programs and their links: dropping it detaches everything. The kernel also
     /// detaches when this process dies, however it dies (the links are file descriptors).
-    _attachments: Arc<Mutex<Attachments>>,
+    attachments: Arc<Mutex<Attachments>>,
+    /// Keeps the kernel's BPF run-time statistics on while open (`--time-probes`).
+    _run_time_statistics: Option<OwnedFd>,
     stats: PerCpuArray<MapData, ProbeStats>,
     /// `COUNTS` and `COUNTS_ALT`, by epoch.
     counts: [PerCpuHashMap<MapData, AllocKey, u64>; 2],
@@ -93,6 +122,12 @@ impl Probes {
         mem_profile_rate_address: Option<u64>,
     ) -> anyhow::Result<Self> {
         let started = Instant::now();
+        // Before the programs run: a run is timed only when the statistics were on at its start.
+        let run_time_statistics = options
+            .time_probes
+            .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
+            .transpose()
+            .context("cannot have the kernel time the probes (--time-probes needs Linux 5.8 or later)")?;
         let AttachTarget {
             binary,
             binary_path,
@@ -167,7 +202,8 @@ impl Probes {
         };
         Ok(Self {
             duty,
-            _attachments: attachments,
+            attachments,
+            _run_time_statistics: run_time_statistics,
             stats,
             counts,
             epoch_map,
@@ -188,6 +224,27 @@ impl Probes {
                 .context("cannot read the probe statistics")?
                 .iter(),
         ))
+    }
+
+    /// How long the probes ran so far, when the kernel timed them; `None` when it timed
+    /// no run (its statistics were off).
+    pub fn run_time(&self) -> Option<ProbeRunTime> {
+        let attachments = self
+            .attachments
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let total = attachments
+            .ebpf
+            .programs()
+            // A program of the object that this mode did not load has no information.
+            .filter_map(|(_, program)| program.info().ok())
+            .fold(ProbeRunTime::default(), |sum, info| ProbeRunTime {
+                runs: sum.runs.saturating_add(info.run_count()),
+                nanoseconds: sum
+                    .nanoseconds
+                    .saturating_add(u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX)),
+            });
+        (total.runs > 0).then_some(total)
     }
 
     /// The fraction of each second span mode's probes are attached now: below 1 while its duty

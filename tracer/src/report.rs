@@ -5,6 +5,7 @@ use serde::Serialize;
 use tracer_common::ProbeStats;
 
 use crate::mode::Mode;
+use crate::probes::ProbeRunTime;
 use crate::profile::{Callsite, Profile, Totals};
 
 /// The traced process.
@@ -114,6 +115,9 @@ pub struct ProbeSummary {
     pub dropped_return_address: u64,
     /// Allocations lost because the count map was full.
     pub dropped_counts_map: u64,
+    /// How long the probes' programs ran, when the kernel timed them (`--time-probes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_time: Option<ProbeRunTime>,
 }
 
 /// The document `gotrace attach` and `gotrace run` produce.
@@ -204,6 +208,7 @@ impl Report {
                 without_stack: s.without_stack,
                 dropped_return_address: s.dropped_return_address,
                 dropped_counts_map: s.dropped_counts_map,
+                run_time: None,
             },
             ended: None,
             interval: None,

@@ -29,7 +29,7 @@ use tracer_common::ProbeStats;
 use crate::export::{Exporter as _, MappingInfo, PprofExporter, Trace};
 use crate::memprofile::{self, PreparedProbes};
 use crate::mode::Mode;
-use crate::probes::{AttachTarget, ProbeOptions};
+use crate::probes::{AttachTarget, ProbeOptions, ProbeRunTime};
 use crate::process::{ProcessId, exe_identity};
 use crate::profile::{self, CallsiteKey, Profile};
 use crate::remote::HeapCounter;
@@ -101,6 +101,10 @@ struct Snapshot {
     runtime_allocated_bytes: Option<u64>,
     /// Probe statistics of earlier generations, summed.
     earlier_stats: ProbeStats,
+    /// How long the current generation's probes ran, when the kernel times them.
+    probe_run_time: Option<ProbeRunTime>,
+    /// The same of earlier generations, summed.
+    earlier_run_time: ProbeRunTime,
     reattaches: u64,
     last_error: Option<String>,
     store_keys: usize,
@@ -368,6 +372,9 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
         if let Some(previous) = s.profile.as_ref() {
             s.earlier_stats = s.earlier_stats.merged(previous.stats);
         }
+        if let Some(previous) = s.probe_run_time.take() {
+            s.earlier_run_time = s.earlier_run_time.plus(previous);
+        }
         if s.generation > 0 {
             s.reattaches += 1;
         }
@@ -443,7 +450,9 @@ fn publish_figures(
     ended: bool,
 ) {
     let runtime_allocated_bytes = heap.and_then(HeapCounter::allocated_bytes);
+    let probe_run_time = probes.run_time();
     let mut s = lock(shared);
+    s.probe_run_time = probe_run_time.or(s.probe_run_time);
     s.store_keys = store.len();
     s.attached_fraction = probes.attached_fraction();
     s.runtime_allocated_bytes = runtime_allocated_bytes.or(s.runtime_allocated_bytes);
@@ -628,6 +637,39 @@ fn render_callsites(out: &mut String, s: &mut Snapshot, profile: &Profile, top_k
     }
 }
 
+/// What was counted in the target without sampling: its runtime's own allocation total, and
+/// the time the probes took in it (when the kernel timed them).
+fn render_target_counts(out: &mut String, s: &Snapshot) {
+    if let Some(bytes) = s.runtime_allocated_bytes {
+        let _ = writeln!(
+            out,
+            "# HELP gotrace_target_runtime_allocated_bytes_total Heap bytes the target's own runtime has \
+             counted as allocated since it started (what runtime.MemStats.TotalAlloc reports, read from \
+             its memory): not sampled, whatever the mode; a cached span's objects count when it is given back."
+        );
+        let _ = writeln!(out, "# TYPE gotrace_target_runtime_allocated_bytes_total counter");
+        let _ = writeln!(out, "gotrace_target_runtime_allocated_bytes_total {bytes}");
+    }
+    let run_time = s.earlier_run_time.plus(s.probe_run_time.unwrap_or_default());
+    if run_time.runs > 0 {
+        let _ = writeln!(
+            out,
+            "# HELP gotrace_probe_run_seconds_total CPU time gotrace's probes took in the target, as the \
+             kernel timed them (--time-probes), without the traps that start them."
+        );
+        let _ = writeln!(out, "# TYPE gotrace_probe_run_seconds_total counter");
+        #[expect(clippy::cast_precision_loss, reason = "seconds to show")]
+        let seconds = run_time.nanoseconds as f64 / 1e9;
+        let _ = writeln!(out, "gotrace_probe_run_seconds_total {seconds}");
+        let _ = writeln!(
+            out,
+            "# HELP gotrace_probe_timed_runs_total Probe runs the kernel timed."
+        );
+        let _ = writeln!(out, "# TYPE gotrace_probe_timed_runs_total counter");
+        let _ = writeln!(out, "gotrace_probe_timed_runs_total {}", run_time.runs);
+    }
+}
+
 /// gotrace's own health, and what it traces.
 fn render_own_metrics(out: &mut String, s: &Snapshot, profile: Option<&Profile>) {
     let stats = profile.map_or(s.earlier_stats, |p| s.earlier_stats.merged(p.stats));
@@ -694,16 +736,7 @@ fn render_own_metrics(out: &mut String, s: &Snapshot, profile: Option<&Profile>)
     );
     let _ = writeln!(out, "# TYPE gotrace_probe_attached_ratio gauge");
     let _ = writeln!(out, "gotrace_probe_attached_ratio {}", s.attached_fraction);
-    if let Some(bytes) = s.runtime_allocated_bytes {
-        let _ = writeln!(
-            out,
-            "# HELP gotrace_target_runtime_allocated_bytes_total Heap bytes the target's own runtime has \
-             counted as allocated since it started (what runtime.MemStats.TotalAlloc reports, read from \
-             its memory): not sampled, whatever the mode; a cached span's objects count when it is given back."
-        );
-        let _ = writeln!(out, "# TYPE gotrace_target_runtime_allocated_bytes_total counter");
-        let _ = writeln!(out, "gotrace_target_runtime_allocated_bytes_total {bytes}");
-    }
+    render_target_counts(out, s);
     if let (Some(t), Some(mode)) = (&s.target, s.mode) {
         let _ = writeln!(
             out,

@@ -274,13 +274,7 @@ impl Session<'_> {
         let elapsed = started.elapsed().as_secs_f64();
         if let Some((mut s, mut sink)) = stream {
             // The last document covers the time since the last interval.
-            let mut doc = s.next(
-                self.target.clone(),
-                &profile,
-                self.probes.borrow().attached,
-                elapsed,
-                self.config.top,
-            );
+            let mut doc = self.stream_document(&mut s, &profile, elapsed);
             doc.ended.clone_from(&ended);
             JsonlStream::write(&doc, sink.writer())?;
             sink.done();
@@ -322,13 +316,7 @@ impl Session<'_> {
         match (view, stream) {
             (Some(v), _) => v.update(self.report(profile, elapsed, None))?,
             (None, Some((s, sink))) => {
-                let doc = s.next(
-                    self.target.clone(),
-                    profile,
-                    self.probes.borrow().attached,
-                    elapsed,
-                    self.config.top,
-                );
+                let doc = self.stream_document(s, profile, elapsed);
                 JsonlStream::write(&doc, sink.writer())?;
             }
             (None, None) => self.refresh(&self.report(profile, elapsed, self.config.top))?,
@@ -355,14 +343,19 @@ impl Session<'_> {
         ))
     }
 
+    /// The jsonl stream's next document: the interval since the previous one.
+    fn stream_document(&self, stream: &mut JsonlStream, profile: &Profile, elapsed: f64) -> Report {
+        let probes = self.probes.borrow();
+        let mut doc = stream.next(self.target.clone(), profile, probes.attached, elapsed, self.config.top);
+        doc.probes.run_time = probes.run_time();
+        doc
+    }
+
     fn report(&self, profile: &Profile, elapsed: f64, top: Option<usize>) -> Report {
-        Report::new(
-            self.target.clone(),
-            profile,
-            self.probes.borrow().attached,
-            elapsed,
-            top,
-        )
+        let probes = self.probes.borrow();
+        let mut report = Report::new(self.target.clone(), profile, probes.attached, elapsed, top);
+        report.probes.run_time = probes.run_time();
+        report
     }
 
     /// Every `--interval` without the live view or a stream: a plain table on stdout when it

@@ -294,6 +294,54 @@ fn attach_shows_a_table_and_stops_after_duration() {
     let _ = target.wait();
 }
 
+/// `--time-probes`: the kernel times every run of the probes, and the report says how long they
+/// took; without it (and without the sysctl) the report has no run time.
+#[test]
+fn time_probes_reports_the_probes_run_time() {
+    let Some(_lock) = root_only("time_probes_reports_the_probes_run_time") else {
+        return;
+    };
+    let f = fixture("1.27", "default");
+    let (mut target, mut rate) = start_rate(&f);
+    rate.median(1);
+    let pid = target.id().to_string();
+    let (json, text) = (scratch("time-probes.json"), scratch("time-probes.txt"));
+    let traced = |extra: &[&str]| {
+        let out = output(
+            gotrace()
+                .args(["attach", &pid, "--duration", "1s", "--top", "3", "-o"])
+                .arg(&json)
+                .arg("-o")
+                .arg(&text)
+                .args(extra),
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (read_json(&json), std::fs::read_to_string(&text).expect("the table"))
+    };
+    let (report, table) = traced(&["--time-probes"]);
+    let probes = &report["probes"];
+    let hits = probes["hits"].as_u64().expect("hits");
+    let runs = probes["run_time"]["runs"].as_u64().expect("run_time.runs");
+    let nanoseconds = probes["run_time"]["nanoseconds"]
+        .as_u64()
+        .expect("run_time.nanoseconds");
+    assert!(hits > 1000, "{probes}");
+    // Every hit is a run; runs that count nothing (nested calls) are runs too.
+    assert!(runs >= hits, "{probes}");
+    let each = nanoseconds / runs;
+    assert!((20..100_000).contains(&each), "{each} ns a run: {probes}");
+    assert!(table.contains(" runs took ") && table.contains("ns each"), "{table}");
+
+    let stats_always_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1");
+    if !stats_always_on {
+        let (report, table) = traced(&[]);
+        assert!(report["probes"].get("run_time").is_none(), "{}", report["probes"]);
+        assert!(!table.contains(" runs took "), "{table}");
+    }
+    drop(target.stdin.take());
+    let _ = target.wait();
+}
+
 #[test]
 fn run_passes_on_signals_and_the_program_exit_status() {
     let Some(_lock) = root_only("run_passes_on_signals_and_the_program_exit_status") else {

@@ -188,7 +188,11 @@ fn serve_follows_its_target_through_kill_and_restart() {
     };
     let f = fixture("1.27", "default");
     let first = start_target(&f.path);
-    let server = start_serve(serve_command(&["--exe", f.path.to_str().expect("utf-8")]));
+    let server = start_serve(serve_command(&[
+        "--exe",
+        f.path.to_str().expect("utf-8"),
+        "--time-probes",
+    ]));
     let port = server.port;
     wait_for(port, Duration::from_secs(20), "fixture series", has_fixture_series);
     let text = metrics(port);
@@ -205,6 +209,11 @@ fn serve_follows_its_target_through_kill_and_restart() {
     assert!(first_count > 0.0, "{text}");
     wait_for(port, Duration::from_secs(10), "a growing runtime count", |t| {
         counted(t) > first_count
+    });
+    // --time-probes: the kernel timed the probes' runs.
+    wait_for(port, Duration::from_secs(10), "timed probe runs", |t| {
+        sample(t, "gotrace_probe_timed_runs_total").is_some_and(|runs| runs > 0.0)
+            && sample(t, "gotrace_probe_run_seconds_total").is_some_and(|secs| secs > 0.0)
     });
     let (status, _, body) = http(port, "GET", "/healthz");
     assert_eq!(status, 200);

@@ -119,6 +119,9 @@ enum Tracer {
     Exact,
     GoSampler,
     Span,
+    /// Span mode without its duty cycle (`--span-budget 0`): what each of its hits costs, in
+    /// a change large enough to measure.
+    SpanAttached,
 }
 
 impl Tracer {
@@ -133,6 +136,7 @@ impl Tracer {
             Self::Exact => "gotrace exact",
             Self::GoSampler => "gotrace go-sampler",
             Self::Span => "gotrace span",
+            Self::SpanAttached => "gotrace span, always attached",
         }
     }
 
@@ -140,7 +144,7 @@ impl Tracer {
         match self {
             Self::Exact => Some("exact"),
             Self::GoSampler => Some("go-sampler"),
-            Self::Span => Some("span"),
+            Self::Span | Self::SpanAttached => Some("span"),
             _ => None,
         }
     }
@@ -224,7 +228,242 @@ struct RealisticRow {
     ratio_ranges: [Option<Stat>; 4],
     /// The tracer's peak RSS over these runs, MiB.
     tracer_peak_rss_mib: Option<f64>,
+    /// The bottom-up account of the HTTP service's and the CPU-bound workload's windows
+    /// (gotrace's modes only).
+    accounts: [Option<Account>; 2],
     error: Option<String>,
+}
+
+/// A gotrace mode's bottom-up account on one workload: how often its probes ran and how long
+/// each run took (the kernel's BPF statistics), with a price for the trap (see
+/// [`price_accounts`]). The counts and run times do not depend on how fast the machine ran
+/// that minute; the price does, but it is measured where the change is many times the noise.
+/// What the price cannot hold: span mode attaching and detaching its probes once a second.
+#[derive(Debug, Clone, Serialize)]
+struct Account {
+    /// Probe runs (each one trap) per second of the target's CPU time.
+    runs_per_cpu_sec: Stat,
+    /// The probes' run time per run, ns, without the trap.
+    ns_per_run: Stat,
+    /// gotrace's own CPU time over the target's.
+    tracer_cpu_share: Stat,
+    /// What a run's trap costs on this workload (see [`price_accounts`]); `None` when neither
+    /// the cost part nor exact mode was measured.
+    trap_ns: Option<f64>,
+    /// The share of the target's CPU time spent in the probes: runs × (trap + run time) over
+    /// its CPU time, per window.
+    probe_cpu_share: Option<Stat>,
+    /// The measured change of operations per target CPU-second, the runs' ratios.
+    measured_per_cpu_ratio: Option<Stat>,
+}
+
+impl Account {
+    /// The account of `tracer` (an index of `runs`'s tracers) from its windows' figures,
+    /// which start at metric `first`.
+    fn of(runs: &Interleaved, tracer: usize, first: usize, measured_per_cpu_ratio: Option<Stat>) -> Option<Self> {
+        if tracer == 0 {
+            return None;
+        }
+        Some(Self {
+            runs_per_cpu_sec: runs.stat(tracer, first)?,
+            ns_per_run: runs.stat(tracer, first + 1)?,
+            tracer_cpu_share: runs.stat(tracer, first + 2)?,
+            trap_ns: None,
+            probe_cpu_share: None,
+            measured_per_cpu_ratio,
+        })
+    }
+
+    /// What one run cost the workload beyond its own timed time, by the measured change of
+    /// work per CPU-second: traced CPU = untraced + runs × cost, so the ratio r of work per
+    /// CPU-second is 1 − runs per CPU-second × cost.
+    fn implied_trap_ns(&self) -> Option<f64> {
+        let ratio = self.measured_per_cpu_ratio.as_ref()?.median;
+        let runs = self.runs_per_cpu_sec.median;
+        (runs > 0.0).then(|| (1.0 - ratio) / runs * 1e9 - self.ns_per_run.median)
+    }
+
+    /// Prices the runs at `trap_ns` each, plus their run time.
+    fn price(&mut self, trap_ns: f64) {
+        let shares: Vec<f64> = self
+            .runs_per_cpu_sec
+            .runs
+            .iter()
+            .zip(&self.ns_per_run.runs)
+            .map(|(hits, run_ns)| hits * (trap_ns + run_ns) / 1e9)
+            .collect();
+        self.trap_ns = Some(trap_ns);
+        self.probe_cpu_share = Stat::of(&shares);
+    }
+}
+
+/// Prices the realistic rows' accounts. A trap costs at least the cost table's floor (an empty
+/// probe on the pure-allocation loop, same Go release), and on a real workload more: its
+/// caches and TLB are colder after each trip into the kernel and each run of the probe. Where
+/// a mode probes every allocation (exact) or every span (span, always attached), the slowdown
+/// on the same workload is far above the noise and nearly all probe: per run, what it cost the
+/// workload beyond the run's own timed time is the trap's price there, with whatever the run
+/// leaves behind. Exact mode's price goes to go-sampler's runs too (both copy little of the
+/// stack), span mode's to its duty-cycled runs; the floor when it is higher, or when the row
+/// that measures the price is missing.
+fn price_accounts(realistic: &mut [RealisticRow], cost: &[CostTable]) {
+    let floor = COST_GO
+        .iter()
+        .position(|&minor| minor == REALISTIC_GO)
+        .and_then(|i| cost.get(i))
+        .and_then(|table| table.rows.iter().find(|r| r.tracer == Tracer::EmptyPlacement))
+        .and_then(|r| r.added_ns);
+    for workload in 0..2 {
+        let implied = |by: Tracer| {
+            realistic
+                .iter()
+                .find(|r| r.tracer == by)
+                .and_then(|r| r.accounts[workload].as_ref())
+                .and_then(Account::implied_trap_ns)
+        };
+        let (by_exact, by_span) = (implied(Tracer::Exact), implied(Tracer::SpanAttached));
+        for row in realistic.iter_mut() {
+            let implied = if matches!(row.tracer, Tracer::Span | Tracer::SpanAttached) {
+                by_span
+            } else {
+                by_exact
+            };
+            let trap_ns = match (floor, implied) {
+                (Some(f), Some(i)) => Some(f.max(i)),
+                (f, i) => f.or(i),
+            };
+            if let (Some(trap_ns), Some(account)) = (trap_ns, row.accounts[workload].as_mut()) {
+                account.price(trap_ns);
+            }
+        }
+    }
+}
+
+/// gotrace's modes are timed by the kernel in the realistic windows (`--time-probes`): two
+/// clock reads per probe run, which the measured changes then include too.
+const TIME_PROBES: &[&str] = &["--time-probes"];
+
+/// A measured window's length, and the tracer's CPU time over it.
+struct Window {
+    started: Instant,
+    tracer: Option<u32>,
+    tracer_cpu_before: f64,
+}
+
+/// What [`Window::end`] found.
+#[derive(Debug, Clone, Copy)]
+struct WindowEnd {
+    wall_secs: f64,
+    tracer_cpu_secs: f64,
+}
+
+impl Window {
+    fn start(attached: Option<&Attached>) -> Result<Self> {
+        let tracer = attached.map(Attached::pid);
+        Ok(Self {
+            started: Instant::now(),
+            tracer,
+            tracer_cpu_before: tracer.map(cpu_seconds).transpose()?.unwrap_or(0.0),
+        })
+    }
+
+    fn end(&self) -> Result<WindowEnd> {
+        Ok(WindowEnd {
+            wall_secs: self.started.elapsed().as_secs_f64(),
+            tracer_cpu_secs: self
+                .tracer
+                .map(cpu_seconds)
+                .transpose()?
+                .map_or(0.0, |now| now - self.tracer_cpu_before),
+        })
+    }
+}
+
+/// What the kernel counted in one traced window, and what the tracer itself used: the
+/// measured parts of the bottom-up account of what tracing costs.
+#[derive(Debug, Clone, Copy, Default)]
+struct WindowAccount {
+    /// Probe runs per second of the target's CPU time: one trap each. Runs, not hits: while
+    /// span mode detaches, its probes still trap for a grace period without counting a hit.
+    runs_per_cpu_sec: f64,
+    /// The probes' run time per run as the kernel timed it, ns (without the trap).
+    ns_per_run: f64,
+    /// The tracer's CPU time over the target's.
+    tracer_cpu_share: f64,
+}
+
+/// How long a gotrace mode runs before its window is measured (the HTTP service under load, a
+/// second longer): span mode's duty cycle starts attached and settles within its first periods
+/// (a second each), and a sidecar lives in the settled state. The first jsonl document (after
+/// 2 s) marks the start of what the account counts.
+const SETTLE: Duration = Duration::from_secs(2);
+
+impl WindowAccount {
+    /// Figures a window adds to its workload's.
+    const METRICS: usize = 3;
+
+    /// Stops `attached` (a gotrace mode's tracer, or nothing) and reads the probe figures of
+    /// its jsonl stream from the first document on (the settled part). `target_cpu_rate` is
+    /// the target's CPU seconds per second in the measured window.
+    fn of(
+        env: &Env,
+        tracer: Tracer,
+        pid: u32,
+        attached: Option<Attached>,
+        target_cpu_rate: f64,
+        window: WindowEnd,
+    ) -> Result<Self> {
+        let Some(attached) = attached else {
+            return Ok(Self::default());
+        };
+        attached.stop()?;
+        let Some(mode) = tracer.mode() else {
+            return Ok(Self::default());
+        };
+        ensure!(target_cpu_rate > 0.0 && window.wall_secs > 0.0, "an empty window");
+        let path = stream_path(env, mode, pid);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let documents = text
+            .lines()
+            .map(serde_json::from_str::<serde_json::Value>)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("{} is not JSON lines", path.display()))?;
+        let (Some(first), Some(last)) = (documents.first(), documents.last()) else {
+            bail!("{} is empty", path.display());
+        };
+        // Cumulative figures, at the end of a document's interval.
+        let at = |doc: &serde_json::Value| -> Result<[f64; 3]> {
+            let number = |pointer: &str| doc.pointer(pointer).and_then(serde_json::Value::as_f64);
+            Ok([
+                number("/interval/end_secs").context("a document without its interval")?,
+                // Absent while the probes have not run yet.
+                number("/probes/run_time/runs").unwrap_or(0.0),
+                number("/probes/run_time/nanoseconds").unwrap_or(0.0),
+            ])
+        };
+        let [start, runs_before, ns_before] = at(first)?;
+        let [end, runs_after, ns_after] = at(last)?;
+        let (secs, runs) = (end - start, runs_after - runs_before);
+        ensure!(
+            secs > 0.5,
+            "{}: too short a trace after its first document",
+            path.display()
+        );
+        Ok(Self {
+            runs_per_cpu_sec: runs / secs / target_cpu_rate,
+            ns_per_run: if runs > 0.0 { (ns_after - ns_before) / runs } else { 0.0 },
+            tracer_cpu_share: window.tracer_cpu_secs / window.wall_secs / target_cpu_rate,
+        })
+    }
+
+    fn figures(self) -> [f64; Self::METRICS] {
+        [self.runs_per_cpu_sec, self.ns_per_run, self.tracer_cpu_share]
+    }
+}
+
+/// Where `attach` has a gotrace mode's tracer write its jsonl stream.
+fn stream_path(env: &Env, mode: &str, pid: u32) -> PathBuf {
+    env.scratch.join(format!("{mode}-{pid}.jsonl"))
 }
 
 #[derive(Debug, Serialize)]
@@ -348,7 +587,7 @@ pub fn run(repo: &Path, args: &Args) -> Result<()> {
             cost.push(cost_per_allocation(repo, &env, &plan, minor)?);
         }
     }
-    let realistic = if wanted(Part::Realistic) {
+    let mut realistic = if wanted(Part::Realistic) {
         realistic(repo, &env, &plan)?
     } else {
         Vec::new()
@@ -363,6 +602,7 @@ pub fn run(repo: &Path, args: &Args) -> Result<()> {
     } else {
         TracerCosts::default()
     };
+    price_accounts(&mut realistic, &cost);
     let targets = targets(&cost, &realistic);
     let failed = failures(&cost, &realistic, &accuracy, &tracer);
     let results = Results {
@@ -578,13 +818,21 @@ fn attach(
             proc.wait_for("live", false, timeout)?;
             proc
         }
-        Tracer::Exact | Tracer::GoSampler | Tracer::Span => {
+        Tracer::Exact | Tracer::GoSampler | Tracer::Span | Tracer::SpanAttached => {
             let mode = tracer.mode().unwrap_or("exact");
+            let always = if tracer == Tracer::SpanAttached {
+                &["--span-budget", "0"][..]
+            } else {
+                &[]
+            };
             let proc = Proc::start(
                 "gotrace attach",
                 Command::new(&env.gotrace)
                     .args(["attach", &pid_arg, "--mode", mode, "-f", "json", "-o"])
                     .arg(env.scratch.join(format!("{mode}-{pid}.json")))
+                    .arg("-o")
+                    .arg(stream_path(env, mode, pid))
+                    .args(always)
                     .args(extra),
                 true,
             )?;
@@ -831,7 +1079,13 @@ impl Interleaved {
 /// The HTTP service under wrk and the CPU-bound workload, untraced and under each mode.
 fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<Vec<RealisticRow>> {
     let binary = env.workloads(repo, REALISTIC_GO);
-    let tracers = [Tracer::Untraced, Tracer::Exact, Tracer::GoSampler, Tracer::Span];
+    let tracers = [
+        Tracer::Untraced,
+        Tracer::Exact,
+        Tracer::GoSampler,
+        Tracer::Span,
+        Tracer::SpanAttached,
+    ];
     let mut rss: Vec<Option<f64>> = vec![None; tracers.len()];
     let mut note_rss = |tracer: Tracer, attached: &Option<Attached>| {
         let i = tracers.iter().position(|&t| t == tracer).unwrap_or(0);
@@ -849,35 +1103,63 @@ fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<Vec<RealisticRow>> {
     let url = format!("{}/json", ready.trim_start_matches("ready").trim());
     wrk(&url, 1).context("warming the HTTP service up")?;
     // Metrics: requests/s, p99 ms, requests per second of the service's CPU time.
-    let http = Interleaved::run(plan, &tracers, 3, "http (req/s, p99 ms, req per CPU-s)", |tracer| {
-        let attached = attach(env, tracer, server.pid(), &binary, &[], &[])?;
-        let cpu_before = cpu_seconds(server.pid())?;
-        let (rps, p99) = wrk(&url, plan.wrk_secs)?;
-        let cpu = cpu_seconds(server.pid())? - cpu_before;
-        note_rss(tracer, &attached);
-        if let Some(a) = attached {
-            a.stop()?;
-        }
-        ensure!(cpu > 0.0, "the service used no CPU time");
-        #[expect(clippy::cast_precision_loss, reason = "seconds")]
-        Ok(vec![rps, p99, rps * plan.wrk_secs as f64 / cpu])
-    });
+    // Then the window's account (see `WindowAccount`), zeros untraced.
+    let http = Interleaved::run(
+        plan,
+        &tracers,
+        3 + WindowAccount::METRICS,
+        "http (req/s, p99 ms, req per CPU-s; probe runs per CPU-s, ns per run, gotrace CPU share)",
+        |tracer| {
+            let attached = attach(env, tracer, server.pid(), &binary, &[], TIME_PROBES)?;
+            if attached.is_some() {
+                // Settled under load: idle, span mode's duty cycle would stay attached.
+                wrk(&url, SETTLE.as_secs().max(1) + 1)?;
+            }
+            let cpu_before = cpu_seconds(server.pid())?;
+            let window = Window::start(attached.as_ref())?;
+            let (rps, p99) = wrk(&url, plan.wrk_secs)?;
+            let cpu = cpu_seconds(server.pid())? - cpu_before;
+            let window = window.end()?;
+            note_rss(tracer, &attached);
+            #[expect(clippy::cast_precision_loss, reason = "seconds")]
+            let cpu_rate = cpu / plan.wrk_secs as f64;
+            let account = WindowAccount::of(env, tracer, server.pid(), attached, cpu_rate, window)?;
+            ensure!(cpu > 0.0, "the service used no CPU time");
+            #[expect(clippy::cast_precision_loss, reason = "seconds")]
+            let mut figures = vec![rps, p99, rps * plan.wrk_secs as f64 / cpu];
+            figures.extend(account.figures());
+            Ok(figures)
+        },
+    );
     drop(server);
 
     let workload = Proc::start("workloads cpu", Command::new(&binary).args(["cpu", "0"]), false)?;
     workload.wait_for("ready", false, Duration::from_secs(20))?;
     // Metrics: operations/s, operations per second of the workload's CPU time.
-    let cpu = Interleaved::run(plan, &tracers, 2, "cpu-bound (ops/s, ops per CPU-s)", |tracer| {
-        let attached = attach(env, tracer, workload.pid(), &binary, &[], &[])?;
-        let (count, _, cpu_secs) = sum_report_lines(&workload, plan.window_secs)?;
-        note_rss(tracer, &attached);
-        if let Some(a) = attached {
-            a.stop()?;
-        }
-        ensure!(cpu_secs > 0.0, "the workload used no CPU time");
-        #[expect(clippy::cast_precision_loss, reason = "a few seconds")]
-        Ok(vec![count / plan.window_secs as f64, count / cpu_secs])
-    });
+    let cpu = Interleaved::run(
+        plan,
+        &tracers,
+        2 + WindowAccount::METRICS,
+        "cpu-bound (ops/s, ops per CPU-s; probe runs per CPU-s, ns per run, gotrace CPU share)",
+        |tracer| {
+            let attached = attach(env, tracer, workload.pid(), &binary, &[], TIME_PROBES)?;
+            if attached.is_some() {
+                std::thread::sleep(SETTLE);
+            }
+            let window = Window::start(attached.as_ref())?;
+            let (count, _, cpu_secs) = sum_report_lines(&workload, plan.window_secs)?;
+            let window = window.end()?;
+            note_rss(tracer, &attached);
+            #[expect(clippy::cast_precision_loss, reason = "a few seconds")]
+            let cpu_rate = cpu_secs / plan.window_secs as f64;
+            let account = WindowAccount::of(env, tracer, workload.pid(), attached, cpu_rate, window)?;
+            ensure!(cpu_secs > 0.0, "the workload used no CPU time");
+            #[expect(clippy::cast_precision_loss, reason = "a few seconds")]
+            let mut figures = vec![count / plan.window_secs as f64, count / cpu_secs];
+            figures.extend(account.figures());
+            Ok(figures)
+        },
+    );
     drop(workload);
 
     let median = |s: Option<Stat>| s.map(|s| s.median);
@@ -894,6 +1176,10 @@ fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<Vec<RealisticRow>> {
             cpu_ratio: median(cpu.ratio(i, 0)),
             cpu_per_cpu_ratio: median(cpu.ratio(i, 1)),
             ratio_ranges: [http.ratio(i, 0), http.ratio(i, 2), cpu.ratio(i, 0), cpu.ratio(i, 1)],
+            accounts: [
+                Account::of(&http, i, 3, http.ratio(i, 2)),
+                Account::of(&cpu, i, 2, cpu.ratio(i, 1)),
+            ],
             tracer_peak_rss_mib: rss[i],
             error: http.errors[i].clone().or_else(|| cpu.errors[i].clone()),
         })
@@ -1255,6 +1541,20 @@ fn targets(cost: &[CostTable], realistic: &[RealisticRow]) -> Vec<TargetCheck> {
                 limit: "≤ 3%".to_owned(),
                 verdict,
                 range: ratios.as_ref().map(|r| [(1.0 - r.max) * 100.0, (1.0 - r.min) * 100.0]),
+            });
+        }
+        for (workload, account) in ["HTTP", "CPU-bound"].into_iter().zip(&row.accounts) {
+            let share = account.as_ref().and_then(|a| a.probe_cpu_share.as_ref());
+            out.push(TargetCheck {
+                what: format!(
+                    "{}: {workload} work per CPU-second lost to the probes, accounted bottom-up, %",
+                    row.tracer.label()
+                ),
+                value: share.map(|s| s.median * 100.0),
+                limit: "≤ 3%".to_owned(),
+                // Every window's, not just the median's.
+                verdict: Verdict::of(share.map(|s| s.max <= 0.03)),
+                range: share.map(|s| [s.min * 100.0, s.max * 100.0]),
             });
         }
     }

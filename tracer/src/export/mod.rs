@@ -8,6 +8,7 @@ mod pprof;
 
 use std::io::{self, Write};
 
+use crate::probes::ProbeRunTime;
 use crate::profile::Profile;
 use crate::report::{Report, human_bytes, short_path, summary_line, thousands};
 
@@ -62,6 +63,20 @@ impl Exporter for JsonExporter {
     }
 }
 
+/// `probes: 1,234 runs took 1.2 ms of the target's CPU (950 ns each, without the traps)`.
+fn run_time_line(run_time: ProbeRunTime) -> String {
+    #[expect(clippy::cast_precision_loss, reason = "a duration to show")]
+    let (ms, each) = (
+        run_time.nanoseconds as f64 / 1e6,
+        run_time.nanoseconds as f64 / run_time.runs.max(1) as f64,
+    );
+    format!(
+        "probes: {} runs took {ms:.1} ms of the target's CPU ({each:.0} ns each, without the traps \
+         into the kernel that start them)",
+        thousands(run_time.runs)
+    )
+}
+
 /// An aligned table, most bytes first.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TableExporter;
@@ -73,6 +88,9 @@ impl TableExporter {
     /// When writing fails.
     pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
         writeln!(out, "{}", summary_line(report))?;
+        if let Some(run_time) = report.probes.run_time {
+            writeln!(out, "{}", run_time_line(run_time))?;
+        }
         let mut rows = vec![[
             "BYTES".to_owned(),
             "ALLOCS".to_owned(),

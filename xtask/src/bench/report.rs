@@ -33,6 +33,67 @@ fn percent(v: Option<f64>) -> String {
     v.map_or_else(|| "—".to_owned(), |v| format!("{:+.1}%", (v - 1.0) * 100.0))
 }
 
+/// The realistic windows' bottom-up account (`super::Account`).
+fn accounts(md: &mut String, r: &Results) {
+    let rows: Vec<_> = r
+        .realistic
+        .iter()
+        .flat_map(|row| {
+            ["HTTP", "CPU-bound"]
+                .into_iter()
+                .zip(&row.accounts)
+                .filter_map(move |(workload, account)| Some((row.tracer, workload, account.as_ref()?)))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let floor = r
+        .cost
+        .last()
+        .and_then(|t| t.rows.iter().find(|row| row.tracer == Tracer::EmptyPlacement))
+        .and_then(|row| row.added_ns);
+    let _ = writeln!(
+        md,
+        "**What tracing costs the workloads, accounted bottom-up** (the same windows, counted from 2 s \
+         after attaching, when span mode's duty cycle has settled). The kernel counted each mode's probe \
+         runs and timed them (`--time-probes`). Each run also costs a trap into the kernel and the cache \
+         misses it and the run leave behind, which no counter times: that is priced from a mode that \
+         probes so often that its change is many times the noise, per run beyond the run's own time \
+         (*trap ns*): exact mode's for exact and go-sampler, span mode's always attached \
+         (`--span-budget 0`) for span; at least the cost table's floor ({}). *In probes* is runs × \
+         (trap + run time) over the workload's CPU time; *predicted* is the change of work per \
+         CPU-second that alone would cause, beside the change measured above (the same, by \
+         construction, for the rows that set the price). The counts and run times do not depend on how \
+         fast the machine ran that minute, which the changes measured for go-sampler and duty-cycled \
+         span do, by more than they are. Not in the account: span mode attaching and detaching its \
+         probes once a second.\n",
+        floor.map_or_else(|| "not measured".to_owned(), |ns| format!("{ns:.0} ns"))
+    );
+    md.push_str(
+        "| mode | workload | probe runs per workload CPU-s | ns per run | trap ns | in probes | predicted per-CPU change | measured per-CPU change | gotrace's CPU, % of the workload's |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    let scaled =
+        |s: Option<&Stat>, by: f64| s.and_then(|s| Stat::of(&s.runs.iter().map(|v| v * by).collect::<Vec<_>>()));
+    for (tracer, workload, a) in rows {
+        let predicted = a.probe_cpu_share.as_ref().map(|s| 1.0 - s.median);
+        let _ = writeln!(
+            md,
+            "| {} | {workload} | {} | {} | {} | {}% | {} | {} | {}% |",
+            tracer.label(),
+            a.runs_per_cpu_sec.show(0),
+            a.ns_per_run.show(0),
+            number(a.trap_ns, 0),
+            stat(scaled(a.probe_cpu_share.as_ref(), 100.0).as_ref(), 2),
+            percent(predicted),
+            percent(a.measured_per_cpu_ratio.as_ref().map(|s| s.median)),
+            stat(scaled(Some(&a.tracer_cpu_share), 100.0).as_ref(), 2),
+        );
+    }
+    md.push('\n');
+}
+
 /// The whole report.
 #[expect(clippy::too_many_lines, reason = "one table after the other")]
 pub fn markdown(r: &Results) -> String {
@@ -143,6 +204,7 @@ pub fn markdown(r: &Results) -> String {
             );
         }
         md.push('\n');
+        accounts(&mut md, r);
     }
     if !r.accuracy.is_empty() {
         let _ = writeln!(
