@@ -352,8 +352,8 @@ pub struct SamplingArgs {
 #[derive(Debug, Args)]
 pub struct SpanBudgetArg {
     /// Span mode: the probe hits a second the target pays for, on average. Each costs it a trap,
-    /// the probe, and the cache misses they leave behind: ~7 µs of the CPU-bound benchmark
-    /// workload's time on a 2-core VM, so 1000 is ~0.7% of a core. A target that refills
+    /// the probe, and the cache misses they leave behind: ~3.5 µs of the CPU-bound benchmark
+    /// workload's time on a 2-core VM, so 1000 is ~0.35% of a core. A target that refills
     /// spans more than twice as fast gets the probes attached for only part of each second (a
     /// duty cycle, down to 5% of it), and the estimates are scaled by the inverse of that part.
     /// 0: always attached.

@@ -2,9 +2,9 @@
 //! refills spans faster than a budget of probe hits allows.
 //!
 //! Every probe hit is a trap into the kernel (~1 µs on these machines) plus the program (~2 µs
-//! for a refill with its stack walk), and the cache misses both leave the target: a CPU-bound
-//! Go program that refills 14,500 spans per second of its CPU time lost ~10% of its work per
-//! CPU-second to span mode always attached (`cargo xtask bench`'s account), ~7 µs a hit.
+//! for a refill with its stack walk), and the cache misses both leave the target: the
+//! CPU-bound workload of `cargo xtask bench`, with the probes always attached, ran them 25,500
+//! times per second of its CPU time and lost 8.8% of its work per CPU-second, ~3.5 µs a hit.
 //! Skipping work inside the probe cannot help, since
 //! the trap is paid before the program runs; only a probe that is not there costs nothing. So a
 //! thread detaches the probes for the rest of each [`PERIOD`] once they have been attached for
