@@ -127,7 +127,9 @@ impl Probes {
             .time_probes
             .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
             .transpose()
-            .context("cannot have the kernel time the probes (--time-probes needs Linux 5.8 or later)")?;
+            .context(
+                "cannot have the kernel time the probes (--time-probes needs Linux 5.8 or later and CAP_SYS_ADMIN)",
+            )?;
         let AttachTarget {
             binary,
             binary_path,
