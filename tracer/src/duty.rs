@@ -9,7 +9,8 @@
 //! the trap is paid before the program runs; only a probe that is not there costs nothing. So a
 //! thread detaches the probes for the rest of each [`PERIOD`] once they have been attached for
 //! the fraction that keeps their hits within the budget, and the counts of each collection are
-//! scaled by the inverse of the share of the target's progress the probes were attached for.
+//! scaled by the inverse of the share of the target's allocations the probes counted (by the
+//! target's own count; of its progress, for a binary without a symbol table).
 //!
 //! The scaling is unbiased for a steady workload: each span is counted, with all of its
 //! objects, when its end (the refill that replaces it, or the `releaseAll` that hands it back)
@@ -18,7 +19,7 @@
 //! as the probes know it: for a span brought in while they were detached, that is the last
 //! refill of the same P and size class they saw before, which is a guess (the totals are
 //! right, the split between callsites sharing a size class may not be). The probes' traps slow
-//! the target while attached, which the share allows for (see [`DutyCycle::take_scale`]).
+//! the target while attached, which the share allows for (see [`DutyCycle::scale`]).
 //!
 //! Detaching takes an RCU grace period per probe (~0.1 s, in parallel), during which the probes
 //! still trap but count nothing (`PAUSED_MAP`): a cost the budget does not see.
@@ -29,8 +30,8 @@ use std::time::{Duration, Instant};
 
 /// One cycle: attached for `fraction` of it, detached for the rest. Short enough that most
 /// collection intervals (2 s by default) hold some attached time (for one that holds none, the
-/// previous interval's counts stand in, see [`DutyCycle::take_scale`]); long enough that attaching (~10 ms for
-/// three probes) and the detach's grace period (~0.1 s) stay small against it.
+/// previous interval's counts stand in, see [`DutyCycle::scale`]); long enough that attaching
+/// (~10 ms for three probes) and the detach's grace period (~0.1 s) stay small against it.
 pub const PERIOD: Duration = Duration::from_secs(1);
 
 /// The least fraction of each cycle the probes stay attached: 5% of a second is still
@@ -45,9 +46,9 @@ const MIN_FRACTION: f64 = 0.05;
 /// twice the budget keeps its probes.
 const MAX_FRACTION: f64 = 0.5;
 
-/// How often the cycle reads the target's allocation total besides at each switch, so that
-/// when the target exits the latest reading is recent (~10 µs each: two `process_vm_readv` of
-/// 3.5 KiB).
+/// How often a thread reads the target's allocation total, so that when the target exits the
+/// latest reading is recent: what the last interval's total ends with (three
+/// `process_vm_readv` of ~3.5 KiB each time, microseconds).
 const HEAP_POLL: Duration = Duration::from_millis(25);
 
 /// What the duty-cycle thread does to the probes.
@@ -100,31 +101,43 @@ struct Attached {
     since: Option<Instant>,
     /// Time attached since `taken`, not counting the current stretch.
     wall: Duration,
-    /// The last [`DutyCycle::take_scale`].
+    /// Whether the probes were detached at any time since `taken`.
+    detached: bool,
+    /// The end of the last interval ([`DutyCycle::end_interval`]).
     taken: Instant,
     /// The fraction of each cycle the thread keeps the probes attached now.
     fraction: f64,
-    /// The target's allocated bytes at `taken` and when the current stretch began.
+    /// The target's allocated bytes at `taken`.
     heap_at_taken: Option<u64>,
-    heap_at_since: Option<u64>,
-    /// Bytes the target allocated while attached since `taken`; `None` once a reading failed.
-    heap_seen: Option<u64>,
     /// The latest reading of the target's allocated bytes: what stands for the reading at
     /// the end when the target has exited (its memory is gone).
     heap_latest: Option<u64>,
-    /// What the probes were attached for in the last interval that had attached time.
-    previous: Option<AttachedShare>,
 }
 
-/// The time and allocations an interval's counts were collected over.
-#[derive(Debug, Clone, Copy)]
-struct AttachedShare {
+/// One collection interval as the duty cycle saw it, ended by [`DutyCycle::end_interval`]:
+/// what [`DutyCycle::scale`] turns the interval's counts into estimates with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interval {
+    /// Its length.
     wall: Duration,
-    heap: Option<u64>,
+    /// How long the probes were attached in it.
+    attached: Duration,
+    /// Whether they were attached all of it: its counts are complete.
+    attached_throughout: bool,
+    /// The bytes the target allocated in it, by its own count; `None` without one.
+    allocated: Option<u64>,
 }
 
-/// How the counts of one collection interval become estimates: see
-/// [`DutyCycle::take_scale`].
+/// What the last interval in which the probes saw something was collected over: it stands
+/// in for an interval in which they saw nothing.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    attached: Duration,
+    /// The bytes its counts stand for, as the target's runtime counts them.
+    counted_bytes: u64,
+}
+
+/// How the counts of one collection interval become estimates: see [`DutyCycle::scale`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scale {
     /// The factor for this interval's counts.
@@ -145,75 +158,85 @@ impl Scale {
 }
 
 impl Attached {
-    /// Starts an attached stretch at `now`, when the target had allocated `heap` bytes.
-    fn open_stretch(&mut self, now: Instant, heap: Option<u64>) {
+    /// Starts an attached stretch at `now`.
+    fn open_stretch(&mut self, now: Instant) {
         self.since = Some(now);
-        self.heap_at_since = heap;
     }
 
-    /// Ends the current attached stretch at `now`, when the target had allocated `heap` bytes
-    /// (starting a new one when `still_attached`).
-    fn close_stretch(&mut self, now: Instant, heap: Option<u64>, still_attached: bool) {
+    /// Ends the current attached stretch at `now`, starting a new one when `still_attached`.
+    fn close_stretch(&mut self, now: Instant, still_attached: bool) {
         if let Some(since) = self.since.take() {
             self.wall += now.saturating_duration_since(since);
-            self.heap_seen = match (self.heap_seen, self.heap_at_since, heap) {
-                (Some(sum), Some(start), Some(end)) => Some(sum.saturating_add(end.saturating_sub(start))),
-                _ => None,
-            };
         }
         if still_attached {
-            self.open_stretch(now, heap);
+            self.open_stretch(now);
+        } else {
+            self.detached = true;
         }
     }
 
     /// Ends the interval since `taken` at `now`, when the target had allocated `heap_now`
-    /// bytes: see [`DutyCycle::take_scale`]. `slowdown` is the pace detached over attached.
-    fn take(&mut self, now: Instant, heap_now: Option<u64>, slowdown: impl Fn() -> f64) -> Scale {
+    /// bytes, and starts the next.
+    fn end_interval(&mut self, now: Instant, heap_now: Option<u64>) -> Interval {
         let still_attached = self.since.is_some();
-        self.close_stretch(now, heap_now, still_attached);
-        let wall = now.saturating_duration_since(self.taken);
-        let total = heap_now
-            .zip(self.heap_at_taken)
-            .map(|(now, then)| now.saturating_sub(then));
-        // With the target's count, "saw nothing" is exact: no bytes fell while attached (a
-        // factor by time would be unbounded for a stretch of microseconds).
-        let saw_nothing = self.wall.is_zero() || (total.is_some() && self.heap_seen == Some(0));
-        let scale = if saw_nothing {
-            // Nothing was counted, or only stragglers: the last interval that saw something
-            // stands for this one too, in proportion (the last interval of a trace may be one
-            // such, when the target exits while the probes are detached).
-            let previous = self.previous.map_or(0.0, |share| {
-                share_of(total, share.heap)
-                    .unwrap_or_else(|| wall.as_secs_f64() * slowdown() / share.wall.as_secs_f64().max(1e-3))
-            });
-            Scale {
-                counts: 1.0,
-                previous: Some(previous),
-            }
-        } else {
-            let detached = wall.saturating_sub(self.wall).as_secs_f64();
-            let counts = share_of(total, self.heap_seen)
-                .unwrap_or_else(|| 1.0 + detached * slowdown() / self.wall.as_secs_f64());
-            self.previous = Some(AttachedShare {
-                wall: self.wall,
-                heap: self.heap_seen,
-            });
-            Scale {
-                counts: counts.max(1.0),
-                previous: None,
-            }
+        self.close_stretch(now, still_attached);
+        let interval = Interval {
+            wall: now.saturating_duration_since(self.taken),
+            attached: self.wall,
+            attached_throughout: !self.detached,
+            allocated: heap_now
+                .zip(self.heap_at_taken)
+                .map(|(now, then)| now.saturating_sub(then)),
         };
         self.taken = now;
         self.wall = Duration::ZERO;
+        self.detached = !still_attached;
         self.heap_at_taken = heap_now;
-        self.heap_seen = Some(0);
-        scale
+        interval
     }
 }
 
-/// `total` bytes allocated over `seen` of them allocated while attached: the factor that
-/// scales what the probes saw to the whole; `None` without both readings, or when nothing was
-/// seen.
+impl Interval {
+    /// The factor for counts collected over this interval that the target's runtime counts as
+    /// `counted_bytes`: see [`DutyCycle::scale`]. `previous` is the last interval that saw
+    /// something (this one becomes it, if it did); `slowdown` the pace detached over attached.
+    fn scale(&self, counted_bytes: u64, previous: &mut Option<Seen>, slowdown: impl Fn() -> f64) -> Scale {
+        // With the target's count, "saw nothing" is exact: no bytes were counted (a factor by
+        // time would be unbounded for a stretch of microseconds).
+        let saw_nothing = self.attached.is_zero() || (self.allocated.is_some() && counted_bytes == 0);
+        if saw_nothing {
+            // Nothing was counted: the last interval that saw something stands for this one
+            // too, in proportion (the last interval of a trace may be one such, when the
+            // target exits while the probes are detached). Not for one attached throughout,
+            // whose allocations are all still in the target's cached spans, to be counted later.
+            let stand_in = previous.filter(|_| !self.attached_throughout).map_or(0.0, |seen| {
+                share_of(self.allocated, Some(seen.counted_bytes))
+                    .unwrap_or_else(|| self.wall.as_secs_f64() * slowdown() / seen.attached.as_secs_f64().max(1e-3))
+            });
+            return Scale {
+                counts: 1.0,
+                previous: Some(stand_in),
+            };
+        }
+        *previous = Some(Seen {
+            attached: self.attached,
+            counted_bytes,
+        });
+        if self.attached_throughout {
+            return Scale::ONE;
+        }
+        let detached = self.wall.saturating_sub(self.attached).as_secs_f64();
+        let counts = share_of(self.allocated, Some(counted_bytes))
+            .unwrap_or_else(|| 1.0 + detached * slowdown() / self.attached.as_secs_f64());
+        Scale {
+            counts: counts.max(1.0),
+            previous: None,
+        }
+    }
+}
+
+/// `total` bytes allocated over `seen` of them counted by the probes: the factor that scales
+/// what the probes saw to the whole; `None` without both, or when nothing was seen.
 #[expect(clippy::cast_precision_loss, reason = "byte counts, a ratio")]
 fn share_of(total: Option<u64>, seen: Option<u64>) -> Option<f64> {
     Some(total? as f64 / seen.filter(|&bytes| bytes > 0)? as f64)
@@ -244,25 +267,6 @@ impl Shared {
         self.pace.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Sleeps for `time` unless told to stop, reading the target's allocated bytes every
-    /// [`HEAP_POLL`] when there is a reader; true when told to stop.
-    fn sleep_reading(&self, time: Duration, read_heap: Option<&dyn Fn() -> Option<u64>>) -> bool {
-        let Some(read_heap) = read_heap else {
-            return self.sleep(time);
-        };
-        let end = Instant::now() + time;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            if self.sleep(left.min(HEAP_POLL)) {
-                return true;
-            }
-            if left <= HEAP_POLL {
-                return false;
-            }
-            read_heap();
-        }
-    }
-
     /// Sleeps for `time` unless told to stop; true when told to stop.
     fn sleep(&self, time: Duration) -> bool {
         let stop = self.stop.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -279,13 +283,16 @@ impl Shared {
 pub struct DutyCycle {
     shared: Arc<Shared>,
     heap: Option<HeapReader>,
-    thread: Option<JoinHandle<()>>,
+    /// The last interval in which the probes saw something.
+    previous: Option<Seen>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for DutyCycle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DutyCycle")
             .field("shared", &self.shared)
+            .field("previous", &self.previous)
             .finish_non_exhaustive()
     }
 }
@@ -295,7 +302,7 @@ impl DutyCycle {
     /// count so far) within `budget` a second on average. The counts are scaled by what `heap`
     /// reads, the target's own allocation total, when there is one; else by time, with `clock`
     /// (the target's user CPU time) allowing for the probes slowing the target (see
-    /// [`Self::take_scale`]).
+    /// [`Self::scale`]).
     pub fn start(
         switch: Arc<Mutex<dyn Switch>>,
         hits: impl FnMut() -> u64 + Send + 'static,
@@ -311,53 +318,75 @@ impl DutyCycle {
             attached: Mutex::new(Attached {
                 since: Some(now),
                 wall: Duration::ZERO,
+                detached: false,
                 taken: now,
                 fraction: 1.0,
                 heap_at_taken: heap_now,
-                heap_at_since: heap_now,
-                heap_seen: Some(0),
                 heap_latest: heap_now,
-                previous: None,
             }),
             pace: Mutex::new(Pace::default()),
         });
-        let thread = std::thread::Builder::new().name("duty-cycle".to_owned()).spawn({
-            let shared = shared.clone();
-            let heap = heap.clone();
-            move || cycle(&shared, &*switch, hits, heap.as_deref(), &clock, f64::from(budget))
-        })?;
-        Ok(Self {
-            shared,
-            heap,
-            thread: Some(thread),
-        })
+        let mut duty = Self {
+            shared: shared.clone(),
+            heap: heap.clone(),
+            previous: None,
+            threads: Vec::new(),
+        };
+        // Pushed one by one: should the second fail to start, dropping `duty` stops the first.
+        duty.threads
+            .push(std::thread::Builder::new().name("duty-cycle".to_owned()).spawn({
+                let shared = shared.clone();
+                let by_count = heap.is_some();
+                move || cycle(&shared, &*switch, hits, &clock, f64::from(budget), by_count)
+            })?);
+        if let Some(heap) = heap {
+            duty.threads.push(
+                std::thread::Builder::new()
+                    .name("heap-poll".to_owned())
+                    .spawn(move || poll_heap(&shared, &*heap))?,
+            );
+        }
+        Ok(duty)
     }
 
-    /// The factor that turns counts collected since the last call into estimates for the whole
-    /// time: the inverse of the share of the target's allocations the probes were attached for.
+    /// Ends a collection interval: call it right after the probes switched to the other counts
+    /// map, and pass what it returns, with what the probes counted in the interval, to
+    /// [`Self::scale`].
+    pub fn end_interval(&self) -> Interval {
+        // Read under the lock, so that the cycle cannot switch between the reading and `now`.
+        let mut attached = self.shared.attached();
+        let heap_read = self.heap.as_ref().and_then(|read| read());
+        let now = Instant::now();
+        // Once the target has exited, the allocations since the latest reading (at most
+        // `HEAP_POLL` ago) are missing from the interval's total.
+        let heap_now = heap_read.or(attached.heap_latest);
+        attached.heap_latest = heap_now;
+        attached.end_interval(now, heap_now)
+    }
+
+    /// The factor that turns the counts collected over `interval` into estimates for the
+    /// whole of it: the inverse of the share of the target's allocations the probes counted.
+    /// `counted_bytes` is what those counts add up to, as the target's runtime counts bytes.
     ///
     /// The target's runtime counts its allocations itself, at the very events the probes
-    /// count (see [`crate::remote::HeapCounter`]): read at each switch, it gives that share
-    /// exactly, whatever the probes' traps did to the target's pace and however its allocation
-    /// rate varied. (On `workloads classes`, which refills 90,000 spans a second, the traps
-    /// slow the target by a third while attached: the share of wall time overstated what the
-    /// probes saw, and estimates came out 8–17% low.)
+    /// count (see [`crate::remote::HeapCounter`]), so the interval's total by that count over
+    /// the bytes the probes counted is that share exactly, whatever the probes' traps did to
+    /// the target's pace, however its allocation rate varied, and whenever the thread got to
+    /// run around a switch. (On `workloads classes`, which refills 90,000 spans a second, the
+    /// traps slow the target by a third while attached: the share of wall time overstated
+    /// what the probes saw, and estimates came out 8–17% low. Readings of the count taken by
+    /// this thread at each switch instead bounded the probes' counting only as well as the
+    /// thread was scheduled, and at the target's exit only as well as the last reading before
+    /// it: one estimate came out 15% high under the load of a full test run.)
     ///
     /// Without it (a stripped binary has no symbol for `runtime.memstats`), the share is of
     /// time, weighed by the target's pace: user CPU time, which leaves the traps out. Its clock
     /// ticks (10 ms) are far too coarse for one 50 ms window (±25% errors when measured so),
     /// so the pace attached and detached is pooled over the whole trace ([`Pace`]) and each
     /// interval's detached wall time weighed by it (−21% to +6% at a 5% duty cycle).
-    pub fn take_scale(&self) -> Scale {
-        // Read under the lock, so that the cycle cannot switch between the reading and `now`.
-        let mut a = self.shared.attached();
-        let heap_read = self.heap.as_ref().and_then(|read| read());
-        let now = Instant::now();
-        // Once the target has exited, the allocations since the latest reading (at most
-        // `HEAP_POLL` ago) are missing from both sides of the share.
-        let heap_now = heap_read.or(a.heap_latest);
-        a.heap_latest = heap_now;
-        a.take(now, heap_now, || self.shared.pace().slowdown())
+    pub fn scale(&mut self, interval: Interval, counted_bytes: u64) -> Scale {
+        let shared = &self.shared;
+        interval.scale(counted_bytes, &mut self.previous, || shared.pace().slowdown())
     }
 
     /// The fraction of each cycle the probes are attached now (1 while the target stays within
@@ -375,8 +404,21 @@ impl Drop for DutyCycle {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
         self.shared.wake.notify_all();
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
+        }
+    }
+}
+
+/// Reads the target's allocation total every [`HEAP_POLL`] until told to stop, so that when
+/// the target exits the latest reading is recent. A thread of its own: the cycle's thread
+/// spends ~0.1 s in each detach, during which the target may exit.
+fn poll_heap(shared: &Shared, read: &(dyn Fn() -> Option<u64> + Send + Sync)) {
+    while !shared.sleep(HEAP_POLL) {
+        if let Some(bytes) = read() {
+            // The largest: a reading of `end_interval` may have come in since this one.
+            let mut attached = shared.attached();
+            attached.heap_latest = attached.heap_latest.max(Some(bytes));
         }
     }
 }
@@ -388,23 +430,17 @@ fn fraction_for(rate: f64, budget: f64) -> f64 {
     if fraction > MAX_FRACTION { 1.0 } else { fraction }
 }
 
+/// The duty cycle's thread: measures the probes' hit rate while attached, and from it keeps
+/// them attached for the fraction of each [`PERIOD`] that holds them within `budget`.
+/// `by_count` says whether the counts are scaled by the target's own count (for the message).
 fn cycle(
     shared: &Shared,
     switch: &Mutex<dyn Switch>,
     mut hits: impl FnMut() -> u64,
-    heap: Option<&(dyn Fn() -> Option<u64> + Send + Sync)>,
     clock: &ProgressClock,
     budget: f64,
+    by_count: bool,
 ) {
-    let read_heap = || {
-        let bytes = heap.and_then(|read| read());
-        if bytes.is_some() {
-            shared.attached().heap_latest = bytes;
-        }
-        bytes
-    };
-    // Polled only when there is a count to read.
-    let poll: Option<&dyn Fn() -> Option<u64>> = heap.map(|_| &read_heap as &dyn Fn() -> Option<u64>);
     let lock = || switch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut fraction = 1.0;
     let mut attached = true;
@@ -430,9 +466,8 @@ fn cycle(
             }
             failures = 0;
             attached = true;
-            let heap_now = read_heap();
             let now = Instant::now();
-            shared.attached().open_stretch(now, heap_now);
+            shared.attached().open_stretch(now);
             if let (Some(start), Some(end)) = (off_ticks, clock()) {
                 let mut pace = shared.pace();
                 pace.detached_ticks += end.saturating_sub(start);
@@ -442,9 +477,7 @@ fn cycle(
         let hits_before = hits();
         let on_since = Instant::now();
         let on_ticks = clock();
-        // Read on while uncycled too: if the target exits in the same interval, the latest
-        // reading ends its share (see `DutyCycle::take_scale`).
-        if shared.sleep_reading(PERIOD.mul_f64(fraction), poll) {
+        if shared.sleep(PERIOD.mul_f64(fraction)) {
             return;
         }
         #[expect(clippy::cast_precision_loss, reason = "a rate")]
@@ -456,7 +489,7 @@ fn cycle(
         }
         if !told {
             told = true;
-            let basis = if heap.is_some() {
+            let basis = if by_count {
                 "by the target's own count of its allocations"
             } else {
                 "by time (the binary has no symbol table to find the runtime's allocation count \
@@ -470,10 +503,8 @@ fn cycle(
             );
         }
         off_ticks = clock();
-        // Read last before the switch: the probes count until `detach` pauses them.
-        let heap_now = read_heap();
         off_since = Instant::now();
-        shared.attached().close_stretch(off_since, heap_now, false);
+        shared.attached().close_stretch(off_since, false);
         if let (Some(start), Some(end)) = (on_ticks, off_ticks) {
             let mut pace = shared.pace();
             pace.attached_ticks += end.saturating_sub(start);
@@ -481,7 +512,7 @@ fn cycle(
         }
         lock().detach();
         attached = false;
-        if shared.sleep_reading(PERIOD.mul_f64(1.0 - fraction).saturating_sub(off_since.elapsed()), poll) {
+        if shared.sleep(PERIOD.mul_f64(1.0 - fraction).saturating_sub(off_since.elapsed())) {
             return;
         }
     }
@@ -491,24 +522,75 @@ fn cycle(
 mod tests {
     use super::*;
 
-    /// A target that hits the probes `RATE` times a second while they are attached.
+    /// A target that hits the probes `RATE` times a second while they are attached, and
+    /// allocates `BYTES_PER_HIT` bytes per hit, attached or not, until it exits.
     struct FakeProbes {
         since: Option<Instant>,
         hits: f64,
         switches: usize,
+        target: Arc<FakeTarget>,
     }
 
     const RATE: f64 = 100_000.0;
+    const BYTES_PER_HIT: u64 = 64;
+
+    struct FakeTarget {
+        born: Instant,
+        exited: Mutex<Option<Instant>>,
+        /// Set to have the target exit while the probes are being detached next.
+        exit_while_detaching: std::sync::atomic::AtomicBool,
+    }
+
+    impl FakeTarget {
+        fn new() -> Arc<Self> {
+            Arc::new(Self {
+                born: Instant::now(),
+                exited: Mutex::new(None),
+                exit_while_detaching: std::sync::atomic::AtomicBool::new(false),
+            })
+        }
+
+        /// `at`, or when the target exited if that was earlier.
+        fn alive_at(&self, at: Instant) -> Instant {
+            self.exited.lock().unwrap().map_or(at, |exited| exited.min(at))
+        }
+
+        /// Bytes allocated from birth to `at`.
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a positive count, far below 2^53"
+        )]
+        fn allocated(&self, at: Instant) -> u64 {
+            let alive = self.alive_at(at).saturating_duration_since(self.born);
+            (alive.as_secs_f64() * RATE) as u64 * BYTES_PER_HIT
+        }
+
+        /// The target's own count, as [`crate::remote::HeapCounter`] reads it: nothing once
+        /// it has exited.
+        fn reader(self: &Arc<Self>) -> HeapReader {
+            let target = self.clone();
+            Arc::new(move || {
+                let now = Instant::now();
+                (target.alive_at(now) == now).then(|| target.allocated(now))
+            })
+        }
+    }
 
     impl FakeProbes {
+        fn hits_until(&self, at: Instant) -> f64 {
+            let at = self.target.alive_at(at);
+            self.since
+                .map_or(0.0, |since| at.saturating_duration_since(since).as_secs_f64() * RATE)
+        }
+
         #[expect(
             clippy::cast_possible_truncation,
             clippy::cast_sign_loss,
             reason = "a positive count, far below 2^53"
         )]
         fn hits(&self) -> u64 {
-            let current = self.since.map_or(0.0, |since| since.elapsed().as_secs_f64() * RATE);
-            (self.hits + current) as u64
+            (self.hits + self.hits_until(Instant::now())) as u64
         }
     }
 
@@ -520,25 +602,37 @@ mod tests {
         }
 
         fn detach(&mut self) {
-            if let Some(since) = self.since.take() {
-                self.hits += since.elapsed().as_secs_f64() * RATE;
-            }
+            self.hits += self.hits_until(Instant::now());
+            self.since = None;
             self.switches += 1;
+            let grace_period = Duration::from_millis(100);
+            if self
+                .target
+                .exit_while_detaching
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                *self.target.exited.lock().unwrap() = Some(Instant::now() + grace_period * 9 / 10);
+            }
+            // As the real probes: paused at once, released after an RCU grace period.
+            std::thread::sleep(grace_period);
         }
     }
 
-    #[test]
-    fn cycles_within_the_budget_and_scales_by_the_time_attached() {
+    /// Starts a duty cycle with a budget of 10,000 hits a second over fake probes on `target`
+    /// (scaled by its count when `by_count`); returns the probes and the cycle once its
+    /// fraction has settled (at 10%) and a first interval has ended.
+    fn settled_duty_cycle(target: &Arc<FakeTarget>, by_count: bool) -> (Arc<Mutex<FakeProbes>>, DutyCycle) {
         let probes = Arc::new(Mutex::new(FakeProbes {
             since: Some(Instant::now()),
             hits: 0.0,
             switches: 0,
+            target: target.clone(),
         }));
         let reader = probes.clone();
         let duty = DutyCycle::start(
             probes.clone(),
             move || reader.lock().unwrap().hits(),
-            None,
+            by_count.then(|| target.reader()),
             Box::new(|| None),
             10_000,
         )
@@ -546,10 +640,17 @@ mod tests {
         // The first second is attached whole: its rate sets the fraction.
         std::thread::sleep(PERIOD + PERIOD / 2);
         assert!((duty.fraction() - 0.1).abs() < 0.02, "{}", duty.fraction());
-        let _ = duty.take_scale();
+        let _ = duty.end_interval();
+        (probes, duty)
+    }
+
+    #[test]
+    fn cycles_within_the_budget_and_scales_by_the_time_attached() {
+        let (probes, mut duty) = settled_duty_cycle(&FakeTarget::new(), false);
         let hits_before = probes.lock().unwrap().hits();
         std::thread::sleep(PERIOD * 3);
-        let scale = duty.take_scale();
+        let interval = duty.end_interval();
+        let scale = duty.scale(interval, 0);
         assert!(scale.previous.is_none(), "{scale:?}");
         let scale = scale.counts;
         let hits = probes.lock().unwrap().hits() - hits_before;
@@ -565,30 +666,88 @@ mod tests {
         assert!(probes.lock().unwrap().switches >= 4);
     }
 
+    /// With the target's own count, the estimate is what the target allocated in each
+    /// interval, up to its exit: the count's last reading is recent, although the cycle's
+    /// thread was detaching (~0.1 s) when the target exited.
+    #[test]
+    #[expect(clippy::cast_precision_loss, reason = "byte counts, far below 2^53")]
+    fn scales_by_the_targets_count_up_to_its_exit() {
+        let target = FakeTarget::new();
+        let (probes, mut duty) = settled_duty_cycle(&target, true);
+        let hits = || probes.lock().unwrap().hits();
+        for exits in [false, true] {
+            let from = Instant::now();
+            let hits_before = hits();
+            if exits {
+                // A second at least before the exit, so that the interval is long.
+                std::thread::sleep(PERIOD);
+                target
+                    .exit_while_detaching
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                let deadline = Instant::now() + PERIOD * 3;
+                while target
+                    .exited
+                    .lock()
+                    .unwrap()
+                    .is_none_or(|at| Instant::now() < at + HEAP_POLL * 4)
+                {
+                    assert!(Instant::now() < deadline, "the cycle never detached");
+                    std::thread::sleep(HEAP_POLL);
+                }
+            } else {
+                std::thread::sleep(PERIOD * 2);
+            }
+            let interval = duty.end_interval();
+            let to = Instant::now();
+            let counted = (hits() - hits_before) * BYTES_PER_HIT;
+            let scale = duty.scale(interval, counted);
+            assert!(scale.previous.is_none(), "{scale:?}");
+            let truth = (target.allocated(to) - target.allocated(from)) as f64;
+            let estimate = counted as f64 * scale.counts;
+            // The last reading comes at most `HEAP_POLL` before the exit, 2.5% of the second
+            // the interval lasts at least (with no reading while detaching, it would be 90 ms).
+            assert!(
+                (estimate / truth - 1.0).abs() < 0.04,
+                "{estimate} for {truth} ({scale:?}, exit: {exits})"
+            );
+        }
+    }
+
     fn attached_at(start: Instant, heap: Option<u64>) -> Attached {
         Attached {
             since: Some(start),
             wall: Duration::ZERO,
+            detached: false,
             taken: start,
             fraction: 1.0,
             heap_at_taken: heap,
-            heap_at_since: heap,
-            heap_seen: Some(0),
             heap_latest: heap,
-            previous: None,
         }
+    }
+
+    /// The interval from `a`'s last end to `at`, scaled for `counted` bytes.
+    fn end_and_scale(
+        a: &mut Attached,
+        at: Instant,
+        heap: Option<u64>,
+        counted: u64,
+        previous: &mut Option<Seen>,
+        slowdown: f64,
+    ) -> Scale {
+        a.end_interval(at, heap).scale(counted, previous, || slowdown)
     }
 
     #[test]
     #[expect(clippy::float_cmp, reason = "exact ratios of small integers")]
-    fn scales_by_the_share_of_the_targets_allocations_seen_attached() {
+    fn scales_by_the_share_of_the_targets_allocations_the_probes_counted() {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut a = attached_at(t0, Some(1_000));
-        // Attached 100 ms in which 100 bytes were allocated, then detached: 1,900 more bytes by
-        // the end of the interval. Time (10%) would say 10; the allocations say 20.
-        a.close_stretch(ms(100), Some(1_100), false);
-        let scale = a.take(ms(1_000), Some(3_000), || 1.0);
+        let mut previous = None;
+        // Attached 100 ms, then detached; the target allocated 2,000 bytes in the second, of
+        // which the probes counted 100. Time (10%) would say 10; the allocations say 20.
+        a.close_stretch(ms(100), false);
+        let scale = end_and_scale(&mut a, ms(1_000), Some(3_000), 100, &mut previous, 1.0);
         assert_eq!(
             scale,
             Scale {
@@ -597,10 +756,10 @@ mod tests {
             }
         );
         // Two stretches, the interval ending attached.
-        a.open_stretch(ms(1_500), Some(3_500));
-        a.close_stretch(ms(1_600), Some(3_600), false);
-        a.open_stretch(ms(1_900), Some(3_900));
-        let scale = a.take(ms(2_000), Some(4_000), || 1.0);
+        a.open_stretch(ms(1_500));
+        a.close_stretch(ms(1_600), false);
+        a.open_stretch(ms(1_900));
+        let scale = end_and_scale(&mut a, ms(2_000), Some(4_000), 200, &mut previous, 1.0);
         assert_eq!(
             scale,
             Scale {
@@ -608,27 +767,52 @@ mod tests {
                 previous: None
             }
         );
-        // An interval whose 200 bytes seen attached stand for 2,000; the next one is never
-        // attached (say the target exited while detached): they stand for its 3,000 too.
-        a.open_stretch(ms(2_000), Some(4_000));
-        a.close_stretch(ms(2_100), Some(4_200), false);
-        assert_eq!(a.take(ms(3_000), Some(6_000), || 1.0).counts, 10.0);
+        // An interval whose 200 bytes counted stand for 2,000; the next one is never attached
+        // (say the target exited while detached): they stand for its 3,000 too.
+        a.close_stretch(ms(2_100), false);
         assert_eq!(
-            a.take(ms(4_000), Some(9_000), || 1.0),
+            end_and_scale(&mut a, ms(3_000), Some(6_000), 200, &mut previous, 1.0).counts,
+            10.0
+        );
+        assert_eq!(
+            end_and_scale(&mut a, ms(4_000), Some(9_000), 0, &mut previous, 1.0),
             Scale {
                 counts: 1.0,
                 previous: Some(15.0)
             }
         );
-        // Attached for a moment in which the target allocated nothing: that saw nothing
-        // either (time would make it a factor of 1,000), and the 200 bytes stand for its 1,000.
-        a.open_stretch(ms(4_000), Some(9_000));
-        a.close_stretch(ms(4_001), Some(9_000), false);
+        // Attached for a moment in which the probes counted nothing: that saw nothing either
+        // (time would make it a factor of 1,000), and the 200 bytes stand for its 1,000.
+        a.open_stretch(ms(4_000));
+        a.close_stretch(ms(4_001), false);
         assert_eq!(
-            a.take(ms(5_000), Some(10_000), || 1.0),
+            end_and_scale(&mut a, ms(5_000), Some(10_000), 0, &mut previous, 1.0),
             Scale {
                 counts: 1.0,
                 previous: Some(5.0)
+            }
+        );
+        // Attached from the start of an interval: not throughout, it began detached ...
+        a.open_stretch(ms(5_000));
+        assert_eq!(
+            end_and_scale(&mut a, ms(6_000), Some(11_000), 500, &mut previous, 1.0),
+            Scale {
+                counts: 2.0,
+                previous: None
+            }
+        );
+        // ... but the next is: its counts are complete whatever they add up to (the target's
+        // cached spans hold what it allocated since their last refill) ...
+        assert_eq!(
+            end_and_scale(&mut a, ms(7_000), Some(12_000), 900, &mut previous, 1.0),
+            Scale::ONE
+        );
+        // ... and when they are none, nothing stands in for them.
+        assert_eq!(
+            end_and_scale(&mut a, ms(8_000), Some(12_100), 0, &mut previous, 1.0),
+            Scale {
+                counts: 1.0,
+                previous: Some(0.0)
             }
         );
     }
@@ -638,17 +822,19 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut a = attached_at(t0, None);
-        a.close_stretch(ms(100), None, false);
+        let mut previous = None;
+        a.close_stretch(ms(100), false);
         // 10% of the time attached, the target running 1.5 times as fast detached.
-        let scale = a.take(ms(1_000), None, || 1.5);
+        let scale = end_and_scale(&mut a, ms(1_000), None, 100, &mut previous, 1.5);
         assert!((scale.counts - 14.5).abs() < 1e-9, "{scale:?}");
         // No attached time: the previous 100 ms stand for this second, at that pace.
-        let scale = a.take(ms(2_000), None, || 1.5);
+        let scale = end_and_scale(&mut a, ms(2_000), None, 0, &mut previous, 1.5);
         assert!((scale.previous.unwrap() - 15.0).abs() < 1e-9, "{scale:?}");
-        // A reading that fails mid-interval also falls back to time.
+        // A count that cannot be read at the end (and never was) also falls back to time.
         let mut a = attached_at(t0, Some(0));
-        a.close_stretch(ms(100), None, false);
-        let scale = a.take(ms(1_000), Some(2_000), || 1.0);
+        a.heap_latest = None;
+        a.close_stretch(ms(100), false);
+        let scale = end_and_scale(&mut a, ms(1_000), None, 100, &mut previous, 1.0);
         assert!((scale.counts - 10.0).abs() < 1e-9, "{scale:?}");
     }
 

@@ -13,6 +13,7 @@ use aya::programs::UProbe;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
 use aya::{Ebpf, EbpfLoader};
 use gobin::procmaps::AddressMap;
+use gobin::sizeclasses::{MAX_SMALL_SIZE, PAGE_SIZE};
 use gobin::{ArgRole, GoBinary, ProbePoint, ProbeRole};
 use tracer_common::{
     ALLOC_COUNT_PROGRAM, AddressRange, AllocKey, CONFIG_MAP, COUNTS_ALT_MAP, COUNTS_MAP, EMPTY_PROGRAM, EPOCH_MAP,
@@ -22,7 +23,7 @@ use tracer_common::{
 };
 
 use crate::duty::{DutyCycle, HeapReader, Scale, Switch};
-use crate::mode::Mode;
+use crate::mode::{Mode, Weighing};
 use crate::remote::HeapCounter;
 
 /// The process probes attach to: its Go binary (read from `binary_path`), its pid, and its
@@ -240,11 +241,11 @@ impl Probes {
             .programs()
             // A program of the object that this mode did not load has no information.
             .filter_map(|(_, program)| program.info().ok())
-            .fold(ProbeRunTime::default(), |sum, info| ProbeRunTime {
-                runs: sum.runs.saturating_add(info.run_count()),
-                nanoseconds: sum
-                    .nanoseconds
-                    .saturating_add(u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX)),
+            .fold(ProbeRunTime::default(), |sum, info| {
+                sum.plus(ProbeRunTime {
+                    runs: info.run_count(),
+                    nanoseconds: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                })
             });
         (total.runs > 0).then_some(total)
     }
@@ -270,7 +271,7 @@ impl Probes {
     /// kernel's map of it: the probes switch to the other counts map first, so nothing they
     /// add is lost, and the kernel side never holds more than one interval's keys. Also
     /// returns how the counts scale to the whole interval: above 1 when a duty cycle detached
-    /// the probes for part of it (see [`DutyCycle::take_scale`]).
+    /// the probes for part of it (see [`DutyCycle::scale`]).
     pub fn drain(&mut self) -> anyhow::Result<(Vec<(AllocKey, u64)>, Scale)> {
         let old = self.epoch;
         let new = 1 - old;
@@ -278,7 +279,8 @@ impl Probes {
             .set(0, new, 0)
             .context("cannot switch the probes' counts map")?;
         self.epoch = new;
-        let scale = self.duty.as_ref().map_or(Scale::ONE, DutyCycle::take_scale);
+        // Right after the switch, as the counts it goes with.
+        let interval = self.duty.as_ref().map(DutyCycle::end_interval);
         std::thread::sleep(EPOCH_SETTLE);
         let map = &mut self.counts[old as usize];
         // Keys first: deleting while the kernel iterates would restart the walk.
@@ -294,6 +296,10 @@ impl Probes {
             }
             let _ = map.remove(&key);
         }
+        let scale = match (self.duty.as_mut(), interval) {
+            (Some(duty), Some(interval)) => duty.scale(interval, heap_bytes_counted(&out)),
+            _ => Scale::ONE,
+        };
         Ok((out, scale))
     }
 
@@ -510,6 +516,26 @@ impl Switch for Attachments {
             }
         });
     }
+}
+
+/// The bytes span mode's counts stand for, as the target's runtime counts its allocations
+/// ([`crate::remote::HeapCounter`]): objects times their size class, and large objects rounded
+/// up to whole pages, as `runtime.(*mcache).allocLarge` adds them to `largeAlloc`
+/// (`src/runtime/mcache.go`).
+fn heap_bytes_counted(counts: &[(AllocKey, u64)]) -> u64 {
+    counts
+        .iter()
+        .filter_map(|&(key, count)| {
+            let (key, _) = Weighing::Span.weigh(key, count)?;
+            let page = u64::from(PAGE_SIZE);
+            let size = if key.size > u64::from(MAX_SMALL_SIZE) {
+                key.size.div_ceil(page).saturating_mul(page)
+            } else {
+                key.size
+            };
+            Some(size.saturating_mul(count))
+        })
+        .fold(0, u64::saturating_add)
 }
 
 /// Statistics summed over CPUs, with their hits.

@@ -290,7 +290,7 @@ impl Account {
             .runs
             .iter()
             .zip(&self.ns_per_run.runs)
-            .map(|(hits, run_ns)| hits * (trap_ns + run_ns) / 1e9)
+            .map(|(runs, run_ns)| runs * (trap_ns + run_ns) / 1e9)
             .collect();
         self.trap_ns = Some(trap_ns);
         self.probe_cpu_share = Stat::of(&shares);
@@ -307,12 +307,7 @@ impl Account {
 /// stack), span mode's to its duty-cycled runs; the floor when it is higher, or when the row
 /// that measures the price is missing.
 fn price_accounts(realistic: &mut [RealisticRow], cost: &[CostTable]) {
-    let floor = COST_GO
-        .iter()
-        .position(|&minor| minor == REALISTIC_GO)
-        .and_then(|i| cost.get(i))
-        .and_then(|table| table.rows.iter().find(|r| r.tracer == Tracer::EmptyPlacement))
-        .and_then(|r| r.added_ns);
+    let floor = trap_floor_ns(cost);
     for workload in 0..2 {
         let implied = |by: Tracer| {
             realistic
@@ -337,6 +332,25 @@ fn price_accounts(realistic: &mut [RealisticRow], cost: &[CostTable]) {
             }
         }
     }
+}
+
+/// The cost table of the Go release the realistic workloads are built with ([`REALISTIC_GO`]);
+/// `None` when the cost part did not run (it measures all of [`COST_GO`], in order, or none).
+fn realistic_cost_table(cost: &[CostTable]) -> Option<&CostTable> {
+    COST_GO
+        .iter()
+        .position(|&minor| minor == REALISTIC_GO)
+        .and_then(|i| cost.get(i))
+}
+
+/// The least a trap is priced at in the realistic accounts: the empty probe at gotrace's
+/// placement, ns added per allocation, on the realistic workloads' Go release.
+fn trap_floor_ns(cost: &[CostTable]) -> Option<f64> {
+    realistic_cost_table(cost)?
+        .rows
+        .iter()
+        .find(|r| r.tracer == Tracer::EmptyPlacement)?
+        .added_ns
 }
 
 /// gotrace's modes are timed by the kernel in the realistic windows (`--time-probes`): two
@@ -402,21 +416,11 @@ impl WindowAccount {
     /// Figures a window adds to its workload's.
     const METRICS: usize = 3;
 
-    /// Stops `attached` (a gotrace mode's tracer, or nothing) and reads the probe figures of
-    /// its jsonl stream from the first document on (the settled part). `target_cpu_rate` is
-    /// the target's CPU seconds per second in the measured window.
-    fn of(
-        env: &Env,
-        tracer: Tracer,
-        pid: u32,
-        attached: Option<Attached>,
-        target_cpu_rate: f64,
-        window: WindowEnd,
-    ) -> Result<Self> {
-        let Some(attached) = attached else {
-            return Ok(Self::default());
-        };
-        attached.stop()?;
+    /// Reads the probe figures of a gotrace mode's jsonl stream, written by a tracer that has
+    /// stopped, from the first document on (the settled part); zeros for a tracer that is not
+    /// one of gotrace's modes. `target_cpu_rate` is the target's CPU seconds per second in the
+    /// measured window.
+    fn read(env: &Env, tracer: Tracer, pid: u32, target_cpu_rate: f64, window: WindowEnd) -> Result<Self> {
         let Some(mode) = tracer.mode() else {
             return Ok(Self::default());
         };
@@ -1087,9 +1091,9 @@ fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<Vec<RealisticRow>> {
         Tracer::SpanAttached,
     ];
     let mut rss: Vec<Option<f64>> = vec![None; tracers.len()];
-    let mut note_rss = |tracer: Tracer, attached: &Option<Attached>| {
+    let mut note_rss = |tracer: Tracer, attached: Option<&Attached>| {
         let i = tracers.iter().position(|&t| t == tracer).unwrap_or(0);
-        if let Some(mib) = attached.as_ref().and_then(|a| peak_rss_mib(a.pid()).ok()) {
+        if let Some(mib) = attached.and_then(|a| peak_rss_mib(a.pid()).ok()) {
             rss[i] = Some(rss[i].map_or(mib, |m: f64| m.max(mib)));
         }
     };
@@ -1110,25 +1114,26 @@ fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<Vec<RealisticRow>> {
         3 + WindowAccount::METRICS,
         "http (req/s, p99 ms, req per CPU-s; probe runs per CPU-s, ns per run, gotrace CPU share)",
         |tracer| {
-            let attached = attach(env, tracer, server.pid(), &binary, &[], TIME_PROBES)?;
-            if attached.is_some() {
-                // Settled under load: idle, span mode's duty cycle would stay attached.
-                wrk(&url, SETTLE.as_secs().max(1) + 1)?;
-            }
-            let cpu_before = cpu_seconds(server.pid())?;
-            let window = Window::start(attached.as_ref())?;
-            let (rps, p99) = wrk(&url, plan.wrk_secs)?;
-            let cpu = cpu_seconds(server.pid())? - cpu_before;
-            let window = window.end()?;
-            note_rss(tracer, &attached);
-            #[expect(clippy::cast_precision_loss, reason = "seconds")]
-            let cpu_rate = cpu / plan.wrk_secs as f64;
-            let account = WindowAccount::of(env, tracer, server.pid(), attached, cpu_rate, window)?;
-            ensure!(cpu > 0.0, "the service used no CPU time");
-            #[expect(clippy::cast_precision_loss, reason = "seconds")]
-            let mut figures = vec![rps, p99, rps * plan.wrk_secs as f64 / cpu];
-            figures.extend(account.figures());
-            Ok(figures)
+            traced_window(
+                env,
+                tracer,
+                server.pid(),
+                &binary,
+                &mut note_rss,
+                (
+                    // Settled under load: idle, span mode's duty cycle would stay attached.
+                    || wrk(&url, SETTLE.as_secs().max(1) + 1).map(drop),
+                    || {
+                        let cpu_before = cpu_seconds(server.pid())?;
+                        let (rps, p99) = wrk(&url, plan.wrk_secs)?;
+                        let cpu = cpu_seconds(server.pid())? - cpu_before;
+                        ensure!(cpu > 0.0, "the service used no CPU time");
+                        #[expect(clippy::cast_precision_loss, reason = "seconds")]
+                        let secs = plan.wrk_secs as f64;
+                        Ok((vec![rps, p99, rps * secs / cpu], cpu / secs))
+                    },
+                ),
+            )
         },
     );
     drop(server);
@@ -1142,28 +1147,38 @@ fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<Vec<RealisticRow>> {
         2 + WindowAccount::METRICS,
         "cpu-bound (ops/s, ops per CPU-s; probe runs per CPU-s, ns per run, gotrace CPU share)",
         |tracer| {
-            let attached = attach(env, tracer, workload.pid(), &binary, &[], TIME_PROBES)?;
-            if attached.is_some() {
-                std::thread::sleep(SETTLE);
-            }
-            let window = Window::start(attached.as_ref())?;
-            let (count, _, cpu_secs) = sum_report_lines(&workload, plan.window_secs)?;
-            let window = window.end()?;
-            note_rss(tracer, &attached);
-            #[expect(clippy::cast_precision_loss, reason = "a few seconds")]
-            let cpu_rate = cpu_secs / plan.window_secs as f64;
-            let account = WindowAccount::of(env, tracer, workload.pid(), attached, cpu_rate, window)?;
-            ensure!(cpu_secs > 0.0, "the workload used no CPU time");
-            #[expect(clippy::cast_precision_loss, reason = "a few seconds")]
-            let mut figures = vec![count / plan.window_secs as f64, count / cpu_secs];
-            figures.extend(account.figures());
-            Ok(figures)
+            traced_window(
+                env,
+                tracer,
+                workload.pid(),
+                &binary,
+                &mut note_rss,
+                (
+                    || {
+                        std::thread::sleep(SETTLE);
+                        Ok(())
+                    },
+                    || {
+                        let (count, _, cpu_secs) = sum_report_lines(&workload, plan.window_secs)?;
+                        ensure!(cpu_secs > 0.0, "the workload used no CPU time");
+                        #[expect(clippy::cast_precision_loss, reason = "a few seconds")]
+                        let secs = plan.window_secs as f64;
+                        Ok((vec![count / secs, count / cpu_secs], cpu_secs / secs))
+                    },
+                ),
+            )
         },
     );
     drop(workload);
 
+    Ok(realistic_rows(&tracers, &http, &cpu, &rss))
+}
+
+/// The realistic table's rows from the HTTP and CPU-bound runs of `tracers`, with each
+/// tracer's peak RSS.
+fn realistic_rows(tracers: &[Tracer], http: &Interleaved, cpu: &Interleaved, rss: &[Option<f64>]) -> Vec<RealisticRow> {
     let median = |s: Option<Stat>| s.map(|s| s.median);
-    Ok((0..tracers.len())
+    (0..tracers.len())
         .map(|i| RealisticRow {
             tracer: tracers[i],
             http_requests_per_sec: http.stat(i, 0),
@@ -1177,13 +1192,44 @@ fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<Vec<RealisticRow>> {
             cpu_per_cpu_ratio: median(cpu.ratio(i, 1)),
             ratio_ranges: [http.ratio(i, 0), http.ratio(i, 2), cpu.ratio(i, 0), cpu.ratio(i, 1)],
             accounts: [
-                Account::of(&http, i, 3, http.ratio(i, 2)),
-                Account::of(&cpu, i, 2, cpu.ratio(i, 1)),
+                Account::of(http, i, 3, http.ratio(i, 2)),
+                Account::of(cpu, i, 2, cpu.ratio(i, 1)),
             ],
             tracer_peak_rss_mib: rss[i],
             error: http.errors[i].clone().or_else(|| cpu.errors[i].clone()),
         })
-        .collect())
+        .collect()
+}
+
+/// One traced window of a realistic workload: attaches `tracer` to `pid` (gotrace's modes
+/// timing their probes), lets it settle, measures, stops it and appends the window's account
+/// ([`WindowAccount`]) to the figures measured: `settle` (skipped untraced), then `measure`,
+/// which returns its figures and the target's CPU seconds per second.
+fn traced_window(
+    env: &Env,
+    tracer: Tracer,
+    pid: u32,
+    binary: &Path,
+    note_rss: &mut impl FnMut(Tracer, Option<&Attached>),
+    (settle, measure): (impl FnOnce() -> Result<()>, impl FnOnce() -> Result<(Vec<f64>, f64)>),
+) -> Result<Vec<f64>> {
+    let attached = attach(env, tracer, pid, binary, &[], TIME_PROBES)?;
+    if attached.is_some() {
+        settle()?;
+    }
+    let window = Window::start(attached.as_ref())?;
+    let (mut figures, target_cpu_rate) = measure()?;
+    let window = window.end()?;
+    note_rss(tracer, attached.as_ref());
+    let account = match attached {
+        Some(attached) => {
+            attached.stop()?;
+            WindowAccount::read(env, tracer, pid, target_cpu_rate, window)?
+        }
+        None => WindowAccount::default(),
+    };
+    figures.extend(account.figures());
+    Ok(figures)
 }
 
 /// Bytes per allocating line (`function:line`) of a gotrace JSON report.

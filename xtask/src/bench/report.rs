@@ -48,11 +48,7 @@ fn accounts(md: &mut String, r: &Results) {
     if rows.is_empty() {
         return;
     }
-    let floor = r
-        .cost
-        .last()
-        .and_then(|t| t.rows.iter().find(|row| row.tracer == Tracer::EmptyPlacement))
-        .and_then(|row| row.added_ns);
+    let floor = super::trap_floor_ns(&r.cost);
     let _ = writeln!(
         md,
         "**What tracing costs the workloads, accounted bottom-up** (the same windows, counted from 2 s \
@@ -168,7 +164,8 @@ pub fn markdown(r: &Results) -> String {
              cancels. On 2 cores, wrk, the service and gotrace share the CPUs and the host's other \
              VMs come and go: wall-clock rates move by ±10–20% between runs. *Per CPU-s* divides by \
              the traced process's own CPU time (user + system, traps included).\n",
-            r.cost.last().map_or("", |t| t.go_version.as_str()),
+            super::realistic_cost_table(&r.cost)
+                .map_or_else(|| format!("go{}", super::REALISTIC_GO), |t| t.go_version.clone()),
             r.plan.wrk_secs,
             r.plan.window_secs
         );
