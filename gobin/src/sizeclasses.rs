@@ -115,9 +115,25 @@ pub fn class_for_size(size: u64) -> Option<u8> {
     u8::try_from(class).ok()
 }
 
+/// The bytes the runtime counts as allocated for a large object of `size` bytes (over
+/// [`MAX_SMALL_SIZE`]): whole pages, as `runtime.(*mcache).allocLarge` adds them to the heap
+/// statistics' `largeAlloc` (`src/runtime/mcache.go`, Go 1.21 to 1.27).
+#[must_use]
+pub fn large_object_bytes(size: u64) -> u64 {
+    let page = u64::from(PAGE_SIZE);
+    size.div_ceil(page).saturating_mul(page)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_objects_take_whole_pages() {
+        assert_eq!(large_object_bytes(32_769), 5 * 8192);
+        assert_eq!(large_object_bytes(40_960), 40_960);
+        assert_eq!(large_object_bytes(40_961), 6 * 8192);
+    }
 
     #[test]
     fn span_classes_split_into_class_and_noscan() {

@@ -353,15 +353,16 @@ impl DutyCycle {
     /// map, and pass what it returns, with what the probes counted in the interval, to
     /// [`Self::scale`].
     pub fn end_interval(&self) -> Interval {
-        // Read under the lock, so that the cycle cannot switch between the reading and `now`.
-        let mut attached = self.shared.attached();
         let heap_read = self.heap.as_ref().and_then(|read| read());
-        let now = Instant::now();
+        // `now` under the lock, so that the cycle cannot switch between it and the end of
+        // the stretch it closes.
+        let mut attached = self.shared.attached();
         // Once the target has exited, the allocations since the latest reading (at most
-        // `HEAP_POLL` ago) are missing from the interval's total.
-        let heap_now = heap_read.or(attached.heap_latest);
+        // `HEAP_POLL` ago) are missing from the interval's total. The largest, as in
+        // `poll_heap`: the poller may have stored a reading since this one.
+        let heap_now = attached.heap_latest.max(heap_read);
         attached.heap_latest = heap_now;
-        attached.end_interval(now, heap_now)
+        attached.end_interval(Instant::now(), heap_now)
     }
 
     /// The factor that turns the counts collected over `interval` into estimates for the
@@ -416,7 +417,7 @@ impl Drop for DutyCycle {
 fn poll_heap(shared: &Shared, read: &(dyn Fn() -> Option<u64> + Send + Sync)) {
     while !shared.sleep(HEAP_POLL) {
         if let Some(bytes) = read() {
-            // The largest: a reading of `end_interval` may have come in since this one.
+            // The largest: `end_interval` may have stored a reading since this one.
             let mut attached = shared.attached();
             attached.heap_latest = attached.heap_latest.max(Some(bytes));
         }

@@ -13,7 +13,7 @@ use aya::programs::UProbe;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
 use aya::{Ebpf, EbpfLoader};
 use gobin::procmaps::AddressMap;
-use gobin::sizeclasses::{MAX_SMALL_SIZE, PAGE_SIZE};
+use gobin::sizeclasses::{MAX_SMALL_SIZE, large_object_bytes};
 use gobin::{ArgRole, GoBinary, ProbePoint, ProbeRole};
 use tracer_common::{
     ALLOC_COUNT_PROGRAM, AddressRange, AllocKey, CONFIG_MAP, COUNTS_ALT_MAP, COUNTS_MAP, EMPTY_PROGRAM, EPOCH_MAP,
@@ -519,17 +519,15 @@ impl Switch for Attachments {
 }
 
 /// The bytes span mode's counts stand for, as the target's runtime counts its allocations
-/// ([`crate::remote::HeapCounter`]): objects times their size class, and large objects rounded
-/// up to whole pages, as `runtime.(*mcache).allocLarge` adds them to `largeAlloc`
-/// (`src/runtime/mcache.go`).
+/// ([`crate::remote::HeapCounter`]): objects times their size class, and large objects in
+/// whole pages.
 fn heap_bytes_counted(counts: &[(AllocKey, u64)]) -> u64 {
     counts
         .iter()
         .filter_map(|&(key, count)| {
             let (key, _) = Weighing::Span.weigh(key, count)?;
-            let page = u64::from(PAGE_SIZE);
             let size = if key.size > u64::from(MAX_SMALL_SIZE) {
-                key.size.div_ceil(page).saturating_mul(page)
+                large_object_bytes(key.size)
             } else {
                 key.size
             };
