@@ -69,6 +69,7 @@ pub fn symbolize(pid: u32, stacks: usize, timeout: Duration) -> anyhow::Result<(
     let options = ProbeOptions {
         stack_depth: depth,
         span_budget: None,
+        span_period: crate::duty::RATE_WINDOW,
         time_probes: false,
     };
     let mut probes = Probes::attach(&target, Mode::Exact, options, None)?;

@@ -254,6 +254,7 @@ impl ServeArgs {
             probe_options: ProbeOptions {
                 stack_depth: usize::from(self.stack_depth),
                 span_budget: self.span_budget.budget(),
+                span_period: self.span_budget.period()?,
                 time_probes: self.time_probes,
             },
         })
@@ -354,17 +355,34 @@ pub struct SpanBudgetArg {
     /// Span mode: the probe hits a second the target pays for, on average. Each costs it a trap,
     /// the probe, and the cache misses they leave behind: ~3.5 µs of the CPU-bound benchmark
     /// workload's time on a 2-core VM, so 1000 is ~0.35% of a core. A target that refills
-    /// spans more than twice as fast gets the probes attached for only part of each second (a
-    /// duty cycle, down to 5% of it), and the estimates are scaled by the inverse of that part.
-    /// 0: always attached.
+    /// spans more than twice as fast gets the probes attached for only the first part of each
+    /// --span-period (a duty cycle, down to 5% of it), and the estimates are scaled by the
+    /// inverse of that part. 0: always attached.
     #[arg(long, value_name = "HITS", default_value_t = DEFAULT_SPAN_BUDGET)]
     pub span_budget: u32,
+
+    /// Span mode: how long one duty cycle lasts (the probes attached for the first part of
+    /// it, detached for the rest; 1s to 10m). Attaching and detaching the probes costs the
+    /// target far more than their hits do: on the `net/http` benchmark service, cycling once a
+    /// second cost it ~12% of its requests per CPU-second, once every 5 s ~4%. Longer cycles
+    /// cost less; shorter ones spread the samples more evenly over time, which only matters
+    /// for a workload that changes within a cycle.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub span_period: Duration,
 }
 
 impl SpanBudgetArg {
     /// The budget, `None` for none.
     fn budget(&self) -> Option<u32> {
         (self.span_budget > 0).then_some(self.span_budget)
+    }
+
+    /// The duty cycle's period, validated.
+    fn period(&self) -> anyhow::Result<Duration> {
+        if self.span_period < Duration::from_secs(1) || self.span_period > Duration::from_mins(10) {
+            bail!("--span-period must be between 1s and 10m");
+        }
+        Ok(self.span_period)
     }
 }
 
@@ -503,6 +521,7 @@ impl TraceArgs {
             probe_options: ProbeOptions {
                 stack_depth: usize::from(self.sampling.stack_depth),
                 span_budget: self.sampling.span_budget.budget(),
+                span_period: self.sampling.span_budget.period()?,
                 time_probes: self.sampling.time_probes,
             },
         })
@@ -753,6 +772,24 @@ mod tests {
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn span_period_is_bounded() {
+        use clap::Parser as _;
+        let period = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["gotrace", "serve", "--pid", "42"][..], args].concat()).unwrap();
+            let Command::Serve(serve) = cli.command else {
+                panic!("not serve")
+            };
+            serve.resolve().map(|config| config.probe_options.span_period)
+        };
+        assert_eq!(period(&[]).unwrap(), Duration::from_secs(10));
+        assert_eq!(period(&["--span-period", "1s"]).unwrap(), Duration::from_secs(1));
+        assert_eq!(period(&["--span-period", "10m"]).unwrap(), Duration::from_mins(10));
+        let short = period(&["--span-period", "500ms"]).unwrap_err();
+        assert_eq!(short.to_string(), "--span-period must be between 1s and 10m");
+        assert!(period(&["--span-period", "11m"]).is_err());
     }
 
     #[test]

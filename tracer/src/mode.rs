@@ -59,7 +59,7 @@ impl Mode {
             Self::Span => {
                 "span: each used-up span's objects (runtime.(*mcache).refill) attributed to the \
                  allocation that used it up, objects over 32 KiB counted one by one \
-                 (runtime.(*mcache).allocLarge); probes attached for part of each second when the \
+                 (runtime.(*mcache).allocLarge); probes attached for part of each --span-period when the \
                  target refills spans faster than --span-budget, counts scaled by the inverse; \
                  estimates, sizes in size-class bytes, types unknown"
             }

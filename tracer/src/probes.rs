@@ -41,8 +41,10 @@ pub struct ProbeOptions {
     /// Frames walked per hit.
     pub stack_depth: usize,
     /// Span mode's probe hits a second, on average, beyond which its probes are attached for
-    /// only part of each second ([`crate::duty`]); `None`: always attached.
+    /// only part of each cycle ([`crate::duty`]); `None`: always attached.
     pub span_budget: Option<u32>,
+    /// How long one duty cycle of span mode lasts.
+    pub span_period: Duration,
     /// Have the kernel time every run of every BPF program while the probes are attached
     /// (`BPF_ENABLE_STATS`), so that [`Probes::run_time`] can say what the probes cost.
     pub time_probes: bool,
@@ -197,7 +199,7 @@ impl Probes {
                     read
                 });
                 Some(
-                    DutyCycle::start(switch, hits, heap, clock, budget)
+                    DutyCycle::start(switch, hits, heap, clock, budget, options.span_period)
                         .context("cannot start span mode's duty cycle")?,
                 )
             }
@@ -250,7 +252,7 @@ impl Probes {
         (total.runs > 0).then_some(total)
     }
 
-    /// The fraction of each second span mode's probes are attached now: below 1 while its duty
+    /// The fraction of each duty cycle span mode's probes are attached now: below 1 while the
     /// cycle keeps their hits within the budget.
     pub fn attached_fraction(&self) -> f64 {
         self.duty.as_ref().map_or(1.0, DutyCycle::fraction)

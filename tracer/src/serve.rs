@@ -93,8 +93,8 @@ struct Snapshot {
     /// When tracing of the current generation started.
     started: Option<(Instant, i64)>,
     attached_probes: usize,
-    /// The fraction of each second the probes are attached (below 1 under span mode's duty
-    /// cycle).
+    /// The fraction of each duty cycle the probes are attached (below 1 while span mode's
+    /// cycle engages).
     attached_fraction: f64,
     /// The bytes the target's runtime has counted as allocated since it started (`None`
     /// without a symbol table to find the count by).
@@ -731,7 +731,7 @@ fn render_own_metrics(out: &mut String, s: &Snapshot, profile: Option<&Profile>)
     }
     let _ = writeln!(
         out,
-        "# HELP gotrace_probe_attached_ratio The fraction of each second the probes are attached: \
+        "# HELP gotrace_probe_attached_ratio The fraction of each duty cycle (--span-period) the probes are attached: \
          below 1 while span mode's duty cycle keeps them within --span-budget (estimates are scaled up)."
     );
     let _ = writeln!(out, "# TYPE gotrace_probe_attached_ratio gauge");

@@ -63,7 +63,7 @@ fn accounts(md: &mut String, r: &Results) {
          construction, for the rows that set the price). The counts and run times do not depend on how \
          fast the machine ran that minute, which the changes measured for go-sampler and duty-cycled \
          span do, by more than they are. Not in the account: span mode attaching and detaching its \
-         probes once a second.\n",
+         probes once every --span-period (10 s).\n",
         floor.map_or_else(|| "not measured".to_owned(), |ns| format!("{ns:.0} ns"))
     );
     md.push_str(
