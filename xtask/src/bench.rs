@@ -1132,6 +1132,7 @@ fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<Vec<RealisticRow>> {
                         let secs = plan.wrk_secs as f64;
                         Ok((vec![rps, p99, rps * secs / cpu], cpu / secs))
                     },
+                    plan.wrk_secs,
                 ),
             )
         },
@@ -1165,6 +1166,7 @@ fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<Vec<RealisticRow>> {
                         let secs = plan.window_secs as f64;
                         Ok((vec![count / secs, count / cpu_secs], cpu_secs / secs))
                     },
+                    plan.window_secs as u64,
                 ),
             )
         },
@@ -1211,9 +1213,24 @@ fn traced_window(
     pid: u32,
     binary: &Path,
     note_rss: &mut impl FnMut(Tracer, Option<&Attached>),
-    (settle, measure): (impl FnOnce() -> Result<()>, impl FnOnce() -> Result<(Vec<f64>, f64)>),
+    (settle, measure, window_secs): (
+        impl FnOnce() -> Result<()>,
+        impl FnOnce() -> Result<(Vec<f64>, f64)>,
+        u64,
+    ),
 ) -> Result<Vec<f64>> {
-    let attached = attach(env, tracer, pid, binary, &[], TIME_PROBES)?;
+    // Duty-cycled span mode cycles once per window: it measures its rate over the first
+    // second, detaches, and attaches again ~0.95 of a period later, so with the period as long
+    // as the window (and the settling 2–3 s) each window holds one attach and one detach, what
+    // the cycle costs most for (see `tracer/src/duty.rs`). With the default period (10 s), a
+    // 5 s window would hold none, and measure only the detached target.
+    let period = format!("{window_secs}s");
+    let extra: Vec<&str> = if tracer == Tracer::Span {
+        [TIME_PROBES, &["--span-period", period.as_str()][..]].concat()
+    } else {
+        TIME_PROBES.to_vec()
+    };
+    let attached = attach(env, tracer, pid, binary, &[], &extra)?;
     if attached.is_some() {
         settle()?;
     }

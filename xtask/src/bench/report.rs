@@ -160,7 +160,9 @@ pub fn markdown(r: &Results) -> String {
              decoding, maps, strings) for {} s. Each traced window runs between two untraced ones \
              (untraced, exact, untraced, go-sampler, untraced, span, untraced, span always attached, \
              untraced), each mode after 2 s attached (the service under load), by which span mode's duty \
-             cycle has settled; its *change* is against the mean of those two, the median over the runs, so that the machine's drift \
+             cycle has settled. Duty-cycled span runs with `--span-period` as long as the window, so \
+             that each window holds one attach and one detach (the default period, 10 s, switches no \
+             more often); its *change* is against the mean of those two, the median over the runs, so that the machine's drift \
              cancels. On 2 cores, wrk, the service and gotrace share the CPUs and the host's other \
              VMs come and go: wall-clock rates move by ±10–20% between runs. *Per CPU-s* divides by \
              the traced process's own CPU time (user + system, traps included).\n",
