@@ -33,10 +33,10 @@ use std::time::{Duration, Instant};
 /// is within the budget, and between attempts to attach again. The cycle itself is as long as
 /// the caller says (`--span-period`, 10 s by default): attaching and detaching the probes is
 /// what costs the target most, far more than the hits while attached. On the `net/http`
-/// benchmark service pinned to a CPU of its own, requests per CPU-second fell 11–14% cycling
-/// once a second, ~4% once every 5 s, and ~25% five times a second, against 1–2% for probes
-/// that stay attached but are hit 1000 times a second. Even probes on a function the target
-/// never calls cost it that much when cycled: the price is in registering and unregistering
+/// benchmark service pinned to a CPU of its own, requests per CPU-second fell 11–17% cycling
+/// once a second, ~4% once every 5 s, ~25% five times a second, and 1–2% once every 10 s,
+/// while the ~3,000 hits a second of the probes attached account for 0.3%. Even probes on a
+/// function the target never calls cost it ~25% when cycled five times a second: the price is in registering and unregistering
 /// the uprobes (each rewrites the target's code page, copy-on-write under its `mmap_lock`,
 /// with a TLB flush on every CPU it runs on; each perf event's release waits for an RCU
 /// grace period), not in the traps.

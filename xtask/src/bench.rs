@@ -238,7 +238,8 @@ struct RealisticRow {
 /// each run took (the kernel's BPF statistics), with a price for the trap (see
 /// [`price_accounts`]). The counts and run times do not depend on how fast the machine ran
 /// that minute; the price does, but it is measured where the change is many times the noise.
-/// What the price cannot hold: span mode attaching and detaching its probes once every `--span-period` (10 s).
+/// What the price cannot hold: span mode attaching and detaching its probes once every
+/// `--span-period` (10 s).
 #[derive(Debug, Clone, Serialize)]
 struct Account {
     /// Probe runs (each one trap) per second of the target's CPU time.
@@ -408,8 +409,8 @@ struct WindowAccount {
 
 /// How long a gotrace mode runs before its window is measured (the HTTP service under load, a
 /// second longer): span mode's duty cycle starts attached, measures the hit rate over its first
-/// second and detaches within the next half, and a sidecar lives in the settled state. The first jsonl document (after
-/// 2 s) marks the start of what the account counts.
+/// second and detaches within the next half, and a sidecar lives in the settled state. The
+/// first jsonl document (after 2 s) marks the start of what the account counts.
 const SETTLE: Duration = Duration::from_secs(2);
 
 impl WindowAccount {
