@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde::Serialize;
 
-use self::proc::{Proc, cpu_seconds, peak_rss_mib};
+use self::proc::{CpuSplit, Proc, cpu_seconds, peak_rss_mib};
 use self::stats::Stat;
 use crate::{fixtures, go};
 
@@ -182,6 +182,8 @@ pub struct Results {
     plan: Plan,
     cost: Vec<CostTable>,
     realistic: Vec<RealisticRow>,
+    /// Which CPUs ran the HTTP service, and which wrk and gotrace.
+    http_cpus: String,
     accuracy: Vec<AccuracyRow>,
     tracer: TracerCosts,
     targets: Vec<TargetCheck>,
@@ -592,10 +594,10 @@ pub fn run(repo: &Path, args: &Args) -> Result<()> {
             cost.push(cost_per_allocation(repo, &env, &plan, minor)?);
         }
     }
-    let mut realistic = if wanted(Part::Realistic) {
+    let (mut realistic, http_cpus) = if wanted(Part::Realistic) {
         realistic(repo, &env, &plan)?
     } else {
-        Vec::new()
+        (Vec::new(), String::new())
     };
     let accuracy = if wanted(Part::Accuracy) {
         accuracy(repo, &env, &plan)
@@ -616,6 +618,7 @@ pub fn run(repo: &Path, args: &Args) -> Result<()> {
         plan,
         cost,
         realistic,
+        http_cpus,
         accuracy,
         tracer,
         targets,
@@ -1082,7 +1085,8 @@ impl Interleaved {
 }
 
 /// The HTTP service under wrk and the CPU-bound workload, untraced and under each mode.
-fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<Vec<RealisticRow>> {
+/// Also returns which CPUs ran what while the HTTP service was measured.
+fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<(Vec<RealisticRow>, String)> {
     let binary = env.workloads(repo, REALISTIC_GO);
     let tracers = [
         Tracer::Untraced,
@@ -1099,11 +1103,20 @@ fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<Vec<RealisticRow>> {
         }
     };
 
-    let server = Proc::start(
-        "workloads http",
-        Command::new(&binary).args(["http", "127.0.0.1:0"]),
-        false,
-    )?;
+    // The service alone on one CPU, wrk and gotrace on the others (see `CpuSplit`).
+    let split = CpuSplit::of_this_thread()?;
+    let http_cpus = split.as_ref().map_or_else(
+        || "the service, wrk and gotrace share the one CPU".to_owned(),
+        CpuSplit::describe,
+    );
+    eprintln!("bench: http: {http_cpus}");
+    let mut service = Command::new(&binary);
+    service.args(["http", "127.0.0.1:0"]);
+    if let Some(split) = &split {
+        split.pin_service(&mut service);
+    }
+    let pinned = split.as_ref().map(CpuSplit::pin_this_thread_to_others).transpose()?;
+    let server = Proc::start("workloads http", &mut service, false)?;
     let ready = server.wait_for("ready", false, Duration::from_secs(20))?;
     let url = format!("{}/json", ready.trim_start_matches("ready").trim());
     wrk(&url, 1).context("warming the HTTP service up")?;
@@ -1139,6 +1152,7 @@ fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<Vec<RealisticRow>> {
         },
     );
     drop(server);
+    drop(pinned);
 
     let workload = Proc::start("workloads cpu", Command::new(&binary).args(["cpu", "0"]), false)?;
     workload.wait_for("ready", false, Duration::from_secs(20))?;
@@ -1174,7 +1188,7 @@ fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<Vec<RealisticRow>> {
     );
     drop(workload);
 
-    Ok(realistic_rows(&tracers, &http, &cpu, &rss))
+    Ok((realistic_rows(&tracers, &http, &cpu, &rss), http_cpus))
 }
 
 /// The realistic table's rows from the HTTP and CPU-bound runs of `tracers`, with each

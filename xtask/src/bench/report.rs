@@ -163,13 +163,15 @@ pub fn markdown(r: &Results) -> String {
              cycle has settled. Duty-cycled span runs with `--span-period` as long as the window, so \
              that each window holds one attach and one detach (the default period, 10 s, switches no \
              more often); its *change* is against the mean of those two, the median over the runs, so that the machine's drift \
-             cancels. On 2 cores, wrk, the service and gotrace share the CPUs and the host's other \
-             VMs come and go: wall-clock rates move by ±10–20% between runs. *Per CPU-s* divides by \
-             the traced process's own CPU time (user + system, traps included).\n",
+             cancels. In the HTTP runs {}: sharing the CPUs, two untraced windows moved ±5% \
+             apart; split, within ~1%. The CPU-bound workload and gotrace share all CPUs, and the \
+             host's other VMs come and go: wall-clock rates move by ±10–20% between runs. *Per CPU-s* \
+             divides by the traced process's own CPU time (user + system, traps included).\n",
             super::realistic_cost_table(&r.cost)
                 .map_or_else(|| format!("go{}", super::REALISTIC_GO), |t| t.go_version.clone()),
             r.plan.wrk_secs,
-            r.plan.window_secs
+            r.plan.window_secs,
+            r.http_cpus
         );
         md.push_str(
             "| mode | HTTP requests/s | change | per service CPU-s | change | HTTP p99 ms | CPU-bound ops/s | change | per CPU-s | change | gotrace peak RSS MiB |\n",
