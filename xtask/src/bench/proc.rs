@@ -180,7 +180,8 @@ pub fn peak_rss_mib(pid: u32) -> Result<f64> {
 /// Sharing two CPUs, wrk, the service and gotrace take turns on both, and the service's
 /// requests per CPU-second moved ±5% between two *untraced* windows of the same run: the
 /// scheduler's placement, not the tracer. With the service alone on one CPU and wrk and gotrace
-/// on the other, the untraced windows stayed within ~1%, which a 3% target needs.
+/// on the other, untraced windows side by side agreed within ~1% in runs by hand and 1–3% in
+/// the bench (the host drifts over its minutes), which a 3% target needs.
 pub struct CpuSplit {
     service: libc::cpu_set_t,
     others: libc::cpu_set_t,

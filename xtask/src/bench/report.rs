@@ -164,7 +164,7 @@ pub fn markdown(r: &Results) -> String {
              that each window holds one attach and one detach (the default period, 10 s, switches no \
              more often); its *change* is against the mean of those two, the median over the runs, so that the machine's drift \
              cancels. In the HTTP runs {}: sharing the CPUs, two untraced windows moved ±5% \
-             apart; split, within ~1%. The CPU-bound workload and gotrace share all CPUs, and the \
+             apart; split, neighbours agree within 1–3%. The CPU-bound workload and gotrace share all CPUs, and the \
              host's other VMs come and go: wall-clock rates move by ±10–20% between runs. *Per CPU-s* \
              divides by the traced process's own CPU time (user + system, traps included).\n",
             super::realistic_cost_table(&r.cost)
