@@ -183,8 +183,6 @@ pub fn peak_rss_mib(pid: u32) -> Result<f64> {
 /// on the other, untraced windows side by side agreed within ~1% in runs by hand and 1–3% in
 /// the bench (the host drifts over its minutes), which a 3% target needs.
 pub struct CpuSplit {
-    service: libc::cpu_set_t,
-    others: libc::cpu_set_t,
     service_cpu: usize,
     other_cpus: Vec<usize>,
 }
@@ -205,8 +203,6 @@ impl CpuSplit {
             return Ok(None);
         }
         Ok(Some(Self {
-            service: cpu_set(&[service_cpu]),
-            others: cpu_set(other_cpus),
             service_cpu,
             other_cpus: other_cpus.to_vec(),
         }))
@@ -226,7 +222,8 @@ impl CpuSplit {
     /// so that every thread it starts (a Go program's Ms) inherits the mask.
     pub fn pin_service(&self, command: &mut Command) {
         use std::os::unix::process::CommandExt as _;
-        let set = self.service;
+        // Built here: the closure must not allocate.
+        let set = cpu_set(&[self.service_cpu]);
         // SAFETY: the closure runs between fork and exec and only makes one system call,
         // which is async-signal-safe; it allocates nothing.
         unsafe {
@@ -244,7 +241,7 @@ impl CpuSplit {
     /// until the guard is dropped.
     pub fn pin_this_thread_to_others(&self) -> Result<PinnedThread> {
         let previous = affinity_of_this_thread()?;
-        set_affinity_of_this_thread(&self.others)?;
+        set_affinity_of_this_thread(&cpu_set(&self.other_cpus))?;
         Ok(PinnedThread { previous })
     }
 }
