@@ -68,8 +68,7 @@ pub fn symbolize(pid: u32, stacks: usize, timeout: Duration) -> anyhow::Result<(
     };
     let options = ProbeOptions {
         stack_depth: depth,
-        span_budget: None,
-        span_period: crate::duty::RATE_WINDOW,
+        span_duty_cycle: None,
         time_probes: false,
     };
     let mut probes = Probes::attach(&target, Mode::Exact, options, None)?;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::duty::DutyCycleOptions;
 pub use crate::mode::Mode;
 use crate::probes::ProbeOptions;
 
@@ -253,8 +254,7 @@ impl ServeArgs {
             max_keys: self.max_keys,
             probe_options: ProbeOptions {
                 stack_depth: usize::from(self.stack_depth),
-                span_budget: self.span_budget.budget(),
-                span_period: self.span_budget.period()?,
+                span_duty_cycle: self.span_budget.duty_cycle()?,
                 time_probes: self.time_probes,
             },
         })
@@ -364,25 +364,24 @@ pub struct SpanBudgetArg {
     /// Span mode: how long one duty cycle lasts (the probes attached for the first part of
     /// it, detached for the rest; 1s to 10m). Attaching and detaching the probes costs the
     /// target far more than their hits do: on the `net/http` benchmark service, cycling once a
-    /// second cost it ~12% of its requests per CPU-second, once every 5 s ~4%. Longer cycles
-    /// cost less; shorter ones spread the samples more evenly over time, which only matters
-    /// for a workload that changes within a cycle.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    /// second cost it ~12% of its requests per CPU-second, once every 10 s 4–6%, once every
+    /// 30 s 0–2%. Longer cycles cost less; shorter ones spread the samples more evenly over
+    /// time, which only matters for a workload that changes within a cycle.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub span_period: Duration,
 }
 
 impl SpanBudgetArg {
-    /// The budget, `None` for none.
-    fn budget(&self) -> Option<u32> {
-        (self.span_budget > 0).then_some(self.span_budget)
-    }
-
-    /// The duty cycle's period, validated.
-    fn period(&self) -> anyhow::Result<Duration> {
+    /// The duty cycle, `None` for none (a budget of 0); the period is checked either way, so
+    /// that a bad one is an error whatever the budget.
+    fn duty_cycle(&self) -> anyhow::Result<Option<DutyCycleOptions>> {
         if self.span_period < Duration::from_secs(1) || self.span_period > Duration::from_mins(10) {
             bail!("--span-period must be between 1s and 10m");
         }
-        Ok(self.span_period)
+        Ok((self.span_budget > 0).then_some(DutyCycleOptions {
+            budget: self.span_budget,
+            period: self.span_period,
+        }))
     }
 }
 
@@ -520,8 +519,7 @@ impl TraceArgs {
             set_mem_profile_rate: self.sampling.set_mem_profile_rate,
             probe_options: ProbeOptions {
                 stack_depth: usize::from(self.sampling.stack_depth),
-                span_budget: self.sampling.span_budget.budget(),
-                span_period: self.sampling.span_budget.period()?,
+                span_duty_cycle: self.sampling.span_budget.duty_cycle()?,
                 time_probes: self.sampling.time_probes,
             },
         })
@@ -782,9 +780,15 @@ mod tests {
             let Command::Serve(serve) = cli.command else {
                 panic!("not serve")
             };
-            serve.resolve().map(|config| config.probe_options.span_period)
+            serve.resolve().map(|config| {
+                config
+                    .probe_options
+                    .span_duty_cycle
+                    .expect("a budget by default")
+                    .period
+            })
         };
-        assert_eq!(period(&[]).unwrap(), Duration::from_secs(10));
+        assert_eq!(period(&[]).unwrap(), Duration::from_secs(30));
         assert_eq!(period(&["--span-period", "1s"]).unwrap(), Duration::from_secs(1));
         assert_eq!(period(&["--span-period", "10m"]).unwrap(), Duration::from_mins(10));
         let short = period(&["--span-period", "500ms"]).unwrap_err();

@@ -31,11 +31,13 @@ use std::time::{Duration, Instant};
 
 /// How long the probes stay attached to measure their hit rate: at the start, while the rate
 /// is within the budget, and between attempts to attach again. The cycle itself is as long as
-/// the caller says (`--span-period`, 10 s by default): attaching and detaching the probes is
+/// the caller says (`--span-period`, 30 s by default): attaching and detaching the probes is
 /// what costs the target most, far more than the hits while attached. On the `net/http`
 /// benchmark service pinned to a CPU of its own, requests per CPU-second fell 11–17% cycling
-/// once a second, ~4% once every 5 s, ~25% five times a second, and 1–2% once every 10 s,
-/// while the ~3,000 hits a second of the probes attached account for 0.3%. Even probes on a
+/// once a second, ~4% once every 5 s, ~25% five times a second, 1–6% once every 10 s and 0–2%
+/// once every 30 s, while the ~3,000 hits a second of the probes attached account for 0.3%.
+/// (Each attach blocks the service ~15 ms and leaves it answering 20–30% fewer requests for
+/// the next 300–400 ms: README.md, *What span mode costs*.) Even probes on a
 /// function the target never calls cost it ~25% when cycled five times a second: the price is in registering and unregistering
 /// the uprobes (each rewrites the target's code page, copy-on-write under its `mmap_lock`,
 /// with a TLB flush on every CPU it runs on; each perf event's release waits for an RCU
@@ -58,6 +60,15 @@ const MAX_FRACTION: f64 = 0.5;
 /// latest reading is recent: what the last interval's total ends with (three
 /// `process_vm_readv` of ~3.5 KiB each time, microseconds).
 const HEAP_POLL: Duration = Duration::from_millis(25);
+
+/// Span mode's duty cycle as the user set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DutyCycleOptions {
+    /// Probe hits a second the target pays for, on average (`--span-budget`).
+    pub budget: u32,
+    /// How long one cycle lasts (`--span-period`).
+    pub period: Duration,
+}
 
 /// What the duty-cycle thread does to the probes.
 pub trait Switch: Send + 'static {
@@ -307,7 +318,8 @@ impl std::fmt::Debug for DutyCycle {
 
 impl DutyCycle {
     /// Starts cycling probes that are attached now, keeping their hits (`hits` returns the
-    /// count so far) within `budget` a second on average. The counts are scaled by what `heap`
+    /// count so far) within `options.budget` a second on average, one cycle each
+    /// `options.period`. The counts are scaled by what `heap`
     /// reads, the target's own allocation total, when there is one; else by time, with `clock`
     /// (the target's user CPU time) allowing for the probes slowing the target (see
     /// [`Self::scale`]).
@@ -316,8 +328,7 @@ impl DutyCycle {
         hits: impl FnMut() -> u64 + Send + 'static,
         heap: Option<HeapReader>,
         clock: ProgressClock,
-        budget: u32,
-        period: Duration,
+        options: DutyCycleOptions,
     ) -> anyhow::Result<Self> {
         let now = Instant::now();
         let heap_now = heap.as_ref().and_then(|read| read());
@@ -346,7 +357,7 @@ impl DutyCycle {
             .push(std::thread::Builder::new().name("duty-cycle".to_owned()).spawn({
                 let shared = shared.clone();
                 let by_count = heap.is_some();
-                move || cycle(&shared, &*switch, hits, &clock, (f64::from(budget), period), by_count)
+                move || cycle(&shared, &*switch, hits, &clock, options, by_count)
             })?);
         if let Some(heap) = heap {
             duty.threads.push(
@@ -449,9 +460,10 @@ fn cycle(
     switch: &Mutex<dyn Switch>,
     mut hits: impl FnMut() -> u64,
     clock: &ProgressClock,
-    (budget, period): (f64, Duration),
+    DutyCycleOptions { budget, period }: DutyCycleOptions,
     by_count: bool,
 ) {
+    let budget = f64::from(budget);
     let lock = || switch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut fraction = 1.0;
     let mut attached = true;
@@ -657,8 +669,10 @@ mod tests {
             move || reader.lock().unwrap().hits(),
             by_count.then(|| target.reader()),
             Box::new(|| None),
-            10_000,
-            PERIOD,
+            DutyCycleOptions {
+                budget: 10_000,
+                period: PERIOD,
+            },
         )
         .unwrap();
         // The first second is attached whole: its rate sets the fraction.

@@ -22,7 +22,7 @@ use tracer_common::{
     UserStack,
 };
 
-use crate::duty::{DutyCycle, HeapReader, Scale, Switch};
+use crate::duty::{DutyCycle, DutyCycleOptions, HeapReader, Scale, Switch};
 use crate::mode::{Mode, Weighing};
 use crate::remote::HeapCounter;
 
@@ -40,11 +40,10 @@ pub struct AttachTarget<'b, 'd> {
 pub struct ProbeOptions {
     /// Frames walked per hit.
     pub stack_depth: usize,
-    /// Span mode's probe hits a second, on average, beyond which its probes are attached for
-    /// only part of each cycle ([`crate::duty`]); `None`: always attached.
-    pub span_budget: Option<u32>,
-    /// How long one duty cycle of span mode lasts.
-    pub span_period: Duration,
+    /// Span mode's duty cycle: the probe hits a second, on average, beyond which its probes
+    /// are attached for only part of each cycle, and the cycle's length ([`crate::duty`]);
+    /// `None`: always attached.
+    pub span_duty_cycle: Option<DutyCycleOptions>,
     /// Have the kernel time every run of every BPF program while the probes are attached
     /// (`BPF_ENABLE_STATS`), so that [`Probes::run_time`] can say what the probes cost.
     pub time_probes: bool,
@@ -176,8 +175,8 @@ impl Probes {
         let attached = attachments.links.len();
         let mut ebpf = attachments.ebpf;
         // The duty cycle's thread reads the hits through a handle of its own.
-        let budget = options.span_budget.filter(|_| mode == Mode::Span);
-        let stats_for_duty = budget.map(|_| reopen_per_cpu_array(&ebpf, STATS_MAP)).transpose()?;
+        let duty_cycle = options.span_duty_cycle.filter(|_| mode == Mode::Span);
+        let stats_for_duty = duty_cycle.map(|_| reopen_per_cpu_array(&ebpf, STATS_MAP)).transpose()?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, STATS_MAP)?)?;
         let counts = [
             PerCpuHashMap::try_from(take(&mut ebpf, COUNTS_MAP)?)?,
@@ -188,8 +187,8 @@ impl Probes {
         let stacks = BpfHashMap::try_from(take(&mut ebpf, STACKS_MAP)?)?;
         attachments.ebpf = ebpf;
         let attachments = Arc::new(Mutex::new(attachments));
-        let duty = match (budget, stats_for_duty) {
-            (Some(budget), Some(stats_for_duty)) => {
+        let duty = match (duty_cycle, stats_for_duty) {
+            (Some(duty_cycle), Some(stats_for_duty)) => {
                 let stats: PerCpuArray<MapData, ProbeStats> = PerCpuArray::try_from(Map::PerCpuArray(stats_for_duty))?;
                 let hits = move || stats.get(&0, 0).map_or(0, |cpus| total_stats(cpus.iter()).hits);
                 let switch: Arc<Mutex<dyn Switch>> = attachments.clone();
@@ -199,7 +198,7 @@ impl Probes {
                     read
                 });
                 Some(
-                    DutyCycle::start(switch, hits, heap, clock, budget, options.span_period)
+                    DutyCycle::start(switch, hits, heap, clock, duty_cycle)
                         .context("cannot start span mode's duty cycle")?,
                 )
             }

@@ -61,6 +61,10 @@ struct Plan {
     window_secs: usize,
     /// Seconds of `wrk` per HTTP measurement.
     wrk_secs: u64,
+    /// Duty-cycled span mode's `--span-period`, and the length of its realistic windows, so
+    /// that each holds one whole cycle: gotrace's default ([`SPAN_PERIOD_SECS`]) in a full
+    /// run; `None` in a quick one, where span cycles once per window of the others' length.
+    span_period_secs: Option<u64>,
     /// Rounds of `workloads classes` per accuracy run.
     classes_rounds: u32,
     accuracy_runs: usize,
@@ -75,6 +79,7 @@ impl Plan {
                 runs: runs.unwrap_or(2),
                 window_secs: 2,
                 wrk_secs: 3,
+                span_period_secs: None,
                 classes_rounds: 300,
                 accuracy_runs: 1,
                 symbolize_runs: 1,
@@ -84,6 +89,7 @@ impl Plan {
                 runs: runs.unwrap_or(5),
                 window_secs: 5,
                 wrk_secs: 10,
+                span_period_secs: Some(SPAN_PERIOD_SECS),
                 classes_rounds: 600,
                 accuracy_runs: 3,
                 symbolize_runs: 3,
@@ -91,6 +97,9 @@ impl Plan {
         }
     }
 }
+
+/// gotrace's default `--span-period` (`tracer/src/cli.rs`), in seconds.
+const SPAN_PERIOD_SECS: u64 = 30;
 
 /// The Go releases of the cost-per-allocation table; the realistic workloads, accuracy and
 /// tracer costs use the newest.
@@ -182,8 +191,10 @@ pub struct Results {
     plan: Plan,
     cost: Vec<CostTable>,
     realistic: Vec<RealisticRow>,
-    /// Which CPUs ran the HTTP service, and which wrk and gotrace.
-    http_cpus: String,
+    /// Which CPU ran the realistic workloads, and which wrk and gotrace.
+    cpus: String,
+    /// How far apart untraced windows side by side were: the noise the changes stand in.
+    untraced_drift: UntracedDrift,
     accuracy: Vec<AccuracyRow>,
     tracer: TracerCosts,
     targets: Vec<TargetCheck>,
@@ -241,7 +252,7 @@ struct RealisticRow {
 /// [`price_accounts`]). The counts and run times do not depend on how fast the machine ran
 /// that minute; the price does, but it is measured where the change is many times the noise.
 /// What the price cannot hold: span mode attaching and detaching its probes once every
-/// `--span-period` (10 s).
+/// `--span-period` (30 s).
 #[derive(Debug, Clone, Serialize)]
 struct Account {
     /// Probe runs (each one trap) per second of the target's CPU time.
@@ -594,10 +605,10 @@ pub fn run(repo: &Path, args: &Args) -> Result<()> {
             cost.push(cost_per_allocation(repo, &env, &plan, minor)?);
         }
     }
-    let (mut realistic, http_cpus) = if wanted(Part::Realistic) {
+    let (mut realistic, cpus, untraced_drift) = if wanted(Part::Realistic) {
         realistic(repo, &env, &plan)?
     } else {
-        (Vec::new(), String::new())
+        (Vec::new(), String::new(), UntracedDrift::default())
     };
     let accuracy = if wanted(Part::Accuracy) {
         accuracy(repo, &env, &plan)
@@ -618,7 +629,8 @@ pub fn run(repo: &Path, args: &Args) -> Result<()> {
         plan,
         cost,
         realistic,
-        http_cpus,
+        cpus,
+        untraced_drift,
         accuracy,
         tracer,
         targets,
@@ -1009,6 +1021,9 @@ struct Interleaved {
     values: Vec<Vec<Vec<f64>>>,
     /// `[tracer][metric]`: traced over the mean of the untraced windows beside it.
     ratios: Vec<Vec<Vec<f64>>>,
+    /// `[metric]`: how far apart the two untraced windows on either side of each traced one
+    /// were, |after / before − 1|, in percent.
+    untraced_drift: Vec<Vec<f64>>,
     errors: Vec<Option<String>>,
 }
 
@@ -1025,6 +1040,7 @@ impl Interleaved {
         let mut out = Self {
             values: vec![vec![Vec::new(); metrics]; n],
             ratios: vec![vec![Vec::new(); metrics]; n],
+            untraced_drift: vec![Vec::new(); metrics],
             errors: vec![None; n],
         };
         let mut measure_one = |i: usize, out: &mut Self, run: usize| -> Option<Vec<f64>> {
@@ -1061,6 +1077,11 @@ impl Interleaved {
                 let Some(after) = measure_one(0, &mut out, run) else {
                     return out;
                 };
+                for m in 0..metrics {
+                    if before[m] > 0.0 {
+                        out.untraced_drift[m].push((after[m] / before[m] - 1.0).abs() * 100.0);
+                    }
+                }
                 if let Some(traced) = traced {
                     for m in 0..metrics {
                         let baseline = f64::midpoint(before[m], after[m]);
@@ -1082,11 +1103,25 @@ impl Interleaved {
     fn ratio(&self, tracer: usize, metric: usize) -> Option<Stat> {
         Stat::of(&self.ratios[tracer][metric])
     }
+
+    fn untraced_drift(&self, metric: usize) -> Option<Stat> {
+        Stat::of(&self.untraced_drift[metric])
+    }
+}
+
+/// How far apart, in percent, the untraced windows on either side of each traced window
+/// were, per second of the workload's CPU time (|after / before − 1|): how much of a traced
+/// window's change the machine alone could have made.
+#[derive(Debug, Default, Serialize)]
+struct UntracedDrift {
+    http_per_cpu: Option<Stat>,
+    cpu_per_cpu: Option<Stat>,
 }
 
 /// The HTTP service under wrk and the CPU-bound workload, untraced and under each mode.
-/// Also returns which CPUs ran what while the HTTP service was measured.
-fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<(Vec<RealisticRow>, String)> {
+/// Also returns which CPUs ran what while the workloads were measured, and how far apart
+/// neighbouring untraced windows were.
+fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<(Vec<RealisticRow>, String, UntracedDrift)> {
     let binary = env.workloads(repo, REALISTIC_GO);
     let tracers = [
         Tracer::Untraced,
@@ -1103,20 +1138,16 @@ fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<(Vec<RealisticRow>, 
         }
     };
 
-    // The service alone on one CPU, wrk and gotrace on the others (see `CpuSplit`).
+    // Each workload alone on one CPU, wrk and gotrace on the others (see `CpuSplit`); a Go
+    // program pinned so runs with GOMAXPROCS 1 (the runtime sets it from its CPU mask).
     let split = CpuSplit::of_this_thread()?;
-    let http_cpus = split.as_ref().map_or_else(
+    let cpus = split.as_ref().map_or_else(
         || "the service, wrk and gotrace share the one CPU".to_owned(),
         CpuSplit::describe,
     );
-    eprintln!("bench: http: {http_cpus}");
-    let mut service = Command::new(&binary);
-    service.args(["http", "127.0.0.1:0"]);
-    if let Some(split) = &split {
-        split.pin_service(&mut service);
-    }
+    eprintln!("bench: realistic: {cpus}");
     let pinned = split.as_ref().map(CpuSplit::pin_this_thread_to_others).transpose()?;
-    let server = Proc::start("workloads http", &mut service, false)?;
+    let server = start_workload(&binary, &["http", "127.0.0.1:0"], split.as_ref())?;
     let ready = server.wait_for("ready", false, Duration::from_secs(20))?;
     let url = format!("{}/json", ready.trim_start_matches("ready").trim());
     wrk(&url, 1).context("warming the HTTP service up")?;
@@ -1130,20 +1161,20 @@ fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<(Vec<RealisticRow>, 
         |tracer| {
             traced_window(
                 env,
-                tracer,
+                (tracer, plan.span_period_secs),
                 server.pid(),
                 &binary,
                 &mut note_rss,
                 (
                     // Settled under load: idle, span mode's duty cycle would stay attached.
                     || wrk(&url, SETTLE.as_secs().max(1) + 1).map(drop),
-                    || {
+                    |window_secs| {
                         let cpu_before = cpu_seconds(server.pid())?;
-                        let (rps, p99) = wrk(&url, plan.wrk_secs)?;
+                        let (rps, p99) = wrk(&url, window_secs)?;
                         let cpu = cpu_seconds(server.pid())? - cpu_before;
                         ensure!(cpu > 0.0, "the service used no CPU time");
                         #[expect(clippy::cast_precision_loss, reason = "seconds")]
-                        let secs = plan.wrk_secs as f64;
+                        let secs = window_secs as f64;
                         Ok((vec![rps, p99, rps * secs / cpu], cpu / secs))
                     },
                     plan.wrk_secs,
@@ -1152,9 +1183,8 @@ fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<(Vec<RealisticRow>, 
         },
     );
     drop(server);
-    drop(pinned);
 
-    let workload = Proc::start("workloads cpu", Command::new(&binary).args(["cpu", "0"]), false)?;
+    let workload = start_workload(&binary, &["cpu", "0"], split.as_ref())?;
     workload.wait_for("ready", false, Duration::from_secs(20))?;
     // Metrics: operations/s, operations per second of the workload's CPU time.
     let cpu = Interleaved::run(
@@ -1165,7 +1195,7 @@ fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<(Vec<RealisticRow>, 
         |tracer| {
             traced_window(
                 env,
-                tracer,
+                (tracer, plan.span_period_secs),
                 workload.pid(),
                 &binary,
                 &mut note_rss,
@@ -1174,11 +1204,12 @@ fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<(Vec<RealisticRow>, 
                         std::thread::sleep(SETTLE);
                         Ok(())
                     },
-                    || {
-                        let (count, _, cpu_secs) = sum_report_lines(&workload, plan.window_secs)?;
+                    |window_secs| {
+                        let lines = usize::try_from(window_secs)?;
+                        let (count, _, cpu_secs) = sum_report_lines(&workload, lines)?;
                         ensure!(cpu_secs > 0.0, "the workload used no CPU time");
                         #[expect(clippy::cast_precision_loss, reason = "a few seconds")]
-                        let secs = plan.window_secs as f64;
+                        let secs = window_secs as f64;
                         Ok((vec![count / secs, count / cpu_secs], cpu_secs / secs))
                     },
                     plan.window_secs as u64,
@@ -1187,8 +1218,23 @@ fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<(Vec<RealisticRow>, 
         },
     );
     drop(workload);
+    drop(pinned);
 
-    Ok((realistic_rows(&tracers, &http, &cpu, &rss), http_cpus))
+    let drift = UntracedDrift {
+        http_per_cpu: http.untraced_drift(2),
+        cpu_per_cpu: cpu.untraced_drift(1),
+    };
+    Ok((realistic_rows(&tracers, &http, &cpu, &rss), cpus, drift))
+}
+
+/// Starts `workloads ARGS`, alone on its CPU when the CPUs are split.
+fn start_workload(binary: &Path, args: &[&str], split: Option<&CpuSplit>) -> Result<Proc> {
+    let mut command = Command::new(binary);
+    command.args(args);
+    if let Some(split) = split {
+        split.pin_workload(&mut command);
+    }
+    Proc::start(&format!("workloads {}", args.join(" ")), &mut command, false)
 }
 
 /// The realistic table's rows from the HTTP and CPU-bound runs of `tracers`, with each
@@ -1221,24 +1267,29 @@ fn realistic_rows(tracers: &[Tracer], http: &Interleaved, cpu: &Interleaved, rss
 /// One traced window of a realistic workload: attaches `tracer` to `pid` (gotrace's modes
 /// timing their probes), lets it settle, measures, stops it and appends the window's account
 /// ([`WindowAccount`]) to the figures measured: `settle` (skipped untraced), then `measure`,
-/// which returns its figures and the target's CPU seconds per second.
+/// which is given the window's length in seconds (`window_secs`, or duty-cycled span's period)
+/// and returns its figures and the target's CPU seconds per second.
 fn traced_window(
     env: &Env,
-    tracer: Tracer,
+    (tracer, span_period_secs): (Tracer, Option<u64>),
     pid: u32,
     binary: &Path,
     note_rss: &mut impl FnMut(Tracer, Option<&Attached>),
     (settle, measure, window_secs): (
         impl FnOnce() -> Result<()>,
-        impl FnOnce() -> Result<(Vec<f64>, f64)>,
+        impl FnOnce(u64) -> Result<(Vec<f64>, f64)>,
         u64,
     ),
 ) -> Result<Vec<f64>> {
-    // Duty-cycled span mode cycles once per window: it measures its rate over the first
-    // second, detaches, and attaches again ~0.95 of a period later, so with the period as long
-    // as the window (and the settling 2–3 s) each window holds one attach and one detach, what
-    // the cycle costs most for (see `tracer/src/duty.rs`). With the default period (10 s), a
-    // 5 s window would hold none, and measure only the detached target.
+    // Duty-cycled span mode measures its rate over the first second, detaches, and attaches
+    // again ~0.95 of a period later, so with the window as long as the period (and the
+    // settling 2–3 s) each window holds one attach and one detach, what the cycle costs most
+    // for (see `tracer/src/duty.rs`). A window shorter than the period would hold none, and
+    // measure only the detached target.
+    let window_secs = match tracer {
+        Tracer::Span => span_period_secs.unwrap_or(window_secs),
+        _ => window_secs,
+    };
     let period = format!("{window_secs}s");
     let extra: Vec<&str> = if tracer == Tracer::Span {
         [TIME_PROBES, &["--span-period", period.as_str()][..]].concat()
@@ -1250,7 +1301,7 @@ fn traced_window(
         settle()?;
     }
     let window = Window::start(attached.as_ref())?;
-    let (mut figures, target_cpu_rate) = measure()?;
+    let (mut figures, target_cpu_rate) = measure(window_secs)?;
     let window = window.end()?;
     note_rss(tracer, attached.as_ref());
     let account = match attached {
@@ -1641,7 +1692,7 @@ fn targets(cost: &[CostTable], realistic: &[RealisticRow]) -> Vec<TargetCheck> {
 
 #[cfg(test)]
 mod tests {
-    use super::{latency_ms, report_line};
+    use super::{Interleaved, Plan, SPAN_PERIOD_SECS, Tracer, latency_ms, report_line};
 
     #[test]
     fn parses_wrk_latencies() {
@@ -1657,5 +1708,44 @@ mod tests {
         assert_eq!(report_line("allocs 100 cpu_ns 2500"), Some((100.0, 2500.0)));
         assert_eq!(report_line("ops 42"), Some((42.0, 0.0)));
         assert_eq!(report_line("ready"), None);
+    }
+
+    /// Untraced windows of 100, 110, 99: the traced windows' changes are against 105 and
+    /// 104.5, and the untraced neighbours drifted 10% and 10%.
+    #[test]
+    fn interleaved_windows_give_changes_against_their_neighbours_and_the_drift_between_them() {
+        let plan = Plan {
+            runs: 1,
+            window_secs: 1,
+            wrk_secs: 1,
+            span_period_secs: Some(SPAN_PERIOD_SECS),
+            classes_rounds: 1,
+            accuracy_runs: 1,
+            symbolize_runs: 1,
+        };
+        let mut untraced = [100.0, 110.0, 99.0].into_iter();
+        let mut traced = [84.0, 94.05].into_iter();
+        let windows = Interleaved::run(
+            &plan,
+            &[Tracer::Untraced, Tracer::Exact, Tracer::Span],
+            1,
+            "test",
+            |tracer| {
+                let next = if tracer == Tracer::Untraced {
+                    untraced.next()
+                } else {
+                    traced.next()
+                };
+                Ok(vec![next.expect("one figure per window")])
+            },
+        );
+        let change = |i| windows.ratio(i, 0).expect("a ratio").median;
+        assert!((change(1) - 0.8).abs() < 1e-9, "{}", change(1));
+        assert!((change(2) - 0.9).abs() < 1e-9, "{}", change(2));
+        let drift = windows.untraced_drift(0).expect("drift");
+        assert!(
+            (drift.min - 10.0).abs() < 1e-9 && (drift.max - 10.0).abs() < 1e-9,
+            "{drift:?}"
+        );
     }
 }

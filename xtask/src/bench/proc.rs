@@ -175,15 +175,17 @@ pub fn peak_rss_mib(pid: u32) -> Result<f64> {
     Ok(kib / 1024.0)
 }
 
-/// The CPUs split between a service under test and everything that loads or traces it.
+/// The CPUs split between a workload under test and everything that loads or traces it.
 ///
-/// Sharing two CPUs, wrk, the service and gotrace take turns on both, and the service's
+/// Sharing two CPUs, wrk, the HTTP service and gotrace take turns on both, and the service's
 /// requests per CPU-second moved ±5% between two *untraced* windows of the same run: the
 /// scheduler's placement, not the tracer. With the service alone on one CPU and wrk and gotrace
 /// on the other, untraced windows side by side agreed within ~1% in runs by hand and 1–3% in
-/// the bench (the host drifts over its minutes), which a 3% target needs.
+/// the bench (the host drifts over its minutes), which a 3% target needs. The CPU-bound
+/// workload sharing both CPUs with gotrace drifted more still: 8.6% between neighbours (median)
+/// in one full bench, against 2.7% for the pinned service in the same run.
 pub struct CpuSplit {
-    service_cpu: usize,
+    workload_cpu: usize,
     other_cpus: Vec<usize>,
 }
 
@@ -196,14 +198,14 @@ impl CpuSplit {
             // SAFETY: `allowed` is an initialised set and the index is below CPU_SETSIZE.
             .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &allowed) })
             .collect();
-        let Some((&service_cpu, other_cpus)) = cpus.split_last() else {
+        let Some((&workload_cpu, other_cpus)) = cpus.split_last() else {
             return Ok(None);
         };
         if other_cpus.is_empty() {
             return Ok(None);
         }
         Ok(Some(Self {
-            service_cpu,
+            workload_cpu,
             other_cpus: other_cpus.to_vec(),
         }))
     }
@@ -212,18 +214,18 @@ impl CpuSplit {
     pub fn describe(&self) -> String {
         let others: Vec<String> = self.other_cpus.iter().map(ToString::to_string).collect();
         format!(
-            "the service runs alone on CPU {}, and wrk, gotrace and the bench on CPU {}",
-            self.service_cpu,
+            "the workload runs alone on CPU {}, and wrk (for HTTP), gotrace and the bench on CPU {}",
+            self.workload_cpu,
             others.join(", ")
         )
     }
 
-    /// Makes `command`'s process run on the service's CPU only, from its first instruction,
+    /// Makes `command`'s process run on the workload's CPU only, from its first instruction,
     /// so that every thread it starts (a Go program's Ms) inherits the mask.
-    pub fn pin_service(&self, command: &mut Command) {
+    pub fn pin_workload(&self, command: &mut Command) {
         use std::os::unix::process::CommandExt as _;
         // Built here: the closure must not allocate.
-        let set = cpu_set(&[self.service_cpu]);
+        let set = cpu_set(&[self.workload_cpu]);
         // SAFETY: the closure runs between fork and exec and only makes one system call,
         // which is async-signal-safe; it allocates nothing.
         unsafe {
@@ -309,11 +311,11 @@ mod tests {
         };
         let mut service = Command::new("cat");
         service.arg("/proc/self/status");
-        split.pin_service(&mut service);
+        split.pin_workload(&mut service);
         let out = service.output().unwrap();
         assert!(out.status.success());
         let service_cpus = allowed_list(&String::from_utf8_lossy(&out.stdout));
-        assert_eq!(service_cpus, split.service_cpu.to_string());
+        assert_eq!(service_cpus, split.workload_cpu.to_string());
 
         // On a thread of its own, so that the test harness's other threads keep their mask.
         let (others_seen, restored) = std::thread::spawn(move || {

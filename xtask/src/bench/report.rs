@@ -63,8 +63,9 @@ fn accounts(md: &mut String, r: &Results) {
          construction, for the rows that set the price). The counts and run times do not depend on how \
          fast the machine ran that minute, which the changes measured for go-sampler and duty-cycled \
          span do, by more than they are. Not in the account: span mode attaching and detaching its \
-         probes once every --span-period (10 s).\n",
-        floor.map_or_else(|| "not measured".to_owned(), |ns| format!("{ns:.0} ns"))
+         probes once every --span-period ({}).\n",
+        floor.map_or_else(|| "not measured".to_owned(), |ns| format!("{ns:.0} ns")),
+        span_period(&r.plan)
     );
     md.push_str(
         "| mode | workload | probe runs per workload CPU-s | ns per run | trap ns | in probes | predicted per-CPU change | measured per-CPU change | gotrace's CPU, % of the workload's |\n\
@@ -160,18 +161,23 @@ pub fn markdown(r: &Results) -> String {
              decoding, maps, strings) for {} s. Each traced window runs between two untraced ones \
              (untraced, exact, untraced, go-sampler, untraced, span, untraced, span always attached, \
              untraced), each mode after 2 s attached (the service under load), by which span mode's duty \
-             cycle has settled. Duty-cycled span runs with `--span-period` as long as the window, so \
-             that each window holds one attach and one detach (the default period, 10 s, switches no \
-             more often); its *change* is against the mean of those two, the median over the runs, so that the machine's drift \
-             cancels. In the HTTP runs {}: sharing the CPUs, two untraced windows moved ±5% \
-             apart; split, neighbours agree within 1–3%. The CPU-bound workload and gotrace share all CPUs, and the \
-             host's other VMs come and go: wall-clock rates move by ±10–20% between runs. *Per CPU-s* \
-             divides by the traced process's own CPU time (user + system, traps included).\n",
+             cycle has settled. Duty-cycled span runs with `--span-period` {}, in windows as long, so \
+             that each window holds one attach and one detach; its *change* is against the mean of \
+             the untraced windows on either side, the median over the runs, so that the machine's drift \
+             cancels. In both workloads' runs {} (the CPU-bound workload, pinned, runs with \
+             GOMAXPROCS 1); the host's other VMs come and go all the same. *Per CPU-s* \
+             divides by the traced process's own CPU time (user + system, traps included). The noise \
+             a change stands in: the untraced windows on either side of a traced one differed by {} \
+             per service CPU-second (HTTP) and {} per CPU-second (CPU-bound), the median (and \
+             range) over every such pair in this run.\n",
             super::realistic_cost_table(&r.cost)
                 .map_or_else(|| format!("go{}", super::REALISTIC_GO), |t| t.go_version.clone()),
             r.plan.wrk_secs,
             r.plan.window_secs,
-            r.http_cpus
+            span_period(&r.plan),
+            r.cpus,
+            drift(r.untraced_drift.http_per_cpu.as_ref()),
+            drift(r.untraced_drift.cpu_per_cpu.as_ref())
         );
         md.push_str(
             "| mode | HTTP requests/s | change | per service CPU-s | change | HTTP p99 ms | CPU-bound ops/s | change | per CPU-s | change | gotrace peak RSS MiB |\n",
@@ -346,6 +352,28 @@ pub fn update_readme(readme: &Path, markdown: &str) -> Result<()> {
     }
     let updated = format!("{}{BEGIN}\n{markdown}{}", &text[..begin], &text[end..]);
     std::fs::write(readme, updated).with_context(|| format!("cannot write {}", readme.display()))
+}
+
+/// How far apart neighbouring untraced windows were, as the prose says it.
+fn drift(stat: Option<&super::Stat>) -> String {
+    stat.map_or_else(
+        || "(not measured)".to_owned(),
+        |s| format!("{:.1}% ({:.1}–{:.1}%)", s.median, s.min, s.max),
+    )
+}
+
+/// Duty-cycled span mode's period in the realistic windows, as the prose says it.
+fn span_period(plan: &super::Plan) -> String {
+    match plan.span_period_secs {
+        Some(secs) => format!("{secs} s, gotrace's default"),
+        None => format!(
+            "as long as the other windows ({} s HTTP, {} s CPU-bound: faster than gotrace's \
+             default, {} s, in this quick run)",
+            plan.wrk_secs,
+            plan.window_secs,
+            super::SPAN_PERIOD_SECS
+        ),
+    }
 }
 
 #[cfg(test)]
