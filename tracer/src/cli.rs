@@ -364,9 +364,10 @@ pub struct SpanBudgetArg {
     /// Span mode: how long one duty cycle lasts (the probes attached for the first part of
     /// it, detached for the rest; 1s to 10m). Attaching and detaching the probes costs the
     /// target far more than their hits do: on the `net/http` benchmark service, cycling once a
-    /// second cost it ~12% of its requests per CPU-second, once every 10 s 4–6%, once every
-    /// 30 s 0–2%. Longer cycles cost less; shorter ones spread the samples more evenly over
-    /// time, which only matters for a workload that changes within a cycle.
+    /// second cost it ~12% of its requests per CPU-second, once every 10 s ~5%, once every
+    /// 30 s ~2% (`cargo xtask bench`: README.md). Longer cycles cost less; shorter ones spread
+    /// the samples more evenly over time, which only matters for a workload that changes
+    /// within a cycle.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub span_period: Duration,
 }

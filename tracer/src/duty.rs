@@ -34,8 +34,9 @@ use std::time::{Duration, Instant};
 /// the caller says (`--span-period`, 30 s by default): attaching and detaching the probes is
 /// what costs the target most, far more than the hits while attached. On the `net/http`
 /// benchmark service pinned to a CPU of its own, requests per CPU-second fell 11–17% cycling
-/// once a second, ~4% once every 5 s, ~25% five times a second, 1–6% once every 10 s and 0–2%
-/// once every 30 s, while the ~3,000 hits a second of the probes attached account for 0.3%.
+/// once a second, ~4% once every 5 s, ~25% five times a second, 1–6% once every 10 s and ~2%
+/// once every 30 s (−1.6% by hand, the median of three rounds from +1.5% to −5.2%; −2.1% in a
+/// 5-run bench), while the ~3,000 hits a second of the probes attached account for 0.3%.
 /// (Each attach blocks the service ~15 ms and leaves it answering 20–30% fewer requests for
 /// the next 300–400 ms: README.md, *What span mode costs*.) Even probes on a
 /// function the target never calls cost it ~25% when cycled five times a second: the price is in registering and unregistering

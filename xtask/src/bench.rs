@@ -1142,7 +1142,7 @@ fn realistic(repo: &Path, env: &Env, plan: &Plan) -> Result<(Vec<RealisticRow>, 
     // program pinned so runs with GOMAXPROCS 1 (the runtime sets it from its CPU mask).
     let split = CpuSplit::of_this_thread()?;
     let cpus = split.as_ref().map_or_else(
-        || "the service, wrk and gotrace share the one CPU".to_owned(),
+        || "the workloads, wrk and gotrace share the one CPU".to_owned(),
         CpuSplit::describe,
     );
     eprintln!("bench: realistic: {cpus}");
