@@ -214,7 +214,8 @@ impl CpuSplit {
     pub fn describe(&self) -> String {
         let others: Vec<String> = self.other_cpus.iter().map(ToString::to_string).collect();
         format!(
-            "the workload runs alone on CPU {}, and wrk (for HTTP), gotrace and the bench on CPU {}",
+            "the workload runs alone on CPU {} (a Go program so pinned runs with GOMAXPROCS 1), \
+             and wrk (for HTTP), gotrace and the bench on CPU {}",
             self.workload_cpu,
             others.join(", ")
         )

@@ -164,8 +164,8 @@ pub fn markdown(r: &Results) -> String {
              cycle has settled. Duty-cycled span runs with `--span-period` {}, in windows as long, so \
              that each window holds one attach and one detach; its *change* is against the mean of \
              the untraced windows on either side, the median over the runs, so that the machine's drift \
-             cancels. In both workloads' runs {} (the CPU-bound workload, pinned, runs with \
-             GOMAXPROCS 1); the host's other VMs come and go all the same. *Per CPU-s* \
+             cancels. In both workloads' runs {}; the host's other VMs come and go all the same. \
+             *Per CPU-s* \
              divides by the traced process's own CPU time (user + system, traps included). The noise \
              a change stands in: the untraced windows on either side of a traced one differed by {} \
              per service CPU-second (HTTP) and {} per CPU-second (CPU-bound), the median (and \
