@@ -297,6 +297,11 @@ impl<'data> Elf<'data> {
         Some(u64::from_le_bytes(b.try_into().ok()?))
     }
 
+    /// Every relative relocation: the address it patches and the link-time value it writes.
+    pub fn relative_relocations(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.relative.iter().copied()
+    }
+
     /// Addresses patched by a relative relocation whose value is `target`.
     pub fn relocations_to(&self, target: u64) -> impl Iterator<Item = u64> + '_ {
         self.relative

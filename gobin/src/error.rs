@@ -30,6 +30,22 @@ pub enum Error {
     /// A well-formed ELF file that was not produced by the Go linker.
     #[error("not a Go binary: it has neither a .go.buildinfo nor a .gopclntab section")]
     NotGo,
+    /// A Go binary without `.go.buildinfo` whose `runtime.buildVersion` cannot be found either.
+    #[error(
+        "cannot tell which Go release built this binary: it has no .go.buildinfo section and no \
+         runtime.buildVersion string"
+    )]
+    UnknownVersion,
+    /// A Go binary without `.go.buildinfo` in which several strings could be
+    /// `runtime.buildVersion`, none of them ruled out by the runtime's own tables.
+    #[error(
+        "cannot tell which Go release built this binary: it has no .go.buildinfo section, and \
+         {candidates} all could be runtime.buildVersion"
+    )]
+    AmbiguousVersion {
+        /// The version strings found.
+        candidates: String,
+    },
     /// A Go binary older than the oldest release gotrace understands.
     #[error(
         "{version} is too old: gotrace needs go1.18 or later, the first release that passes \

@@ -32,6 +32,7 @@
 
 mod arch;
 mod buildinfo;
+mod buildversion;
 mod dwarf;
 mod elf;
 mod entrypoints;
@@ -39,6 +40,7 @@ mod error;
 mod functions;
 mod layout;
 mod moduledata;
+mod names;
 mod pclntab;
 pub mod procmaps;
 pub mod prologue;
@@ -53,6 +55,7 @@ use serde::Serialize;
 
 pub use crate::arch::{Arch, Register};
 pub use crate::buildinfo::{BuildInfo, Module};
+pub use crate::buildversion::VersionSource;
 pub use crate::elf::LoadSegment;
 pub use crate::entrypoints::{
     ArgLocation, ArgRole, ArgSource, COUNTING_RULE, MALLOC_IMPLEMENTATION_PREFIX, ProbePoint, ProbeRole, ReturnAddress,
@@ -62,6 +65,7 @@ pub use crate::error::{Error, Result};
 pub use crate::functions::{Function, FunctionSource, FunctionTable};
 pub use crate::layout::{HeapStatsLayout, LayoutSource, RuntimeLayout};
 pub use crate::moduledata::ModuleData;
+pub use crate::names::{is_runtime_function, is_runtime_package, package_of};
 pub use crate::prologue::StackCheck;
 pub use crate::types::runtime_spelling;
 pub use crate::version::GoVersion;
@@ -121,6 +125,29 @@ pub struct Frame {
     pub line: u32,
     /// Whether this frame was inlined into the next one.
     pub inlined: bool,
+    /// Whether the code is the Go runtime's: a function of a runtime package
+    /// ([`is_runtime_package`]), or any frame of a function compiled as part of one, whatever
+    /// name `//go:linkname` gives it there (`reflect.unsafe_New`, `internal/bytealg.MakeNoZero`
+    /// and the inlined `internal/abi` helpers in their bodies). Decided by the function's
+    /// compilation unit in `.gopclntab`, never by its source path, so `-trimpath` and vendored
+    /// paths change nothing.
+    pub runtime: bool,
+}
+
+/// What Go's own unwinder does at a frame (`runtime.(*unwinder).next` with the flags
+/// `runtime.callers` passes, as the heap profile records stacks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unwind {
+    /// An ordinary Go frame: the stack goes on.
+    Continue,
+    /// The function is marked TOPFRAME (`goexit`, `mstart`) or switches stacks (SPWRITE:
+    /// `systemstack`, `mcall`, `morestack`, `asmcgocall`): the frame is the stack's last.
+    /// Above `systemstack` the frames are on the system stack, and Go charges what is
+    /// allocated there to the runtime, not to the goroutine below.
+    StopAfter,
+    /// Not Go code (C code of a cgo binary, another library): Go's unwinder ends before it.
+    NotGo,
 }
 
 /// Where a type name came from.
@@ -148,11 +175,14 @@ pub struct GoBinary<'data> {
     elf: Elf<'data>,
     build_info: BuildInfo,
     version: GoVersion,
+    version_source: VersionSource,
     pclntab: Pclntab<'data>,
     moduledata: Option<ModuleData>,
     functions: FunctionTable,
     dwarf: Option<DwarfInfo>,
     dwarf_types: OnceLock<HashMap<u64, Vec<String>>>,
+    /// The compilation units of the runtime's packages, sorted.
+    runtime_units: OnceLock<Vec<u32>>,
 }
 
 impl std::fmt::Debug for GoBinary<'_> {
@@ -174,30 +204,43 @@ impl<'data> GoBinary<'data> {
     pub fn parse(data: &'data [u8]) -> Result<Self> {
         let elf = Elf::parse(data)?;
         let pclntab_location = pclntab::locate(&elf);
-        let build_info = match buildinfo::read(&elf)? {
-            Some(info) => info,
-            None if pclntab_location.is_some() => {
-                return Err(Error::corrupt(
+        let build_info = buildinfo::read(&elf)?;
+        if build_info.is_none() && pclntab_location.is_none() {
+            return Err(Error::NotGo);
+        }
+        let known_version = build_info.as_ref().map(|info| {
+            GoVersion::parse(&info.go_version).ok_or_else(|| {
+                Error::corrupt(
                     ".go.buildinfo",
-                    "missing, so the Go version cannot be known",
-                ));
-            }
-            None => return Err(Error::NotGo),
-        };
-        let version = GoVersion::parse(&build_info.go_version).ok_or_else(|| {
-            Error::corrupt(
-                ".go.buildinfo",
-                format!("unrecognised Go version {:?}", build_info.go_version),
-            )
-        })?;
-        if !version.at_least(MIN_GO_MINOR) {
+                    format!("unrecognised Go version {:?}", info.go_version),
+                )
+            })
+        });
+        let known_version = known_version.transpose()?;
+        if let (Some(info), Some(v)) = (&build_info, known_version)
+            && !v.at_least(MIN_GO_MINOR)
+        {
             return Err(Error::GoTooOld {
-                version: build_info.go_version,
+                version: info.go_version.clone(),
             });
         }
         let (pclntab_address, pclntab_data) =
             pclntab_location.ok_or_else(|| Error::corrupt(".gopclntab", "missing"))?;
-        let mut pclntab = Pclntab::parse(&elf, pclntab_address, pclntab_data, version)?;
+        let mut pclntab = Pclntab::parse(&elf, pclntab_address, pclntab_data, known_version)?;
+        let (build_info, version, version_source) = if let (Some(info), Some(version)) = (build_info, known_version) {
+            (info, version, VersionSource::Buildinfo)
+        } else {
+            let (text, source) = version_without_buildinfo(&elf, &pclntab)?;
+            let version = GoVersion::parse(&text).ok_or(Error::UnknownVersion)?;
+            if !version.at_least(MIN_GO_MINOR) {
+                return Err(Error::GoTooOld { version: text });
+            }
+            let info = BuildInfo {
+                go_version: text,
+                ..BuildInfo::default()
+            };
+            (info, version, source)
+        };
         let moduledata = moduledata::find(&elf, &pclntab, version);
         // Entry offsets are relative to moduledata.text; Go 1.26 stopped storing it in the
         // pclntab header (src/runtime/symtab.go, pcHeader). A runtime.text symbol, and then
@@ -227,11 +270,13 @@ impl<'data> GoBinary<'data> {
             elf,
             build_info,
             version,
+            version_source,
             pclntab,
             moduledata,
             functions,
             dwarf,
             dwarf_types: OnceLock::new(),
+            runtime_units: OnceLock::new(),
         })
     }
 
@@ -247,7 +292,14 @@ impl<'data> GoBinary<'data> {
         self.version
     }
 
-    /// Version and module information.
+    /// Where the Go version came from: `.go.buildinfo`, or `runtime.buildVersion` in a binary
+    /// without it.
+    #[must_use]
+    pub fn version_source(&self) -> VersionSource {
+        self.version_source
+    }
+
+    /// Version and module information. Without `.go.buildinfo` only `go_version` is known.
     #[must_use]
     pub fn build_info(&self) -> &BuildInfo {
         &self.build_info
@@ -428,12 +480,12 @@ impl<'data> GoBinary<'data> {
     /// lands on the call (as `runtime.CallersFrames` does).
     #[must_use]
     pub fn symbolize(&self, pc: u64) -> Vec<Frame> {
-        if let Some(Ok(frames)) = self.dwarf.as_ref().map(|d| d.frames(pc))
-            && !frames.is_empty()
-        {
-            return frames.into_iter().map(into_frame).collect();
-        }
-        self.symbolize_pclntab(pc)
+        let mut frames = match self.dwarf.as_ref().map(|d| d.frames(pc)) {
+            Some(Ok(frames)) if !frames.is_empty() => frames.into_iter().map(into_frame).collect(),
+            _ => self.symbolize_pclntab(pc),
+        };
+        self.mark_runtime(pc, &mut frames);
+        frames
     }
 
     /// Frames at `pc` from one source only (for cross-checks).
@@ -441,13 +493,61 @@ impl<'data> GoBinary<'data> {
     /// # Errors
     /// When the DWARF is malformed. Returns `Ok(None)` when the source is absent.
     pub fn symbolize_from(&self, pc: u64, source: SymbolSource) -> Result<Option<Vec<Frame>>> {
-        match source {
-            SymbolSource::Pclntab => Ok(Some(self.symbolize_pclntab(pc))),
+        let mut frames = match source {
+            SymbolSource::Pclntab => self.symbolize_pclntab(pc),
             SymbolSource::Dwarf => match &self.dwarf {
-                Some(d) => Ok(Some(d.frames(pc)?.into_iter().map(into_frame).collect())),
-                None => Ok(None),
+                Some(d) => d.frames(pc)?.into_iter().map(into_frame).collect(),
+                None => return Ok(None),
             },
+        };
+        self.mark_runtime(pc, &mut frames);
+        Ok(Some(frames))
+    }
+
+    /// Whether the code at `pc` was compiled as part of a runtime package: the pclntab's
+    /// compilation unit of the function there is one of the runtime's. The Go linker gives each
+    /// package one compilation unit (`cuOffset` of `runtime._func`), and a function that
+    /// `//go:linkname` pushes into another package keeps the unit it was compiled in.
+    #[must_use]
+    pub fn is_runtime_code(&self, pc: u64) -> bool {
+        self.pclntab
+            .find(pc)
+            .and_then(|f| self.pclntab.compilation_unit(f))
+            .is_some_and(|unit| self.runtime_units().binary_search(&unit).is_ok())
+    }
+
+    /// What Go's own unwinder does at the frame of a program counter (see [`Unwind`]).
+    #[must_use]
+    pub fn unwind_at(&self, pc: u64) -> Unwind {
+        match self.pclntab.find(pc) {
+            None => Unwind::NotGo,
+            Some(f) if self.pclntab.stops_unwinding(f) => Unwind::StopAfter,
+            Some(_) => Unwind::Continue,
         }
+    }
+
+    /// Sets [`Frame::runtime`]: every frame of runtime code, and frames inlined elsewhere that
+    /// are named as the runtime's (`runtime.KeepAlive` inlined into user code).
+    fn mark_runtime(&self, pc: u64, frames: &mut [Frame]) {
+        let runtime_code = self.is_runtime_code(pc);
+        for frame in frames {
+            frame.runtime = runtime_code || is_runtime_function(&frame.function);
+        }
+    }
+
+    /// The compilation units of every function named as a runtime package's (see
+    /// [`is_runtime_package`]), found once by one pass over the function table.
+    fn runtime_units(&self) -> &[u32] {
+        self.runtime_units.get_or_init(|| {
+            let mut units: Vec<u32> = (0..self.pclntab.len())
+                .filter_map(|i| self.pclntab.func(i))
+                .filter(|&f| self.pclntab.name(f).is_some_and(is_runtime_function))
+                .filter_map(|f| self.pclntab.compilation_unit(f))
+                .collect();
+            units.sort_unstable();
+            units.dedup();
+            units
+        })
     }
 
     fn symbolize_pclntab(&self, pc: u64) -> Vec<Frame> {
@@ -546,11 +646,40 @@ impl<'data> GoBinary<'data> {
     }
 }
 
+/// The Go version of a binary without `.go.buildinfo`: `runtime.buildVersion` by its symbol, or
+/// the one string header in the data that points at a Go version consistent with the pclntab
+/// magic and the runtime functions present (see [`buildversion`]).
+fn version_without_buildinfo(elf: &Elf<'_>, pclntab: &Pclntab<'_>) -> Result<(String, VersionSource)> {
+    if let Some(text) = buildversion::from_symbol(elf) {
+        return Ok((text, VersionSource::BuildVersionSymbol));
+    }
+    let markers = pclntab.function_names_among(buildversion::marker_names());
+    let mut candidates: Vec<String> = buildversion::search(elf)
+        .into_iter()
+        .filter(|text| {
+            GoVersion::parse(text)
+                .is_some_and(|v| buildversion::consistent(v, pclntab.is_go120_layout(), |name| markers.contains(name)))
+        })
+        .collect();
+    // The runtime's copy and another package's copy of the same release string may differ
+    // only by experiment tags; one release is all that matters.
+    candidates.sort();
+    candidates.dedup_by(|a, b| GoVersion::parse(a) == GoVersion::parse(b));
+    match candidates.as_slice() {
+        [one] => Ok((one.clone(), VersionSource::BuildVersionSearch)),
+        [] => Err(Error::UnknownVersion),
+        several => Err(Error::AmbiguousVersion {
+            candidates: several.join(", "),
+        }),
+    }
+}
+
 fn into_frame(raw: pclntab::RawFrame) -> Frame {
     Frame {
         function: raw.function,
         file: raw.file,
         line: raw.line,
         inlined: raw.inlined,
+        runtime: false,
     }
 }

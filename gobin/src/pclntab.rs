@@ -20,8 +20,24 @@ const MAGIC_GO116: u32 = 0xffff_fffa;
 const MAGIC_GO12: u32 = 0xffff_fffb;
 
 const HEADER_LEN: usize = 72;
-/// Size of the fixed part of `runtime._func`, before the `pcdata`/`funcdata` arrays.
+/// Size of the fixed part of `runtime._func`, before the `pcdata`/`funcdata` arrays, from Go
+/// 1.20 on. Go 1.20 added `startLine int32` after `cuOffset`; before it the fixed part was 40
+/// bytes and `funcID`, `flag` and `nfuncdata` sat 4 bytes earlier (`src/runtime/runtime2.go`).
 const FUNC_FIXED_LEN: usize = 44;
+const FUNC_FIXED_LEN_GO118: usize = 40;
+/// Offset of `_func.cuOffset`: the function's compilation unit (one per package), the same in
+/// every release gotrace reads.
+const FUNC_CU_OFFSET: usize = 32;
+/// `abi.FuncFlagTopFrame`: the function is the outermost frame of its stack (`goexit`,
+/// `mstart`, `rt0_go`); Go's unwinder stops there (`src/internal/abi/symtab.go`).
+pub(crate) const FUNC_FLAG_TOP_FRAME: u8 = 1 << 0;
+/// `abi.FuncFlagSPWrite`: the function writes SP (stack switches: `systemstack`, `mcall`,
+/// `morestack`, `asmcgocall`, `gogo`); Go's unwinder cannot step past it and stops.
+pub(crate) const FUNC_FLAG_SP_WRITE: u8 = 1 << 1;
+/// `abi.FuncID_cgocallback`, the one SPWRITE function Go's unwinder steps past
+/// (`runtime.(*unwinder).resolveInternal`): 4 in every release from 1.18 (`funcID_cgocallback`
+/// in `runtime/symtab.go`) to 1.27 (`internal/abi/symtab.go`).
+const FUNC_ID_CGOCALLBACK: u8 = 4;
 /// `abi.PCDATA_InlTreeIndex`.
 const PCDATA_INL_TREE_INDEX: u32 = 2;
 /// `abi.FUNCDATA_InlTree`.
@@ -70,7 +86,8 @@ pub(crate) struct Pclntab<'data> {
     filetab: &'data [u8],
     pctab: &'data [u8],
     functab: &'data [u8],
-    /// Go ≥1.20 `inlinedCall` layout (16 bytes) rather than 1.18/1.19's (20 bytes).
+    /// Go ≥1.20 `inlinedCall` layout (16 bytes) rather than 1.18/1.19's (20 bytes), and
+    /// Go ≥1.20 `_func` layout (with `startLine`).
     inline_layout_120: bool,
 }
 
@@ -118,7 +135,9 @@ fn plausible_header(data: &[u8]) -> bool {
 }
 
 impl<'data> Pclntab<'data> {
-    pub fn parse(elf: &Elf<'data>, address: u64, data: &'data [u8], version: GoVersion) -> Result<Self> {
+    /// Parses the header. `version` (when `.go.buildinfo` gave it) only names the release in
+    /// the error for a table too old to read.
+    pub fn parse(elf: &Elf<'data>, address: u64, data: &'data [u8], version: Option<GoVersion>) -> Result<Self> {
         let corrupt = |detail: String| Error::corrupt(".gopclntab", detail);
         let header = data
             .get(..HEADER_LEN)
@@ -127,8 +146,9 @@ impl<'data> Pclntab<'data> {
         match magic {
             MAGIC_GO118 | MAGIC_GO120 => {}
             MAGIC_GO116 | MAGIC_GO12 => {
+                let release = version.map_or_else(|| "a Go release before go1.18".to_owned(), |v| v.to_string());
                 return Err(Error::GoTooOld {
-                    version: format!("{version} (pclntab magic {magic:#x})"),
+                    version: format!("{release} (pclntab magic {magic:#x})"),
                 });
             }
             other => return Err(corrupt(format!("unknown magic {other:#x}"))),
@@ -191,6 +211,20 @@ impl<'data> Pclntab<'data> {
         self.nfunc
     }
 
+    /// Whether the table has Go 1.20's layout (magic `0xfffffff1`) rather than 1.18's.
+    pub fn is_go120_layout(&self) -> bool {
+        self.inline_layout_120
+    }
+
+    /// Which of `names` name a function of the table (one pass over the name table).
+    pub fn function_names_among<'n>(&self, names: impl Iterator<Item = &'n str>) -> std::collections::HashSet<&'n str> {
+        let wanted: Vec<&str> = names.collect();
+        (0..self.nfunc)
+            .filter_map(|i| self.name(self.func(i)?))
+            .filter_map(|name| wanted.iter().find(|w| **w == name).copied())
+            .collect()
+    }
+
     fn entry_off(&self, i: usize) -> Option<u32> {
         le_u32(self.functab, i.checked_mul(8)?)
     }
@@ -249,20 +283,55 @@ impl<'data> Pclntab<'data> {
         self.func_field_u32(f, 28)
     }
 
+    /// Size of the fixed part of `_func` in this release.
+    fn func_fixed_len(&self) -> usize {
+        if self.inline_layout_120 {
+            FUNC_FIXED_LEN
+        } else {
+            FUNC_FIXED_LEN_GO118
+        }
+    }
+
+    /// The byte of `_func` at `at` bytes before the end of its fixed part: `funcID` is 4
+    /// before the end, `flag` 3, `nfuncdata` 1.
+    fn func_tail_byte(&self, f: FuncEntry, from_end: usize) -> Option<u8> {
+        let at = f.func_off.checked_add(self.func_fixed_len())?.checked_sub(from_end)?;
+        self.functab.get(at).copied()
+    }
+
+    /// The function's compilation unit: its `cuOffset`, the start of its package's file list
+    /// in the CU table. Every function compiled as part of one package shares it, whatever
+    /// name `//go:linkname` gives it.
+    pub fn compilation_unit(&self, f: FuncEntry) -> Option<u32> {
+        self.func_field_u32(f, FUNC_CU_OFFSET)
+    }
+
+    /// Whether Go's own unwinder stops after this function's frame: it is marked TOPFRAME, or
+    /// it writes SP (a stack switch) and is not `cgocallback`, the one such function the
+    /// unwinder knows how to step past (`runtime.(*unwinder).resolveInternal` in
+    /// `src/runtime/traceback.go`, with `unwindSilentErrors` as `runtime.callers` passes it).
+    pub fn stops_unwinding(&self, f: FuncEntry) -> bool {
+        let (Some(func_id), Some(flag)) = (self.func_tail_byte(f, 4), self.func_tail_byte(f, 3)) else {
+            return false;
+        };
+        flag & FUNC_FLAG_TOP_FRAME != 0 || (flag & FUNC_FLAG_SP_WRITE != 0 && func_id != FUNC_ID_CGOCALLBACK)
+    }
+
     fn pcdata_offset(&self, f: FuncEntry, table: u32) -> Option<u32> {
         if table >= self.npcdata(f)? {
             return None;
         }
-        self.func_field_u32(f, FUNC_FIXED_LEN + 4 * usize::try_from(table).ok()?)
+        self.func_field_u32(f, self.func_fixed_len() + 4 * usize::try_from(table).ok()?)
     }
 
     fn funcdata_offset(&self, f: FuncEntry, index: u32) -> Option<u32> {
-        let nfuncdata = u32::from(*self.functab.get(f.func_off.checked_add(43)?)?);
+        let nfuncdata = u32::from(self.func_tail_byte(f, 1)?);
         if index >= nfuncdata {
             return None;
         }
         let npcdata = usize::try_from(self.npcdata(f)?).ok()?;
-        let at = FUNC_FIXED_LEN
+        let at = self
+            .func_fixed_len()
             .checked_add(npcdata.checked_mul(4)?)?
             .checked_add(4 * usize::try_from(index).ok()?)?;
         let off = self.func_field_u32(f, at)?;

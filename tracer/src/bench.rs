@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::mode::{Mode, Weighing};
 use crate::probes::{AttachTarget, EmptyAt, EmptyProbes, ProbeOptions, Probes};
 use crate::process::read_executable;
-use crate::session::{ProcessSymbols, runtime_frames};
+use crate::session::ProcessSymbols;
 use crate::store::Store;
 
 /// `gotrace bench empty-probe`: an empty uprobe on each counting entry point of the process
@@ -98,11 +98,10 @@ pub fn symbolize(pid: u32, stacks: usize, timeout: Duration) -> anyhow::Result<(
     let mut kept = std::collections::HashSet::new();
     counts.retain(|(key, _)| kept.contains(&key.stack) || (kept.len() < stacks && kept.insert(key.stack)));
     let frames = kept.iter().map(|id| store.stack(*id).map_or(0, |s| s.len())).sum();
-    let runtime = runtime_frames(&binary);
     let mut symbols = ProcessSymbols::new(&binary, &addresses);
     let build = |symbols: &mut ProcessSymbols<'_>| {
         let started = Instant::now();
-        let profile = crate::profile::build(Mode::Exact, stats, &counts, |id| store.stack(id), symbols, &runtime, 3);
+        let profile = crate::profile::build(Mode::Exact, stats, &counts, |id| store.stack(id), symbols, 3);
         (started.elapsed().as_secs_f64(), profile.callsites.len())
     };
     let (seconds, callsites) = build(&mut symbols);

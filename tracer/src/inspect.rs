@@ -38,6 +38,9 @@ struct Report<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     process: Option<&'a ProcessInfo>,
     go_version: &'a str,
+    /// How the version was found: `buildinfo`, or `runtime.buildVersion` by symbol or by
+    /// search when the binary has no `.go.buildinfo`.
+    go_version_source: gobin::VersionSource,
     arch: &'static str,
     pie: bool,
     has_dwarf: bool,
@@ -226,6 +229,7 @@ fn build_report<'a>(
         binary: path.display().to_string(),
         process,
         go_version: &binary.build_info().go_version,
+        go_version_source: binary.version_source(),
         arch: binary.arch().name(),
         pie: linkage.pie,
         has_dwarf: sections.dwarf,
@@ -291,7 +295,15 @@ fn render_text(r: &Report<'_>) -> String {
             p.exe.display()
         );
     }
-    let _ = writeln!(s, "go version   {}", r.go_version);
+    let _ = match r.go_version_source {
+        gobin::VersionSource::Buildinfo => writeln!(s, "go version   {}", r.go_version),
+        other => writeln!(
+            s,
+            "go version   {} (from {}; no .go.buildinfo)",
+            r.go_version,
+            other.as_str()
+        ),
+    };
     if let Some(m) = &r.build_info.main_module {
         let _ = writeln!(s, "main module  {} {}", m.path, m.version);
     }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use gobin::Frame;
+use gobin::{Frame, Unwind};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tracer_common::{AllocKey, NO_STACK, ProbeStats};
@@ -88,68 +88,9 @@ impl Kind {
     }
 }
 
-/// The package of a fully qualified Go function name: `runtime.(*mcache).refill` → `runtime`,
-/// `internal/runtime/maps.(*Map).putSlotSmall` → `internal/runtime/maps`,
-/// `main.Map[encoding/json.Number]` → `main`.
-#[must_use]
-pub fn package_of(function: &str) -> &str {
-    let head = function.split('[').next().unwrap_or(function);
-    let slash = head.rfind('/').map_or(0, |i| i + 1);
-    match head[slash..].find('.') {
-        Some(dot) => &function[..slash + dot],
-        None => head,
-    }
-}
-
-/// Whether a function belongs to the runtime: package `runtime`, or `internal/runtime/...`
-/// (where Go 1.24+ keeps its maps).
-#[must_use]
-pub fn is_runtime(function: &str) -> bool {
-    let pkg = package_of(function);
-    pkg == "runtime" || pkg == "internal/runtime" || pkg.starts_with("internal/runtime/")
-}
-
-/// Decides which frames are the runtime's.
-///
-/// By package name, and by source file: a runtime function linked into another package
-/// (`reflect.unsafe_New`, `internal/bytealg.MakeNoZero`, `sync.runtime_…`) has that package's
-/// name but its body is in `src/runtime`, and the allocation it makes belongs to its caller.
-#[derive(Debug, Clone, Default)]
-pub struct RuntimeFrames {
-    /// `…/src/runtime/`, the directory of the runtime's sources as the binary records them.
-    runtime_dir: Option<String>,
-    /// `…/src/internal/runtime/`.
-    internal_runtime_dir: Option<String>,
-}
-
-impl RuntimeFrames {
-    /// Learns where the runtime's sources are from the file of a runtime function (for example
-    /// that of `runtime.mallocgc`, `…/src/runtime/malloc.go`).
-    #[must_use]
-    pub fn from_runtime_file(file: &str) -> Self {
-        let Some(src) = file.rfind("/runtime/").map(|i| &file[..=i]) else {
-            return Self::default();
-        };
-        Self {
-            runtime_dir: Some(format!("{src}runtime/")),
-            internal_runtime_dir: Some(format!("{src}internal/runtime/")),
-        }
-    }
-
-    /// Whether the frame is the runtime's.
-    #[must_use]
-    pub fn contains(&self, frame: &Frame) -> bool {
-        if is_runtime(&frame.function) {
-            return true;
-        }
-        let in_dir = |dir: &Option<String>, nested: bool| {
-            dir.as_deref()
-                .and_then(|d| frame.file.strip_prefix(d))
-                .is_some_and(|rest| nested || !rest.contains('/'))
-        };
-        in_dir(&self.runtime_dir, false) || in_dir(&self.internal_runtime_dir, true)
-    }
-}
+#[cfg(test)]
+use gobin::is_runtime_function as is_runtime;
+pub use gobin::package_of;
 
 /// The type shown by modes that cannot know it.
 pub const UNKNOWN_TYPE: &str = "unknown";
@@ -161,6 +102,12 @@ pub trait Symbols {
     fn frames(&mut self, pc: u64, return_address: bool) -> Arc<[Frame]>;
     /// The name of the type whose descriptor is at this process address.
     fn type_name(&mut self, address: u64) -> Option<Arc<str>>;
+
+    /// What Go's own unwinder does at the frame of a process address (see [`Unwind`]); the
+    /// default knows no binary and walks on.
+    fn unwind(&mut self, _pc: u64) -> Unwind {
+        Unwind::Continue
+    }
 
     /// The logical frames of a whole allocation stack (see [`expand`]); `stack_id` names the
     /// content of `stack`, so an implementation may cache by (`stack_id`, `return_address`).
@@ -281,7 +228,6 @@ pub fn build(
     counts: &[(AllocKey, u64)],
     mut stack_of: impl FnMut(u64) -> Option<Vec<u64>>,
     symbols: &mut dyn Symbols,
-    runtime: &RuntimeFrames,
     size_sigfigs: u8,
 ) -> Profile {
     let mut by_callsite: HashMap<CallsiteKey, Callsite> = HashMap::new();
@@ -308,7 +254,7 @@ pub fn build(
                     .unwrap_or_else(|| format!("<unknown type at {:#x}>", key.type_address).into())
             })
         };
-        let (callsite, kind, runtime_frames) = callsite_and_kind(&locations, runtime);
+        let (callsite, kind, runtime_frames) = callsite_and_kind(&locations);
         let callsite_key = CallsiteKey {
             function: callsite.function.as_str().into(),
             file: callsite.file.as_str().into(),
@@ -413,14 +359,34 @@ impl Profile {
 /// Logical frames of an allocation, innermost first, as the frames of each pc: the probed
 /// function (from the stack's first pc), then its caller (from the return address the probe
 /// read, which the frame-pointer walk misses at function entry), then the rest of the walk.
+///
+/// The walk ends where Go's own heap-profile unwinder ends (`runtime.callers`, see
+/// [`Unwind`]), so that stacks and callsites agree with Go's profile: after the frame of a
+/// function that switches stacks or tops one (`runtime.systemstack`, `mcall`, `mstart`), and
+/// before the first pc that is not Go code. The frame-pointer chain goes on past
+/// `systemstack` into the goroutine that called it, but what runs on the system stack (the
+/// `runtime.g` that `gcStart` allocates for its mark workers, say) is the runtime's doing, not
+/// that goroutine's line.
 pub fn expand<S: Symbols + ?Sized>(stack: &[u64], return_address: u64, symbols: &mut S) -> Vec<(u64, Arc<[Frame]>)> {
     let mut locations = Vec::with_capacity(stack.len() + 1);
     if let Some(&probed) = stack.first() {
         locations.push((probed, symbols.frames(probed, false)));
     }
+    // The probed function's caller, always Go: it called an allocation entry point.
     locations.push((return_address, symbols.frames(return_address, true)));
+    if symbols.unwind(return_address.saturating_sub(1)) == Unwind::StopAfter {
+        return locations;
+    }
     for &pc in stack.iter().skip(1) {
+        // A return address belongs to the call before it.
+        let unwind = symbols.unwind(pc.saturating_sub(1));
+        if unwind == Unwind::NotGo {
+            break;
+        }
         locations.push((pc, symbols.frames(pc, true)));
+        if unwind == Unwind::StopAfter {
+            break;
+        }
     }
     locations
 }
@@ -443,11 +409,11 @@ fn inlined_into(locations: &[(u64, Arc<[Frame]>)], callsite_depth: usize) -> Opt
 /// The first frame outside the runtime, the kind named by the runtime function it called, and
 /// how many logical frames above it are the runtime's. Allocations the runtime makes for itself
 /// (no frame outside it) are attributed to their outermost frame, with nothing left out.
-fn callsite_and_kind(locations: &[(u64, Arc<[Frame]>)], runtime: &RuntimeFrames) -> (Frame, Kind, usize) {
+fn callsite_and_kind(locations: &[(u64, Arc<[Frame]>)]) -> (Frame, Kind, usize) {
     let mut kind = None;
     let mut outermost = None;
     for (depth, frame) in locations.iter().flat_map(|(_, f)| f.iter()).enumerate() {
-        if !runtime.contains(frame) {
+        if !frame.runtime {
             return (frame.clone(), kind.unwrap_or(Kind::Other), depth);
         }
         // The runtime frames between the probe and the callsite: the one nearest the
@@ -462,6 +428,7 @@ fn callsite_and_kind(locations: &[(u64, Arc<[Frame]>)], runtime: &RuntimeFrames)
         file: "?".to_owned(),
         line: 0,
         inlined: false,
+        runtime: false,
     });
     (site, Kind::Other, 0)
 }
@@ -487,22 +454,8 @@ mod tests {
             file: format!("/src/{}.go", package_of(function)),
             line,
             inlined: false,
+            runtime: is_runtime(function),
         }
-    }
-
-    #[test]
-    fn packages_of_function_names() {
-        assert_eq!(package_of("runtime.mallocgc"), "runtime");
-        assert_eq!(package_of("runtime.(*mcache).refill"), "runtime");
-        assert_eq!(
-            package_of("internal/runtime/maps.(*Map).putSlotSmall"),
-            "internal/runtime/maps"
-        );
-        assert_eq!(package_of("main.Map[encoding/json.Number]"), "main");
-        assert_eq!(package_of("runtime/pprof.writeHeap"), "runtime/pprof");
-        assert!(is_runtime("internal/runtime/maps.newarray"));
-        assert!(!is_runtime("runtime/pprof.writeHeap"));
-        assert!(!is_runtime("main.main"));
     }
 
     /// One pc per frame, no inlining.
@@ -522,7 +475,7 @@ mod tests {
             frame("main.build", 16),
             frame("main.main", 30),
         ]);
-        let (site, kind, runtime_frames) = callsite_and_kind(&frames, &RuntimeFrames::default());
+        let (site, kind, runtime_frames) = callsite_and_kind(&frames);
         assert_eq!(
             (site.function.as_str(), site.line, kind, runtime_frames),
             ("main.build", 16, Kind::Growslice, 2)
@@ -534,7 +487,7 @@ mod tests {
         let kind = |names: &[&str]| {
             let mut frames: Vec<Frame> = names.iter().map(|n| frame(n, 1)).collect();
             frames.push(frame("main.f", 9));
-            callsite_and_kind(&stack(frames), &RuntimeFrames::default()).1
+            callsite_and_kind(&stack(frames)).1
         };
         assert_eq!(kind(&["runtime.mallocgc", "runtime.newobject"]), Kind::New);
         assert_eq!(kind(&["runtime.mallocgcSmallNoScanSC3"]), Kind::New);
@@ -563,41 +516,97 @@ mod tests {
         assert_eq!(kind(&["runtime.mallocgc", "runtime.makechan"]), Kind::Other);
     }
 
-    /// Runtime functions linked into other packages keep those packages' names; their files
-    /// are the runtime's.
+    /// Runtime functions linked into other packages keep those packages' names; gobin marks
+    /// them as the runtime's ([`Frame::runtime`]), and the callsite is their caller.
     #[test]
     fn linknamed_runtime_functions_are_runtime_frames() {
-        let runtime = RuntimeFrames::from_runtime_file("/go/src/runtime/malloc.go");
-        let at = |function: &str, file: &str| Frame {
+        let at = |function: &str, runtime: bool| Frame {
             function: function.to_owned(),
-            file: file.to_owned(),
+            file: "runtime/malloc.go".to_owned(),
             line: 1,
             inlined: false,
+            runtime,
         };
         let frames = stack(vec![
-            at("runtime.mallocgc", "/go/src/runtime/malloc.go"),
-            at("internal/bytealg.MakeNoZero", "/go/src/runtime/slice.go"),
-            at("strings.(*Builder).grow", "/go/src/strings/builder.go"),
-            at("main.f", "/app/main.go"),
+            at("runtime.mallocgc", true),
+            at("internal/bytealg.MakeNoZero", true),
+            at("strings.(*Builder).grow", false),
+            at("main.f", false),
         ]);
-        let (site, kind, _) = callsite_and_kind(&frames, &runtime);
+        let (site, kind, _) = callsite_and_kind(&frames);
         assert_eq!(
             (site.function.as_str(), kind),
             ("strings.(*Builder).grow", Kind::Makeslice)
         );
-        let frames = stack(vec![
-            at("runtime.mallocgc", "/go/src/runtime/malloc.go"),
-            at("reflect.unsafe_New", "/go/src/runtime/malloc.go"),
-            at("reflect.New", "/go/src/reflect/value.go"),
-        ]);
-        let (site, kind, _) = callsite_and_kind(&frames, &runtime);
-        assert_eq!((site.function.as_str(), kind), ("reflect.New", Kind::New));
-        // runtime/pprof is a package of its own, not the runtime.
-        assert!(!runtime.contains(&at("runtime/pprof.writeHeap", "/go/src/runtime/pprof/pprof.go")));
-        assert!(runtime.contains(&at(
-            "internal/runtime/maps.newarray",
-            "/go/src/internal/runtime/maps/map.go"
-        )));
+        for (linknamed, caller, want) in [
+            ("reflect.unsafe_New", "reflect.New", Kind::New),
+            ("reflect.unsafe_NewArray", "reflect.MakeSlice", Kind::Makeslice),
+            ("reflect.makemap", "reflect.MakeMapWithSize", Kind::Makemap),
+            ("reflect.mapassign_faststr0", "reflect.Value.SetMapIndex", Kind::Makemap),
+        ] {
+            let frames = stack(vec![
+                at("runtime.mallocgc", true),
+                at(linknamed, true),
+                at(caller, false),
+            ]);
+            let (site, kind, runtime_frames) = callsite_and_kind(&frames);
+            assert_eq!((site.function.as_str(), kind, runtime_frames), (caller, want, 2));
+        }
+    }
+
+    /// Go's unwinder stops after `systemstack`: what the runtime allocates on the system stack
+    /// is not charged to the goroutine below it.
+    #[test]
+    fn the_walk_stops_where_go_stops() {
+        struct Stops(FakeSymbols);
+        impl Symbols for Stops {
+            fn frames(&mut self, pc: u64, return_address: bool) -> Arc<[Frame]> {
+                self.0.frames(pc, return_address)
+            }
+            fn type_name(&mut self, address: u64) -> Option<Arc<str>> {
+                self.0.type_name(address)
+            }
+            fn unwind(&mut self, pc: u64) -> Unwind {
+                match pc {
+                    0x4ff => Unwind::StopAfter,
+                    0x7ff => Unwind::NotGo,
+                    _ => Unwind::Continue,
+                }
+            }
+        }
+        let mut symbols = Stops(FakeSymbols(HashMap::from([
+            (0x100, vec![frame("runtime.mallocgc", 1)]),
+            (0x1ff, vec![frame("runtime.newobject", 2)]),
+            (0x2ff, vec![frame("runtime.malg", 3)]),
+            (0x3ff, vec![frame("runtime.newproc1", 4)]),
+            (0x4ff, vec![frame("runtime.systemstack", 5)]),
+            (0x5ff, vec![frame("main.grow", 64)]),
+            (0x6ff, vec![frame("main.cgoCallback", 7)]),
+            (0x9ff, vec![frame("main.main", 9)]),
+        ])));
+        let names = |locations: Vec<(u64, Arc<[Frame]>)>| -> Vec<String> {
+            locations
+                .iter()
+                .flat_map(|(_, f)| f.iter())
+                .map(|f| f.function.clone())
+                .collect()
+        };
+        let on_system_stack = expand(&[0x100, 0x300, 0x400, 0x500, 0x600], 0x200, &mut symbols);
+        assert_eq!(
+            names(on_system_stack.clone()),
+            [
+                "runtime.mallocgc",
+                "runtime.newobject",
+                "runtime.malg",
+                "runtime.newproc1",
+                "runtime.systemstack"
+            ]
+        );
+        let (site, kind, _) = callsite_and_kind(&on_system_stack);
+        assert_eq!((site.function.as_str(), kind), ("runtime.systemstack", Kind::Other));
+        // C code below a cgo callback ends the stack before it.
+        let through_c = expand(&[0x100, 0x800, 0xa00], 0x700, &mut symbols);
+        assert_eq!(names(through_c), ["runtime.mallocgc", "main.cgoCallback"]);
     }
 
     /// Symbols of a made-up process: pcs map to fixed frames.
@@ -643,7 +652,6 @@ mod tests {
             &counts,
             |_| Some(vec![0x100, 0x300, 0x400]),
             &mut symbols,
-            &RuntimeFrames::default(),
             3,
         );
         assert_eq!(

@@ -34,7 +34,7 @@ use crate::process::{ProcessId, exe_identity};
 use crate::profile::{self, CallsiteKey, Profile};
 use crate::remote::HeapCounter;
 use crate::report::{Report, TargetInfo};
-use crate::session::{ProcessSymbols, mapping_info, runtime_frames, target_info, unix_nanos};
+use crate::session::{ProcessSymbols, mapping_info, target_info, unix_nanos};
 use crate::store::Store;
 
 /// Which process to follow.
@@ -395,7 +395,6 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
     };
     // Attaching parsed the binary's tables and dropped some; give the memory back.
     release_free_memory();
-    let runtime = runtime_frames(&binary);
     let mut symbols = ProcessSymbols::new(&binary, &addresses);
     let mut store = Store::new(config.max_keys, config.probe_options.stack_depth);
     let heap = HeapCounter::locate(&binary, pid, &addresses);
@@ -413,7 +412,6 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
                 &store.counts(),
                 |id| store.stack(id),
                 &mut symbols,
-                &runtime,
                 SERVE_SIZE_SIGFIGS,
             );
             let mut s = lock(shared);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use gobin::procmaps::{AddressMap, process_exe};
-use gobin::{Frame, GoBinary};
+use gobin::{Frame, GoBinary, Unwind};
 
 use crate::cli::{LiveMode, OutputFormat, TraceConfig};
 use crate::export::{
@@ -22,7 +22,7 @@ use crate::live::{self, LiveView};
 use crate::memprofile::{self, MemProfileRate, PreparedProbes};
 use crate::probes::{AttachTarget, Probes};
 use crate::process::{self, Child, ExitWatch};
-use crate::profile::{self, Locations, Profile, RuntimeFrames, Symbols};
+use crate::profile::{self, Locations, Profile, Symbols};
 use crate::report::{Report, TargetInfo, human_bytes, thousands};
 use crate::store::{OTHER_CALLSITES, OTHER_CALLSITES_NAME, Store};
 
@@ -88,7 +88,6 @@ pub fn run(target: Target, config: &TraceConfig) -> anyhow::Result<ExitCode> {
         store: RefCell::new(Store::new(ATTACH_MAX_KEYS, config.probe_options.stack_depth)),
         rate,
         last_rate: std::cell::Cell::new(memprofile::DEFAULT_RATE),
-        runtime: runtime_frames(&binary),
         mapping: mapping_info(&addresses, &exe.path_in_process, &binary),
         target: target_info(pid, &exe.path_in_process, &binary),
         config,
@@ -117,16 +116,6 @@ pub(crate) fn target_info(pid: u32, exe: &Path, binary: &GoBinary<'_>) -> Target
         go_version: binary.build_info().go_version.clone(),
         arch: binary.arch().name().to_owned(),
     }
-}
-
-/// Where this binary's runtime sources are, from the file of `runtime.mallocgc`.
-pub(crate) fn runtime_frames(binary: &GoBinary<'_>) -> RuntimeFrames {
-    binary
-        .functions()
-        .by_name("runtime.mallocgc")
-        .and_then(|f| binary.symbolize(f.start).pop())
-        .map(|frame| RuntimeFrames::from_runtime_file(&frame.file))
-        .unwrap_or_default()
 }
 
 /// The executable mapping of the binary, for pprof.
@@ -161,7 +150,6 @@ struct Session<'a> {
     rate: Option<MemProfileRate>,
     /// The last rate read that was not 0.
     last_rate: std::cell::Cell<u64>,
-    runtime: RuntimeFrames,
     target: TargetInfo,
     mapping: MappingInfo,
     config: &'a TraceConfig,
@@ -338,7 +326,6 @@ impl Session<'_> {
             &store.counts(),
             |id| store.stack(id),
             symbols,
-            &self.runtime,
             REPORT_SIZE_SIGFIGS,
         ))
     }
@@ -503,6 +490,7 @@ impl Symbols for ProcessSymbols<'_> {
                 file: "?".to_owned(),
                 line: 0,
                 inlined: false,
+                runtime: false,
             }]
             .into();
         }
@@ -518,11 +506,22 @@ impl Symbols for ProcessSymbols<'_> {
                         file: "?".to_owned(),
                         line: 0,
                         inlined: false,
+                        runtime: false,
                     }]
                     .into(),
                 }
             })
             .clone()
+    }
+
+    fn unwind(&mut self, pc: u64) -> Unwind {
+        if pc == OTHER_CALLSITES.saturating_sub(1) || pc == OTHER_CALLSITES {
+            return Unwind::Continue;
+        }
+        match self.addresses.to_static(pc) {
+            Some(static_pc) => self.binary.unwind_at(static_pc),
+            None => Unwind::NotGo,
+        }
     }
 
     fn type_name(&mut self, address: u64) -> Option<Arc<str>> {

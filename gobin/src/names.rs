@@ -1,0 +1,56 @@
+//! What a Go function's name says about it.
+
+/// The package of a fully qualified Go function name: `runtime.(*mcache).refill` → `runtime`,
+/// `internal/runtime/maps.(*Map).putSlotSmall` → `internal/runtime/maps`,
+/// `main.Map[encoding/json.Number]` → `main`,
+/// `gopkg.in/yaml%2ev3.(*parser).parse` → `gopkg.in/yaml%2ev3` (the linker escapes dots in
+/// the last element of an import path).
+#[must_use]
+pub fn package_of(function: &str) -> &str {
+    let head = function.split('[').next().unwrap_or(function);
+    let slash = head.rfind('/').map_or(0, |i| i + 1);
+    match head[slash..].find('.') {
+        Some(dot) => &function[..slash + dot],
+        None => head,
+    }
+}
+
+/// Whether a package is the Go runtime: `runtime` itself, or `internal/runtime/...` (where
+/// Go 1.24+ keeps its maps, atomics and system calls). `runtime/pprof`, `runtime/debug` and
+/// other packages under `runtime/` are libraries, not the runtime.
+#[must_use]
+pub fn is_runtime_package(package: &str) -> bool {
+    package == "runtime"
+        || package == "internal/runtime"
+        || package.starts_with("internal/runtime/")
+        || package.starts_with("runtime/internal/")
+}
+
+/// Whether a function is named as the runtime's ([`is_runtime_package`] of its package).
+#[must_use]
+pub fn is_runtime_function(function: &str) -> bool {
+    is_runtime_package(package_of(function))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packages() {
+        assert_eq!(package_of("runtime.(*mcache).refill"), "runtime");
+        assert_eq!(
+            package_of("internal/runtime/maps.(*Map).putSlotSmall"),
+            "internal/runtime/maps"
+        );
+        assert_eq!(package_of("main.Map[encoding/json.Number]"), "main");
+        assert_eq!(package_of("runtime/pprof.writeHeap"), "runtime/pprof");
+        assert_eq!(package_of("gopkg.in/yaml%2ev3.(*parser).parse"), "gopkg.in/yaml%2ev3");
+        assert!(is_runtime_function("internal/runtime/maps.newarray"));
+        assert!(is_runtime_function("runtime.mallocgc"));
+        assert!(!is_runtime_function("runtime/pprof.writeHeap"));
+        assert!(!is_runtime_function("reflect.unsafe_New"));
+        assert!(!is_runtime_function("main.main"));
+        assert!(!is_runtime_function("example.com/runtime.New"));
+    }
+}
