@@ -155,4 +155,8 @@ if [[ ! -f "$arm64_dir/unpacked.stamp" ]] || ! compgen -G "$arm64_dir/root/boot/
   printf '%s busybox-static:arm64' "$kernel_pkg" >"$arm64_dir/unpacked.stamp"
 fi
 
+# --- The corpus of real Go programs -------------------------------------------------------------
+# Release builds by others (npm, PyPI, Debian), pinned by version and sha256: tracer/tests/corpus.rs.
+"$repo/scripts/corpus.sh"
+
 say "ready (Go toolchains in .cache/go, bpf-linker in .cache/tools/bin)"

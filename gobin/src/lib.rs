@@ -65,7 +65,7 @@ pub use crate::error::{Error, Result};
 pub use crate::functions::{Function, FunctionSource, FunctionTable};
 pub use crate::layout::{HeapStatsLayout, LayoutSource, RuntimeLayout};
 pub use crate::moduledata::ModuleData;
-pub use crate::names::{is_runtime_function, is_runtime_package, package_of};
+pub use crate::names::{in_main_module, is_runtime_function, is_runtime_package, module_root, package_of};
 pub use crate::prologue::StackCheck;
 pub use crate::types::runtime_spelling;
 pub use crate::version::GoVersion;
@@ -502,6 +502,35 @@ impl<'data> GoBinary<'data> {
         };
         self.mark_runtime(pc, &mut frames);
         Ok(Some(frames))
+    }
+
+    /// The import path of the program's own code, its main module: what "your code" means
+    /// when a callsite is in the standard library or a dependency. From the build info's main
+    /// module (`go version -m`: `mod`), else its main package (`path`); without build info
+    /// (or for `go build file.go`, whose path is `command-line-arguments`), from the file of
+    /// `main.main` in a `-trimpath` build, which is the package's import path. A hosting
+    /// site's path is cut to its module root (`github.com/evanw/esbuild/cmd/esbuild` →
+    /// `github.com/evanw/esbuild`). `None` when only package `main` can be known.
+    #[must_use]
+    pub fn main_module(&self) -> Option<String> {
+        let info = &self.build_info;
+        let known = |p: &&String| !p.is_empty() && p.as_str() != "command-line-arguments";
+        if let Some(m) = info.main_module.as_ref().map(|m| &m.path).filter(known) {
+            return Some(m.clone());
+        }
+        let package = if let Some(path) = info.path.as_ref().filter(known) {
+            path.clone()
+        } else {
+            let main = self.functions.by_name("main.main")?;
+            let f = self.pclntab.find(main.start)?;
+            let (file, _) = self.pclntab.file_line(f, main.start)?;
+            // An absolute path (no -trimpath) says where the source was, not its import path.
+            if file.starts_with('/') || !file.contains('/') {
+                return None;
+            }
+            file.rsplit_once('/')?.0.to_owned()
+        };
+        Some(names::module_root(&package).to_owned())
     }
 
     /// Whether the code at `pc` was compiled as part of a runtime package: the pclntab's

@@ -32,6 +32,38 @@ pub fn is_runtime_function(function: &str) -> bool {
     is_runtime_package(package_of(function))
 }
 
+/// The module root of an import path on a hosting site whose modules are `host/owner/repo`
+/// (`github.com/evanw/esbuild/cmd/esbuild` → `github.com/evanw/esbuild`); other paths as
+/// they are.
+#[must_use]
+pub fn module_root(package: &str) -> &str {
+    const HOSTS: &[&str] = &[
+        "github.com/",
+        "gitlab.com/",
+        "bitbucket.org/",
+        "golang.org/x/",
+        "codeberg.org/",
+    ];
+    if !HOSTS.iter().any(|h| package.starts_with(h)) {
+        return package;
+    }
+    let mut slashes = package.match_indices('/').map(|(i, _)| i);
+    match slashes.nth(2) {
+        Some(end) => &package[..end],
+        None => package,
+    }
+}
+
+/// Whether a function belongs to the main module `module` (see
+/// [`crate::GoBinary::main_module`]): package `main`, the module's packages, or, with no
+/// module known, package `main` only.
+#[must_use]
+pub fn in_main_module(function: &str, module: Option<&str>) -> bool {
+    let package = package_of(function);
+    package == "main"
+        || module.is_some_and(|m| package == m || package.strip_prefix(m).is_some_and(|rest| rest.starts_with('/')))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +84,22 @@ mod tests {
         assert!(!is_runtime_function("reflect.unsafe_New"));
         assert!(!is_runtime_function("main.main"));
         assert!(!is_runtime_function("example.com/runtime.New"));
+    }
+
+    #[test]
+    fn main_modules() {
+        assert_eq!(
+            module_root("github.com/evanw/esbuild/cmd/esbuild"),
+            "github.com/evanw/esbuild"
+        );
+        assert_eq!(module_root("github.com/gohugoio/hugo"), "github.com/gohugoio/hugo");
+        assert_eq!(module_root("filippo.io/age/cmd/age"), "filippo.io/age/cmd/age");
+        let hugo = Some("github.com/gohugoio/hugo");
+        assert!(in_main_module("github.com/gohugoio/hugo/hugolib.(*Site).render", hugo));
+        assert!(in_main_module("main.main", hugo));
+        assert!(!in_main_module("github.com/gohugoio/hugoext.F", hugo));
+        assert!(!in_main_module("strings.(*Builder).grow", hugo));
+        assert!(in_main_module("main.grow", None));
+        assert!(!in_main_module("fmt.Sprintf", None));
     }
 }

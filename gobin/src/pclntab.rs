@@ -103,9 +103,12 @@ pub(crate) fn locate<'data>(elf: &Elf<'data>) -> Option<(u64, &'data [u8])> {
     if let Some(sym) = elf.symbol("runtime.pclntab") {
         return elf.read_to_segment_end(sym.address).map(|d| (sym.address, d));
     }
-    // Only a binary stripped of its section headers (not something the Go linker does, but
-    // tools can) is searched: any other ELF file without the section is simply not Go.
-    if elf.has_section_headers() {
+    // Otherwise the table is searched for by its header, in two cases only, so that an ELF file
+    // that is simply not Go is not scanned: a binary stripped of its section headers (not
+    // something the Go linker does, but tools can), and a Go binary whose external link merged
+    // the table into `.data.rel.ro` (Debian's go1.19 PIE builds, e.g. `age` 1.1.1-1+b3).
+    let marked_as_go = elf.section(".go.buildinfo").is_some() || elf.section(".note.go.buildid").is_some();
+    if elf.has_section_headers() && !marked_as_go {
         return None;
     }
     elf.loads.iter().filter(|seg| !seg.is_executable()).find_map(|seg| {

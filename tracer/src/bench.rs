@@ -101,7 +101,15 @@ pub fn symbolize(pid: u32, stacks: usize, timeout: Duration) -> anyhow::Result<(
     let mut symbols = ProcessSymbols::new(&binary, &addresses);
     let build = |symbols: &mut ProcessSymbols<'_>| {
         let started = Instant::now();
-        let profile = crate::profile::build(Mode::Exact, stats, &counts, |id| store.stack(id), symbols, 3);
+        let profile = crate::profile::build(
+            Mode::Exact,
+            stats,
+            &counts,
+            |id| store.stack(id),
+            symbols,
+            3,
+            crate::profile::Grouping::First,
+        );
         (started.elapsed().as_secs_f64(), profile.callsites.len())
     };
     let (seconds, callsites) = build(&mut symbols);

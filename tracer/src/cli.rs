@@ -3,6 +3,7 @@
 // Doc comments here are `--help` text, where Markdown backticks would show as they are.
 #![expect(clippy::doc_markdown, reason = "doc comments are --help text")]
 
+use crate::profile::Grouping;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -191,6 +192,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
     pub interval: Duration,
 
+    /// Which frame names a series: first, the line that allocates; user, the first line of
+    /// the program's own code (see attach --help). Both are labels of every series
+    /// (function/file/line, and user_function/user_line or via_function/via_line).
+    #[arg(long, value_enum, value_name = "FRAME", default_value_t = Grouping::First)]
+    pub callsite: Grouping,
+
     /// Distinct (stack, size) keys kept per target; beyond it, new ones are added to one
     /// "other callsites" entry. Bounds gotrace's memory: under 64 MiB at the default (measured
     /// with `cargo xtask soak`); each 10,000 more keys cost about 15 MiB.
@@ -257,6 +264,7 @@ impl ServeArgs {
                 span_duty_cycle: self.span_budget.duty_cycle()?,
                 time_probes: self.time_probes,
             },
+            grouping: self.callsite,
         })
     }
 }
@@ -307,6 +315,13 @@ pub struct TraceArgs {
     /// (anything else: --format).
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Vec<PathBuf>,
+
+    /// Which frame names a row: first, the line that allocates (as Go's heap profile names
+    /// it, possibly in the standard library or a dependency), with the first line of your own
+    /// code (the main module) shown next to it; or user, your line, with the library line
+    /// next to it.
+    #[arg(long, value_enum, value_name = "FRAME", default_value_t = Grouping::First)]
+    pub callsite: Grouping,
 
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -433,6 +448,8 @@ pub struct TraceConfig {
     pub set_mem_profile_rate: Option<u64>,
     /// `--stack-depth` and `--span-budget`.
     pub probe_options: ProbeOptions,
+    /// `--callsite`.
+    pub grouping: Grouping,
 }
 
 impl OutputFormat {
@@ -523,6 +540,7 @@ impl TraceArgs {
                 span_duty_cycle: self.sampling.span_budget.duty_cycle()?,
                 time_probes: self.sampling.time_probes,
             },
+            grouping: self.callsite,
         })
     }
 }

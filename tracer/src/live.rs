@@ -15,7 +15,7 @@ use ratatui::text::Line;
 use ratatui::widgets::{Cell, Paragraph, Row, Table};
 use tokio::sync::mpsc;
 
-use crate::report::{CallsiteReport, Report, human_bytes, short_path, summary_line, thousands};
+use crate::report::{CallsiteReport, Position, Report, human_bytes, short_path, summary_line, thousands};
 
 /// The order of the rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +223,12 @@ impl LiveView {
             );
 
             let rows = state.rows();
+            // The other frame of --callsite: your code, or the library line that allocated.
+            let other_title = if rows.iter().any(|c| c.via.is_some()) {
+                "VIA"
+            } else {
+                "YOUR CODE"
+            };
             let right = |title: &'static str| Cell::from(Line::from(title).right_aligned());
             let header = Row::new([
                 right("BYTES"),
@@ -233,6 +239,7 @@ impl LiveView {
                 Cell::from("KIND"),
                 Cell::from("TYPE"),
                 Cell::from("CALLSITE"),
+                Cell::from(other_title),
             ])
             .style(style(Style::new().add_modifier(Modifier::BOLD).cyan()));
             let body = rows.iter().map(|c| {
@@ -245,6 +252,12 @@ impl LiveView {
                     Cell::from(c.kind),
                     Cell::from(c.type_name.clone().unwrap_or_else(|| "-".to_owned())),
                     Cell::from(format!("{} {}:{}", c.function, short_path(&c.file), c.line)),
+                    Cell::from(
+                        c.user
+                            .as_ref()
+                            .or(c.via.as_ref())
+                            .map_or_else(String::new, Position::short),
+                    ),
                 ])
             });
             let widths = [
@@ -254,7 +267,8 @@ impl LiveView {
                 Constraint::Length(7),
                 Constraint::Length(8),
                 Constraint::Length(9),
-                Constraint::Percentage(25),
+                Constraint::Percentage(20),
+                Constraint::Fill(1),
                 Constraint::Fill(1),
             ];
             frame.render_widget(Table::new(body, widths).header(header), table_area);
@@ -304,6 +318,8 @@ mod tests {
                 max: p50,
             },
             inlined_into: Vec::new(),
+            user: None,
+            via: None,
         }
     }
 

@@ -319,11 +319,17 @@ impl Probes {
         Some(frames)
     }
 
-    /// Empties the kernel's stack map (user space keeps copies of the stacks it needs), so
-    /// that a target whose stacks keep changing does not fill it for good. A probe that finds
-    /// its stack gone stores it again.
-    pub fn forget_stacks(&mut self) {
-        let keys: Vec<u64> = self.stacks.keys().filter_map(Result::ok).collect();
+    /// Removes from the kernel's stack map the stacks that user space has copied (`copied`),
+    /// so that a target whose stacks keep changing does not fill it for good. A probe that
+    /// finds its stack gone stores it again. Stacks not copied yet stay: a key counted since
+    /// the last drain may name one, and it would come out without a stack.
+    pub fn forget_stacks(&mut self, copied: impl Fn(u64) -> bool) {
+        let keys: Vec<u64> = self
+            .stacks
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|&k| copied(k))
+            .collect();
         for key in keys {
             let _ = self.stacks.remove(&key);
         }

@@ -117,7 +117,30 @@ pub trait Symbols {
 
     /// Called at the end of each [`build`]: a cache may drop what that build did not use.
     fn build_done(&mut self) {}
+
+    /// Whether a function is the program's own code, its main module (see
+    /// [`gobin::GoBinary::main_module`]); the default knows only package `main`.
+    fn in_main_module(&self, function: &str) -> bool {
+        gobin::in_main_module(function, None)
+    }
 }
+
+/// Which frame of an allocation's stack names its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Grouping {
+    /// The first frame outside the runtime, as Go's heap profile names it: the line that
+    /// allocates, in the standard library or a dependency if that is where it is (the first
+    /// frame of the main module is shown next to it).
+    #[default]
+    First,
+    /// The first frame in the program's own code (its main module): rows of the same line of
+    /// yours add up, whichever library call allocated for it (that callsite is shown next to
+    /// it). Allocations with no frame of the main module keep the first frame.
+    User,
+}
+
+/// A source position: function, file, line.
+pub type Position = (Arc<str>, Arc<str>, u32);
 
 /// A stack's pcs, each with its logical frames (innermost first).
 pub type Locations = Arc<[(u64, Arc<[Frame]>)]>;
@@ -156,12 +179,33 @@ pub struct Callsite {
     /// line of the outermost frame of the same instruction), at most [`MAX_INLINED_INTO`].
     /// The compiler reports its escape decisions for inlined code at those lines.
     pub inlined_into: Vec<(Arc<str>, Arc<str>, u32)>,
+    /// With [`Grouping::First`]: the first frame of the main module, when the row's line is
+    /// outside it (the most frequent one, when the row's allocations came from several).
+    pub user: Option<Position>,
+    /// With [`Grouping::User`]: the first frame outside the runtime (the line that allocated),
+    /// when it is not the main module's (the most frequent one).
+    pub via: Option<Position>,
+    /// Allocations per candidate of [`Self::user`] or [`Self::via`] while the profile is built.
+    pub(crate) also_counts: HashMap<Position, u64>,
 }
 
 /// How many inlining positions a callsite keeps.
 pub const MAX_INLINED_INTO: usize = 4;
 
 impl Callsite {
+    /// Sets [`Self::user`] or [`Self::via`] (by `grouping`) to the most frequent candidate.
+    fn with_other_frame(mut self, grouping: Grouping) -> Self {
+        let most = std::mem::take(&mut self.also_counts)
+            .into_iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
+            .map(|(at, _)| at);
+        match grouping {
+            Grouping::First => self.user = most,
+            Grouping::User => self.via = most,
+        }
+        self
+    }
+
     /// The size at quantile `q`: the histogram's value, within the exact range of sizes seen,
     /// so a callsite that always asks for the same size reports exactly that size.
     #[must_use]
@@ -214,6 +258,8 @@ pub struct Profile {
     pub callsites: Vec<Callsite>,
     /// Full stacks.
     pub samples: Vec<Sample>,
+    /// Which frame names the rows.
+    pub grouping: Grouping,
 }
 
 /// Builds the profile from cumulative counts. `stack_of` gives the user stack of a stack key
@@ -229,6 +275,7 @@ pub fn build(
     mut stack_of: impl FnMut(u64) -> Option<Vec<u64>>,
     symbols: &mut dyn Symbols,
     size_sigfigs: u8,
+    grouping: Grouping,
 ) -> Profile {
     let mut by_callsite: HashMap<CallsiteKey, Callsite> = HashMap::new();
     let mut samples = Vec::with_capacity(counts.len());
@@ -255,10 +302,15 @@ pub fn build(
             })
         };
         let (callsite, kind, runtime_frames) = callsite_and_kind(&locations);
+        let user = first_main_module_frame(&locations, runtime_frames, symbols);
+        let (site, also) = match (grouping, user) {
+            (Grouping::User, Some(user)) => (user, Some(callsite)),
+            (_, user) => (callsite, user),
+        };
         let callsite_key = CallsiteKey {
-            function: callsite.function.as_str().into(),
-            file: callsite.file.as_str().into(),
-            line: callsite.line,
+            function: site.function.as_str().into(),
+            file: site.file.as_str().into(),
+            line: site.line,
             type_name: type_name.clone(),
             kind,
         };
@@ -274,7 +326,14 @@ pub fn build(
             min_size: u64::MAX,
             max_size: 0,
             inlined_into: Vec::new(),
+            user: None,
+            via: None,
+            also_counts: HashMap::new(),
         });
+        if let Some(also) = also {
+            let at = (also.function.as_str().into(), also.file.as_str().into(), also.line);
+            *entry.also_counts.entry(at).or_default() += count;
+        }
         if let Some(outer) = inlined_into(&locations, runtime_frames) {
             let at = (outer.function.as_str().into(), outer.file.as_str().into(), outer.line);
             if entry.inlined_into.len() < MAX_INLINED_INTO && !entry.inlined_into.contains(&at) {
@@ -297,7 +356,10 @@ pub fn build(
         });
     }
     symbols.build_done();
-    let mut callsites: Vec<Callsite> = by_callsite.into_values().collect();
+    let mut callsites: Vec<Callsite> = by_callsite
+        .into_values()
+        .map(|c| c.with_other_frame(grouping))
+        .collect();
     callsites.sort_by(|a, b| {
         b.bytes
             .cmp(&a.bytes)
@@ -310,6 +372,7 @@ pub fn build(
         totals,
         callsites,
         samples,
+        grouping,
     }
 }
 
@@ -352,6 +415,7 @@ impl Profile {
             totals,
             callsites: Vec::new(),
             samples,
+            grouping: self.grouping,
         }
     }
 }
@@ -409,6 +473,23 @@ fn inlined_into(locations: &[(u64, Arc<[Frame]>)], callsite_depth: usize) -> Opt
 /// The first frame outside the runtime, the kind named by the runtime function it called, and
 /// how many logical frames above it are the runtime's. Allocations the runtime makes for itself
 /// (no frame outside it) are attributed to their outermost frame, with nothing left out.
+/// The first frame of the main module from the callsite (logical frame `callsite_depth`)
+/// outwards, when the callsite itself is not in it.
+fn first_main_module_frame(
+    locations: &[(u64, Arc<[Frame]>)],
+    callsite_depth: usize,
+    symbols: &dyn Symbols,
+) -> Option<Frame> {
+    let mut frames = locations.iter().flat_map(|(_, f)| f.iter()).skip(callsite_depth);
+    let callsite = frames.next()?;
+    if callsite.runtime || symbols.in_main_module(&callsite.function) {
+        return None;
+    }
+    frames
+        .find(|f| !f.runtime && symbols.in_main_module(&f.function))
+        .cloned()
+}
+
 fn callsite_and_kind(locations: &[(u64, Arc<[Frame]>)]) -> (Frame, Kind, usize) {
     let mut kind = None;
     let mut outermost = None;
@@ -623,6 +704,75 @@ mod tests {
     }
 
     #[test]
+    fn rows_by_the_first_frame_or_by_the_main_modules() {
+        // render (main) → WriteString → grow (strings) → growslice → mallocgc; and, from
+        // another line of main, the same grow.
+        let mut symbols = FakeSymbols(HashMap::from([
+            (0x100, vec![frame("runtime.mallocgc", 1)]),
+            (0x1ff, vec![frame("runtime.growslice", 2)]),
+            (0x2ff, vec![frame("strings.(*Builder).grow", 3)]),
+            (0x3ff, vec![frame("strings.(*Builder).WriteString", 4)]),
+            (0x4ff, vec![frame("main.render", 40)]),
+            (0x5ff, vec![frame("main.render", 50)]),
+            (0x6ff, vec![frame("main.main", 9)]),
+        ]));
+        let key = |stack| AllocKey {
+            stack,
+            return_address: 0x200,
+            type_address: 0,
+            size: 16,
+        };
+        let counts = [(key(1), 10), (key(2), 3)];
+        let stack_of = |id| {
+            Some(if id == 1 {
+                vec![0x100, 0x300, 0x400, 0x500, 0x700]
+            } else {
+                vec![0x100, 0x300, 0x400, 0x600, 0x700]
+            })
+        };
+        let first = build(
+            Mode::Exact,
+            ProbeStats::default(),
+            &counts,
+            stack_of,
+            &mut symbols,
+            3,
+            Grouping::First,
+        );
+        assert_eq!(first.callsites.len(), 1);
+        let row = &first.callsites[0];
+        assert_eq!(
+            (&*row.key.function, row.key.line, row.allocations),
+            ("strings.(*Builder).grow", 3, 13)
+        );
+        let user = row.user.as_ref().expect("the main module's frame");
+        assert_eq!((&*user.0, user.2), ("main.render", 40), "the most frequent one");
+        assert_eq!(row.via, None);
+
+        let by_user = build(
+            Mode::Exact,
+            ProbeStats::default(),
+            &counts,
+            stack_of,
+            &mut symbols,
+            3,
+            Grouping::User,
+        );
+        let rows: Vec<(&str, u32, u64)> = by_user
+            .callsites
+            .iter()
+            .map(|c| (&*c.key.function, c.key.line, c.allocations))
+            .collect();
+        assert_eq!(rows, [("main.render", 40, 10), ("main.render", 50, 3)]);
+        for c in &by_user.callsites {
+            let via = c.via.as_ref().expect("the library line");
+            assert_eq!((&*via.0, via.2), ("strings.(*Builder).grow", 3));
+            assert_eq!(c.key.kind, Kind::Growslice);
+            assert_eq!(c.user, None);
+        }
+    }
+
+    #[test]
     fn profile_joins_stack_return_address_and_type() {
         let mut symbols = FakeSymbols(HashMap::from([
             (0x100, vec![frame("runtime.mallocgc", 1)]),
@@ -653,6 +803,7 @@ mod tests {
             |_| Some(vec![0x100, 0x300, 0x400]),
             &mut symbols,
             3,
+            Grouping::First,
         );
         assert_eq!(
             profile.totals,

@@ -58,6 +58,13 @@ pub struct CallsiteReport {
     /// escape decisions for inlined code at these positions.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub inlined_into: Vec<Position>,
+    /// With `--callsite first` (the default), when the line is outside the program's main
+    /// module: the first line of the main module on the way to it (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<Position>,
+    /// With `--callsite user`: the line that allocated, when it is outside the main module.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<Position>,
 }
 
 /// A source position: function, file, line.
@@ -93,7 +100,27 @@ impl From<&Callsite> for CallsiteReport {
                     line: *line,
                 })
                 .collect(),
+            user: c.user.as_ref().map(Position::from),
+            via: c.via.as_ref().map(Position::from),
         }
+    }
+}
+
+impl From<&crate::profile::Position> for Position {
+    fn from((function, file, line): &crate::profile::Position) -> Self {
+        Self {
+            function: function.to_string(),
+            file: file.to_string(),
+            line: *line,
+        }
+    }
+}
+
+impl Position {
+    /// `function file:line`, the file shortened, as tables show a position.
+    #[must_use]
+    pub fn short(&self) -> String {
+        format!("{} {}:{}", self.function, short_path(&self.file), self.line)
     }
 }
 

@@ -64,6 +64,8 @@ pub struct ServeConfig {
     pub max_keys: usize,
     /// Frames walked and kept per stack, span mode's budget.
     pub probe_options: ProbeOptions,
+    /// `--callsite`.
+    pub grouping: profile::Grouping,
 }
 
 /// How often the collector checks whether its target still lives, and looks for a new one.
@@ -413,6 +415,7 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
                 |id| store.stack(id),
                 &mut symbols,
                 SERVE_SIZE_SIGFIGS,
+                config.grouping,
             );
             let mut s = lock(shared);
             s.profile = Some(Arc::new(profile));
@@ -616,9 +619,19 @@ fn render_callsites(out: &mut String, s: &mut Snapshot, profile: &Profile, top_k
             let _ = writeln!(out, "# HELP {name} {help}{estimated}");
             let _ = writeln!(out, "# TYPE {name} counter");
             for c in &series {
+                // The other frame of --callsite, as two more labels when there is one.
+                let other = match (&c.user, &c.via) {
+                    (Some((function, _, line)), _) => {
+                        format!(",user_function=\"{}\",user_line=\"{line}\"", label(function))
+                    }
+                    (None, Some((function, _, line))) => {
+                        format!(",via_function=\"{}\",via_line=\"{line}\"", label(function))
+                    }
+                    (None, None) => String::new(),
+                };
                 let _ = writeln!(
                     out,
-                    "{name}{{function=\"{}\",file=\"{}\",line=\"{}\",type=\"{}\",kind=\"{}\"}} {}",
+                    "{name}{{function=\"{}\",file=\"{}\",line=\"{}\",type=\"{}\",kind=\"{}\"{other}}} {}",
                     label(&c.key.function),
                     label(&c.key.file),
                     c.key.line,
@@ -900,6 +913,9 @@ mod tests {
                 min_size: 8,
                 max_size: 8,
                 inlined_into: Vec::new(),
+                user: None,
+                via: None,
+                also_counts: HashMap::new(),
             })
             .collect();
         Profile {
@@ -908,6 +924,7 @@ mod tests {
             totals: profile::Totals::default(),
             callsites,
             samples: Vec::new(),
+            grouping: profile::Grouping::First,
         }
     }
 

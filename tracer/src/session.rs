@@ -141,6 +141,14 @@ const CHILD_EXIT_GRACE: Duration = Duration::from_secs(10);
 /// bound (about 100 bytes each).
 const ATTACH_MAX_KEYS: usize = 1_000_000;
 
+/// How often the probes' maps are drained between reports. The kernel's stack map holds
+/// `STACKS_MAP_ENTRIES` stacks and is emptied only from here (`Store::collect`); a program
+/// with many distinct stacks (a template engine under `GOGC=1`: Hugo stores about 20,000
+/// new stacks a second) filled it within one 2-second interval, and what its probes counted
+/// then had no stack, so the callsite was only the return address (`runtime.makeslice`).
+/// Duty-cycled modes drain once per interval, which their scaling is measured over.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(250);
+
 struct Session<'a> {
     binary: &'a GoBinary<'a>,
     addresses: &'a AddressMap,
@@ -212,6 +220,8 @@ impl Session<'_> {
             };
             let mut ticker = tokio::time::interval_at(first, self.config.interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut drain_ticker = tokio::time::interval(DRAIN_INTERVAL.min(self.config.interval));
+            drain_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut view = match self.config.live {
                 LiveMode::View => Some(LiveView::start().context("cannot start the live view")?),
                 _ => None,
@@ -234,6 +244,7 @@ impl Session<'_> {
                         let profile = self.profile(&mut symbols)?;
                         self.show(&profile, started.elapsed().as_secs_f64(), view.as_mut(), stream.as_mut())?;
                     }
+                    _ = drain_ticker.tick(), if !self.probes.borrow().duty_cycled() => self.drain()?,
                 }
             };
             drop(view);
@@ -312,13 +323,21 @@ impl Session<'_> {
         Ok(())
     }
 
-    fn profile(&self, symbols: &mut ProcessSymbols<'_>) -> anyhow::Result<Profile> {
+    /// Moves what the probes counted into the store, and empties the kernel's stack map once
+    /// the store holds a good part of it (see [`Store::collect`]).
+    fn drain(&self) -> anyhow::Result<()> {
         let mut probes = self.probes.borrow_mut();
         let mut store = self.store.borrow_mut();
         let mut last_rate = self.last_rate.get();
         let weighing = memprofile::weighing(probes.mode, probes.sampler_rate(), self.rate.as_ref(), &mut last_rate);
         self.last_rate.set(last_rate);
-        store.collect(&mut probes, weighing)?;
+        store.collect(&mut probes, weighing)
+    }
+
+    fn profile(&self, symbols: &mut ProcessSymbols<'_>) -> anyhow::Result<Profile> {
+        self.drain()?;
+        let probes = self.probes.borrow();
+        let store = self.store.borrow();
         let stats = probes.stats()?;
         Ok(profile::build(
             probes.mode,
@@ -327,6 +346,7 @@ impl Session<'_> {
             |id| store.stack(id),
             symbols,
             REPORT_SIZE_SIGFIGS,
+            self.config.grouping,
         ))
     }
 
@@ -452,6 +472,8 @@ pub(crate) struct ProcessSymbols<'a> {
     /// Expanded stacks by (stack key, return address), and whether the current build used
     /// them: profiles built one after another share them instead of holding copies.
     locations: HashMap<(u64, u64), (Locations, bool)>,
+    /// The program's own code (see [`GoBinary::main_module`]).
+    main_module: Option<String>,
 }
 
 impl<'a> ProcessSymbols<'a> {
@@ -462,11 +484,16 @@ impl<'a> ProcessSymbols<'a> {
             frames: HashMap::new(),
             types: HashMap::new(),
             locations: HashMap::new(),
+            main_module: binary.main_module(),
         }
     }
 }
 
 impl Symbols for ProcessSymbols<'_> {
+    fn in_main_module(&self, function: &str) -> bool {
+        gobin::in_main_module(function, self.main_module.as_deref())
+    }
+
     fn locations(&mut self, stack_id: u64, stack: &[u64], return_address: u64) -> Locations {
         if let Some((locations, used)) = self.locations.get_mut(&(stack_id, return_address)) {
             *used = true;

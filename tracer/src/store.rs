@@ -101,9 +101,10 @@ impl Store {
             }
         }
         // The kernel's stack map only grows; once a good part of it has been copied here,
-        // empty it so that new stacks keep finding room.
+        // remove the copied stacks so that new ones keep finding room. (Removing all of them
+        // lost the stacks of keys counted between the drain above and the removal.)
         if self.stacks_read_since_purge > STACKS_MAP_ENTRIES as usize / 4 {
-            probes.forget_stacks();
+            probes.forget_stacks(|id| self.cut.contains_key(&id));
             self.stacks_read_since_purge = 0;
         }
         Ok(())

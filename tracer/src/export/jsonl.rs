@@ -98,5 +98,8 @@ fn delta(now: &Callsite, before: Option<&Callsite>) -> Option<Callsite> {
         min_size,
         max_size,
         inlined_into: now.inlined_into.clone(),
+        user: now.user.clone(),
+        via: now.via.clone(),
+        also_counts: HashMap::new(),
     })
 }

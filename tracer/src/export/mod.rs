@@ -10,7 +10,7 @@ use std::io::{self, Write};
 
 use crate::probes::ProbeRunTime;
 use crate::profile::Profile;
-use crate::report::{Report, human_bytes, short_path, summary_line, thousands};
+use crate::report::{Position, Report, human_bytes, short_path, summary_line, thousands};
 
 pub use flame::{FoldedExporter, SvgExporter};
 pub use pprof::PprofExporter;
@@ -91,7 +91,12 @@ impl TableExporter {
         if let Some(run_time) = report.probes.run_time {
             writeln!(out, "{}", run_time_line(run_time))?;
         }
-        let mut rows = vec![[
+        // The other frame of --callsite gets a column when any row has one.
+        let other = report
+            .callsites
+            .iter()
+            .find_map(|c| c.user.as_ref().map(|_| "YOUR CODE").or(c.via.as_ref().map(|_| "VIA")));
+        let mut rows = vec![vec![
             "BYTES".to_owned(),
             "ALLOCS".to_owned(),
             "P50".to_owned(),
@@ -101,8 +106,11 @@ impl TableExporter {
             "TYPE".to_owned(),
             "CALLSITE".to_owned(),
         ]];
+        if let Some(title) = other {
+            rows[0].push(title.to_owned());
+        }
         for c in &report.callsites {
-            rows.push([
+            let mut row = vec![
                 human_bytes(c.bytes),
                 thousands(c.allocations),
                 c.size.p50.to_string(),
@@ -111,10 +119,20 @@ impl TableExporter {
                 c.kind.to_owned(),
                 c.type_name.clone().unwrap_or_else(|| "-".to_owned()),
                 format!("{} {}:{}", c.function, short_path(&c.file), c.line),
-            ]);
+            ];
+            if other.is_some() {
+                row.push(
+                    c.user
+                        .as_ref()
+                        .or(c.via.as_ref())
+                        .map_or_else(|| "-".to_owned(), Position::short),
+                );
+            }
+            rows.push(row);
         }
-        // Numbers right-aligned, words left-aligned, the callsite last and unpadded.
-        let mut widths = [0usize; 8];
+        // Numbers right-aligned, words left-aligned, the last column unpadded.
+        let columns = rows[0].len();
+        let mut widths = vec![0usize; columns];
         for row in &rows {
             for (w, cell) in widths.iter_mut().zip(row) {
                 *w = (*w).max(cell.chars().count());
@@ -122,11 +140,12 @@ impl TableExporter {
         }
         for row in &rows {
             let mut line = String::new();
-            for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
                 let sep = if i == 0 { "" } else { "  " };
+                let w = *w;
                 let cell = match i {
                     0..=4 => format!("{sep}{cell:>w$}"),
-                    7 => format!("{sep}{cell}"),
+                    _ if i + 1 == columns => format!("{sep}{cell}"),
                     _ => format!("{sep}{cell:<w$}"),
                 };
                 line.push_str(&cell);
