@@ -490,16 +490,31 @@ fn first_main_module_frame(
         .cloned()
 }
 
+/// The runtime's malloc implementation: `runtime.mallocgc` and its parts and size-specialised
+/// forms (`mallocgcTiny`, `mallocgcSmallScanNoHeaderSC3`, …).
+fn is_malloc_implementation(function: &str) -> bool {
+    function.starts_with("runtime.mallocgc")
+}
+
 fn callsite_and_kind(locations: &[(u64, Arc<[Frame]>)]) -> (Frame, Kind, usize) {
     let mut kind = None;
     let mut outermost = None;
+    // Set once the walk passes a second malloc frame: what lies beyond is an allocation that
+    // was in progress when this one was made for the runtime's own needs (a `runtime.sudog`
+    // to wait on `work.startSema` when `mallocgc` starts a GC cycle), so its front doors do
+    // not name this allocation's kind.
+    let mut kind_settled = false;
     for (depth, frame) in locations.iter().flat_map(|(_, f)| f.iter()).enumerate() {
         if !frame.runtime {
             return (frame.clone(), kind.unwrap_or(Kind::Other), depth);
         }
+        if depth > 0 && is_malloc_implementation(&frame.function) {
+            kind_settled = true;
+        }
         // The runtime frames between the probe and the callsite: the one nearest the
-        // callsite that is an allocation front door names the kind.
-        if let Some(k) = Kind::of_runtime_function(&frame.function) {
+        // callsite that is an allocation front door names the kind (`makemap` rather than
+        // the `newobject` it calls).
+        if !kind_settled && let Some(k) = Kind::of_runtime_function(&frame.function) {
             kind = Some(k);
         }
         outermost = Some(frame);
@@ -595,6 +610,21 @@ mod tests {
         assert_eq!(kind(&["runtime.mallocgc", "runtime.convT"]), Kind::ConvT);
         assert_eq!(kind(&["runtime.mallocgc"]), Kind::Other);
         assert_eq!(kind(&["runtime.mallocgc", "runtime.makechan"]), Kind::Other);
+        // Made for the runtime while another allocation was in progress (a sudog to wait on
+        // work.startSema when that allocation starts a GC cycle): charged to the same line, as
+        // Go's profile does, but its own kind.
+        assert_eq!(
+            kind(&[
+                "runtime.mallocgc",
+                "runtime.newobject",
+                "runtime.acquireSudog",
+                "runtime.semacquire1",
+                "runtime.gcStart",
+                "runtime.mallocgc",
+                "runtime.makeslice"
+            ]),
+            Kind::New
+        );
     }
 
     /// Runtime functions linked into other packages keep those packages' names; gobin marks
