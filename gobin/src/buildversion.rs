@@ -207,7 +207,7 @@ mod tests {
     #[test]
     fn markers_bound_the_release() {
         let has = |names: &'static [&'static str]| move |n: &str| names.contains(&n);
-        let go127 = has(&["runtime.(*unwinder).next", "runtime.mallocgcTiny"]);
+        let go127 = has(&["runtime.(*unwinder).next", "runtime.mallocgcLarge"]);
         assert!(consistent(GoVersion::new(1, 27, 3), true, go127));
         assert!(!consistent(GoVersion::new(1, 23, 0), true, go127));
         let go119 = has(&[]);

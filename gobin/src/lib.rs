@@ -508,9 +508,10 @@ impl<'data> GoBinary<'data> {
     /// when a callsite is in the standard library or a dependency. From the build info's main
     /// module (`go version -m`: `mod`), else its main package (`path`); without build info
     /// (or for `go build file.go`, whose path is `command-line-arguments`), from the file of
-    /// `main.main` in a `-trimpath` build, which is the package's import path. A hosting
-    /// site's path is cut to its module root (`github.com/evanw/esbuild/cmd/esbuild` →
-    /// `github.com/evanw/esbuild`). `None` when only package `main` can be known.
+    /// `main.main` in a `-trimpath` build, which is the package's import path. A package path
+    /// is cut to a guess at its module root ([`module_root`]:
+    /// `github.com/evanw/esbuild/cmd/esbuild` → `github.com/evanw/esbuild`). `None` when only
+    /// package `main` can be known.
     #[must_use]
     pub fn main_module(&self) -> Option<String> {
         let info = &self.build_info;

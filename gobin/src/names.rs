@@ -32,9 +32,11 @@ pub fn is_runtime_function(function: &str) -> bool {
     is_runtime_package(package_of(function))
 }
 
-/// The module root of an import path on a hosting site whose modules are `host/owner/repo`
-/// (`github.com/evanw/esbuild/cmd/esbuild` → `github.com/evanw/esbuild`); other paths as
-/// they are.
+/// A guess at the module root of a main package's import path: on a hosting site whose
+/// modules are `host/owner/repo`, those three elements
+/// (`github.com/evanw/esbuild/cmd/esbuild` → `github.com/evanw/esbuild`); elsewhere, what
+/// comes before a `/cmd/` element, Go's convention for commands (`filippo.io/age/cmd/age` →
+/// `filippo.io/age`); else the path as it is.
 #[must_use]
 pub fn module_root(package: &str) -> &str {
     const HOSTS: &[&str] = &[
@@ -45,7 +47,7 @@ pub fn module_root(package: &str) -> &str {
         "codeberg.org/",
     ];
     if !HOSTS.iter().any(|h| package.starts_with(h)) {
-        return package;
+        return package.split_once("/cmd/").map_or(package, |(root, _)| root);
     }
     let mut slashes = package.match_indices('/').map(|(i, _)| i);
     match slashes.nth(2) {
@@ -93,7 +95,8 @@ mod tests {
             "github.com/evanw/esbuild"
         );
         assert_eq!(module_root("github.com/gohugoio/hugo"), "github.com/gohugoio/hugo");
-        assert_eq!(module_root("filippo.io/age/cmd/age"), "filippo.io/age/cmd/age");
+        assert_eq!(module_root("filippo.io/age/cmd/age"), "filippo.io/age");
+        assert_eq!(module_root("example.com/tool"), "example.com/tool");
         let hugo = Some("github.com/gohugoio/hugo");
         assert!(in_main_module("github.com/gohugoio/hugo/hugolib.(*Site).render", hugo));
         assert!(in_main_module("main.main", hugo));

@@ -925,3 +925,69 @@ fn build_ids_match_readelf_and_go_tool_buildid() {
         assert_eq!(bin.build_id().as_deref(), Some(expected.as_str()), "{}", f.name());
     }
 }
+
+/// Runtime code is known by its compilation unit, whatever package name `//go:linkname` gave
+/// it: the functions the runtime pushes into `reflect` and `internal/bytealg` are runtime code,
+/// their callers are not.
+#[test]
+fn linknamed_runtime_code_is_runtime_code() {
+    let runtime_code = [
+        "runtime.mallocgc",
+        "reflect.unsafe_New",
+        "reflect.unsafe_NewArray",
+        "reflect.makemap",
+        "reflect.mapassign_faststr0",
+        "reflect.mapassign0",
+        "internal/bytealg.MakeNoZero",
+    ];
+    let not_runtime = [
+        "main.main",
+        "reflect.New",
+        "reflect.Value.call",
+        "strings.(*Builder).grow",
+    ];
+    for f in allocs_fixtures() {
+        let data = f.bytes();
+        let bin = parse(&data, &f);
+        let name = f.name();
+        let mut found = 0;
+        for function in runtime_code {
+            if let Some(func) = bin.functions().by_name(function) {
+                assert!(bin.is_runtime_code(func.start), "{name}: {function} is runtime code");
+                found += 1;
+            }
+        }
+        // The fixture uses reflect.New and strings.Builder, so at least these three are linked.
+        assert!(found >= 3, "{name}: only {found} of {runtime_code:?} linked");
+        assert!(bin.functions().by_name("reflect.unsafe_New").is_some(), "{name}");
+        for function in not_runtime {
+            if let Some(func) = bin.functions().by_name(function) {
+                assert!(
+                    !bin.is_runtime_code(func.start),
+                    "{name}: {function} is not runtime code"
+                );
+            }
+        }
+        // Where Go's unwinder stops: the system stack's and goroutines' top frames.
+        // Assembly functions are named with their ABI in .symtab (`runtime.systemstack.abi0`).
+        let by_name = |function: &str| {
+            bin.functions()
+                .by_name(function)
+                .or_else(|| bin.functions().by_name(&format!("{function}.abi0")))
+                .unwrap_or_else(|| panic!("{name}: {function}"))
+        };
+        for function in ["runtime.systemstack", "runtime.mstart", "runtime.goexit"] {
+            let func = by_name(function);
+            assert_eq!(
+                bin.unwind_at(func.start),
+                gobin::Unwind::StopAfter,
+                "{name}: {function}"
+            );
+        }
+        for function in ["runtime.mallocgc", "main.main", "runtime.newproc1"] {
+            let func = by_name(function);
+            assert_eq!(bin.unwind_at(func.start), gobin::Unwind::Continue, "{name}: {function}");
+        }
+        assert_eq!(bin.unwind_at(1), gobin::Unwind::NotGo, "{name}");
+    }
+}

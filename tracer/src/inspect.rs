@@ -41,6 +41,10 @@ struct Report<'a> {
     /// How the version was found: `buildinfo`, or `runtime.buildVersion` by symbol or by
     /// search when the binary has no `.go.buildinfo`.
     go_version_source: gobin::VersionSource,
+    /// The import path taken as the program's own code (`--callsite user`, the YOUR CODE
+    /// column): the main module, or without build info a guess from `main.main`'s file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    main_module: Option<String>,
     arch: &'static str,
     pie: bool,
     has_dwarf: bool,
@@ -230,6 +234,7 @@ fn build_report<'a>(
         process,
         go_version: &binary.build_info().go_version,
         go_version_source: binary.version_source(),
+        main_module: binary.main_module(),
         arch: binary.arch().name(),
         pie: linkage.pie,
         has_dwarf: sections.dwarf,
@@ -309,6 +314,11 @@ fn render_text(r: &Report<'_>) -> String {
     }
     if let Some(path) = &r.build_info.path {
         let _ = writeln!(s, "main package {path}");
+    }
+    if r.build_info.main_module.is_none()
+        && let Some(m) = &r.main_module
+    {
+        let _ = writeln!(s, "your code    {m} (from main.main's file; no build info)");
     }
     let _ = writeln!(s, "arch         {}", r.arch);
     let _ = writeln!(s, "pie          {}", yes_no(r.pie));

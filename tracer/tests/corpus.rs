@@ -44,6 +44,8 @@ struct Program {
     symtab: bool,
     /// `.go.buildinfo` present (`buildinfo`), or how the version must be found without it.
     version_source: &'static str,
+    /// The import path of the program's own code.
+    main_module: &'static str,
     workload: Workload,
 }
 
@@ -72,6 +74,7 @@ const PROGRAMS: &[Program] = &[
         cgo: false,
         symtab: false,
         version_source: "buildinfo",
+        main_module: "github.com/evanw/esbuild",
         workload: Workload::Esbuild { own_profile: false },
     },
     Program {
@@ -82,6 +85,7 @@ const PROGRAMS: &[Program] = &[
         cgo: true,
         symtab: false,
         version_source: "buildinfo",
+        main_module: "github.com/evanw/esbuild",
         workload: Workload::Esbuild { own_profile: false },
     },
     Program {
@@ -92,6 +96,7 @@ const PROGRAMS: &[Program] = &[
         cgo: true,
         symtab: false,
         version_source: "buildinfo",
+        main_module: "filippo.io/age",
         workload: Workload::Age,
     },
     Program {
@@ -102,6 +107,7 @@ const PROGRAMS: &[Program] = &[
         cgo: false,
         symtab: false,
         version_source: "buildinfo",
+        main_module: "github.com/evanw/esbuild",
         workload: Workload::Esbuild { own_profile: true },
     },
     Program {
@@ -112,6 +118,7 @@ const PROGRAMS: &[Program] = &[
         cgo: false,
         symtab: false,
         version_source: "buildinfo",
+        main_module: "github.com/rclone/rclone",
         workload: Workload::Rclone,
     },
     Program {
@@ -122,6 +129,7 @@ const PROGRAMS: &[Program] = &[
         cgo: false,
         symtab: false,
         version_source: "build_version_search",
+        main_module: "github.com/evanw/esbuild",
         workload: Workload::Esbuild { own_profile: true },
     },
     Program {
@@ -132,6 +140,7 @@ const PROGRAMS: &[Program] = &[
         cgo: false,
         symtab: false,
         version_source: "build_version_search",
+        main_module: "github.com/evanw/esbuild",
         workload: Workload::None,
     },
     Program {
@@ -142,6 +151,7 @@ const PROGRAMS: &[Program] = &[
         cgo: true,
         symtab: false,
         version_source: "buildinfo",
+        main_module: "github.com/gohugoio/hugo",
         workload: Workload::Hugo,
     },
 ];
@@ -221,6 +231,14 @@ fn inspect_succeeds_on_every_program() {
         assert_eq!(report["pie"], p.pie, "{id}");
         assert_eq!(report["linkage"]["cgo"], p.cgo, "{id}");
         assert_eq!(report["has_symtab"], p.symtab, "{id}");
+        assert_eq!(report["main_module"], p.main_module, "{id}");
+        // Runtime code pushed into reflect is known as such in these -trimpath builds too.
+        let data = std::fs::read(&bin).expect("binary");
+        let parsed = GoBinary::parse(&data).expect("parse");
+        for function in ["reflect.unsafe_New", "reflect.unsafe_NewArray"] {
+            let f = parsed.functions().by_name(function).expect(function);
+            assert!(parsed.is_runtime_code(f.start), "{id}: {function}");
+        }
         let probes = report["probes"].as_array().expect("probes");
         assert!(
             probes.iter().any(|probe| probe["function"] == "runtime.mallocgc"),
