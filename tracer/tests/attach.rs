@@ -104,6 +104,65 @@ fn auto_mode_equals_go_heap_profile_at_rate_one() {
     assert_eq!(checked, 14, "seven Go releases × two variants");
 }
 
+/// `--callsite first` (the default) names rows by the line that allocates and shows the
+/// program's own line next to it (`user`); `--callsite user` names them by the program's own
+/// line, with the library's line as `via`. `strings.Repeat` allocates in
+/// `strings.(*Builder).grow`, called from the fixture's `main.runSites`.
+#[test]
+fn callsite_first_or_user_names_rows_by_the_library_or_by_your_line() {
+    let Some(_lock) = root_only("callsite_first_or_user") else {
+        return;
+    };
+    let f = testkit::fixture("1.27", "stripped");
+    let trace = |grouping: &str| -> Value {
+        let out = scratch(&format!("callsite-{grouping}.json"));
+        let run = output(
+            gotrace()
+                .args(["run", "--callsite", grouping, "--format", "json", "-o"])
+                .arg(&out)
+                .arg("--")
+                .arg(&f.path)
+                .args(["loop", "20"]),
+        );
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        read_json(&out)
+    };
+    let rows = |report: &Value| -> Vec<Value> { report["callsites"].as_array().expect("callsites").clone() };
+
+    let first = trace("first");
+    let grow: Vec<Value> = rows(&first)
+        .into_iter()
+        .filter(|c| c["function"] == "strings.(*Builder).grow")
+        .collect();
+    assert!(!grow.is_empty(), "a row at strings.(*Builder).grow");
+    for c in &grow {
+        assert_eq!(c["user"]["function"], "main.runSites", "{c}");
+        assert!(c.get("via").is_none(), "{c}");
+    }
+    // A row already in the program's own code has no other line.
+    assert!(
+        rows(&first)
+            .iter()
+            .filter(|c| c["function"] == "main.runSites")
+            .all(|c| c.get("user").is_none())
+    );
+
+    let user = trace("user");
+    assert!(rows(&user).iter().all(|c| c["function"] != "strings.(*Builder).grow"));
+    let via_grow: Vec<Value> = rows(&user)
+        .into_iter()
+        .filter(|c| c["via"]["function"] == "strings.(*Builder).grow")
+        .collect();
+    assert!(
+        !via_grow.is_empty(),
+        "a row of main.runSites via strings.(*Builder).grow"
+    );
+    for c in &via_grow {
+        assert_eq!(c["function"], "main.runSites", "{c}");
+        assert_eq!(c["kind"], "makeslice", "{c}");
+    }
+}
+
 #[test]
 fn target_output_is_identical_when_traced() {
     let Some(_lock) = root_only("target_output_is_identical_when_traced") else {
