@@ -99,12 +99,13 @@ fn version_at(elf: &Elf<'_>, ptr: u64, len: u64) -> Option<String> {
     if !(MIN_VERSION_LEN..=MAX_VERSION_LEN).contains(&len) {
         return None;
     }
-    // The bytes live in read-only data, never in code or writable data.
+    // The bytes live in read-only data, never in writable data. (Read-only data may share
+    // the executable segment: external links without `-z separate-code`.)
     let seg = elf
         .loads
         .iter()
         .find(|s| ptr >= s.vaddr && ptr < s.vaddr.saturating_add(s.filesz))?;
-    if seg.is_executable() || seg.flags & object::elf::PF_W.0 != 0 {
+    if seg.flags & object::elf::PF_W.0 != 0 {
         return None;
     }
     let bytes = elf.read(ptr, usize::try_from(len).ok()?)?;
@@ -113,15 +114,16 @@ fn version_at(elf: &Elf<'_>, ptr: u64, len: u64) -> Option<String> {
 }
 
 /// Whether `text` is a whole `runtime.Version()` string: `go1.N`, optionally `.P`, an `rcN`
-/// or `betaN` suffix, and experiment tags after a space (`go1.25.5 X:nodwarf5`); or a
-/// development build's `devel go1.N-hash …`.
+/// or `betaN` suffix, and printable text after a space (experiment tags, `go1.25.5
+/// X:nodwarf5`, or a distributor's note); or a development build's `devel go1.N-hash …`.
 pub(crate) fn is_version_string(text: &str) -> bool {
     if let Some(devel) = text.strip_prefix("devel go1.") {
         return devel.starts_with(|c: char| c.is_ascii_digit()) && !devel.contains(['\0', '\n']);
     }
+    // After a space: experiment tags (`X:nodwarf5`), or a distributor's note (Red Hat's
+    // toolchains add `(Red Hat 1.26.2-2.el10)`); any printable text.
     let (release, tags) = text.split_once(' ').unwrap_or((text, ""));
-    let tags_ok = tags.is_empty() || tags.starts_with("X:") && tags.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
-    if !tags_ok {
+    if !tags.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
         return false;
     }
     let Some(rest) = release.strip_prefix("go1.") else {
@@ -185,6 +187,7 @@ mod tests {
             "go1.24rc1",
             "go1.22beta2",
             "go1.25.5 X:nodwarf5",
+            "go1.26.2 (Red Hat 1.26.2-2.el10)",
             "devel go1.26-0a1b2c3d Tue Jan 1 00:00:00 2026 +0000",
         ] {
             assert!(is_version_string(ok), "{ok}");
@@ -194,7 +197,7 @@ mod tests {
             "go1.x",
             "go1.21.13.4",
             "go1.21rc",
-            "go1.21 tags",
+            "go1.21 \u{7f}",
             "go1.21.3extra",
             "go2.0",
             "go1.21\n",

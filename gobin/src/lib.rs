@@ -571,7 +571,14 @@ impl<'data> GoBinary<'data> {
         self.runtime_units.get_or_init(|| {
             let mut units: Vec<u32> = (0..self.pclntab.len())
                 .filter_map(|i| self.pclntab.func(i))
-                .filter(|&f| self.pclntab.name(f).is_some_and(is_runtime_function))
+                // Not wrappers the compiler makes in the user's package for runtime names
+                // (method values `runtime.(*Frames).Next-fm`, generic instantiations):
+                // their unit is the user's.
+                .filter(|&f| {
+                    self.pclntab
+                        .name(f)
+                        .is_some_and(|n| is_runtime_function(n) && !n.ends_with("-fm") && !n.contains('['))
+                })
                 .filter_map(|f| self.pclntab.compilation_unit(f))
                 .collect();
             units.sort_unstable();

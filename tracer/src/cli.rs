@@ -193,8 +193,8 @@ pub struct ServeArgs {
     pub interval: Duration,
 
     /// Which frame names a series: first, the line that allocates; user, the first line of
-    /// the program's own code (see attach --help). Both are labels of every series
-    /// (function/file/line, and user_function/user_line or via_function/via_line).
+    /// the program's own code (see attach --help). The other one is in
+    /// gotrace_callsite_user_info (or gotrace_callsite_via_info), one series per callsite.
     #[arg(long, value_enum, value_name = "FRAME", default_value_t = Grouping::First)]
     pub callsite: Grouping,
 

@@ -322,17 +322,14 @@ impl Probes {
     /// Removes from the kernel's stack map the stacks that user space has copied (`copied`),
     /// so that a target whose stacks keep changing does not fill it for good. A probe that
     /// finds its stack gone stores it again. Stacks not copied yet stay: a key counted since
-    /// the last drain may name one, and it would come out without a stack.
-    pub fn forget_stacks(&mut self, copied: impl Fn(u64) -> bool) {
-        let keys: Vec<u64> = self
-            .stacks
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|&k| copied(k))
-            .collect();
-        for key in keys {
+    /// the last drain may name one, and it would come out without a stack. Returns the stacks
+    /// kept.
+    pub fn forget_stacks(&mut self, copied: impl Fn(u64) -> bool) -> Vec<u64> {
+        let (remove, keep): (Vec<u64>, Vec<u64>) = self.stacks.keys().filter_map(Result::ok).partition(|&k| copied(k));
+        for key in remove {
             let _ = self.stacks.remove(&key);
         }
+        keep
     }
 }
 

@@ -68,6 +68,11 @@ pub struct ServeConfig {
     pub grouping: profile::Grouping,
 }
 
+/// How often the probes' maps are drained between collections, as `gotrace attach` does
+/// (see session.rs): often enough that the kernel's stack map cannot fill. Duty-cycled modes
+/// drain once per interval, which their scaling is measured over.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(250);
+
 /// How often the collector checks whether its target still lives, and looks for a new one.
 const POLL: Duration = Duration::from_millis(100);
 /// A process that could not be traced is tried again after this long, then twice as long
@@ -401,13 +406,18 @@ fn trace_target(config: &ServeConfig, target: ProcessId, shared: &Shared, stop: 
     let mut store = Store::new(config.max_keys, config.probe_options.stack_depth);
     let heap = HeapCounter::locate(&binary, pid, &addresses);
     let mut last_rate = memprofile::DEFAULT_RATE;
-    let mut next_collect = Instant::now() + config.interval;
+    let (mut next_collect, mut next_drain) = (Instant::now() + config.interval, Instant::now());
     loop {
         let ended = !target.alive();
         let stopping = stop.load(Ordering::Relaxed);
-        if ended || stopping || Instant::now() >= next_collect {
+        let collect_now = ended || stopping || Instant::now() >= next_collect;
+        // Drained between collections too, so the stack map cannot fill ([`DRAIN_INTERVAL`]).
+        if collect_now || (!probes.duty_cycled() && Instant::now() >= next_drain) {
             let weighing = memprofile::weighing(mode, probes.sampler_rate(), rate.as_ref(), &mut last_rate);
             store.collect(&mut probes, weighing)?;
+            next_drain = Instant::now() + DRAIN_INTERVAL;
+        }
+        if collect_now {
             let profile = profile::build(
                 mode,
                 probes.stats()?,
@@ -619,19 +629,9 @@ fn render_callsites(out: &mut String, s: &mut Snapshot, profile: &Profile, top_k
             let _ = writeln!(out, "# HELP {name} {help}{estimated}");
             let _ = writeln!(out, "# TYPE {name} counter");
             for c in &series {
-                // The other frame of --callsite, as two more labels when there is one.
-                let other = match (&c.user, &c.via) {
-                    (Some((function, _, line)), _) => {
-                        format!(",user_function=\"{}\",user_line=\"{line}\"", label(function))
-                    }
-                    (None, Some((function, _, line))) => {
-                        format!(",via_function=\"{}\",via_line=\"{line}\"", label(function))
-                    }
-                    (None, None) => String::new(),
-                };
                 let _ = writeln!(
                     out,
-                    "{name}{{function=\"{}\",file=\"{}\",line=\"{}\",type=\"{}\",kind=\"{}\"{other}}} {}",
+                    "{name}{{function=\"{}\",file=\"{}\",line=\"{}\",type=\"{}\",kind=\"{}\"}} {}",
                     label(&c.key.function),
                     label(&c.key.file),
                     c.key.line,
@@ -643,6 +643,40 @@ fn render_callsites(out: &mut String, s: &mut Snapshot, profile: &Profile, top_k
             let _ = writeln!(
                 out,
                 "{name}{{function=\"other\",file=\"\",line=\"0\",type=\"\",kind=\"other\"}} {other_value}"
+            );
+        }
+        // The other frame of --callsite, in a metric of its own: as labels of the counters it
+        // would change their identity whenever the most frequent one changes.
+        let (info, help, function_label, line_label) = if series.iter().any(|c| c.via.is_some()) {
+            (
+                "gotrace_callsite_via_info",
+                "The line that allocated, outside the program's own code, of a callsite named by the program's line (--callsite user).",
+                "via_function",
+                "via_line",
+            )
+        } else {
+            (
+                "gotrace_callsite_user_info",
+                "The first line of the program's own code on the way to a callsite outside it.",
+                "user_function",
+                "user_line",
+            )
+        };
+        let _ = writeln!(out, "# HELP {info} {help}");
+        let _ = writeln!(out, "# TYPE {info} gauge");
+        for c in &series {
+            let Some((function, _, line)) = c.user.as_ref().or(c.via.as_ref()) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "{info}{{function=\"{}\",file=\"{}\",line=\"{}\",type=\"{}\",kind=\"{}\",{function_label}=\"{}\",{line_label}=\"{line}\"}} 1",
+                label(&c.key.function),
+                label(&c.key.file),
+                c.key.line,
+                label(c.key.type_name.as_deref().unwrap_or("-")),
+                c.key.kind.as_str(),
+                label(function),
             );
         }
     }
@@ -1004,6 +1038,36 @@ mod tests {
         let bytes = series(&text, "gotrace_alloc_bytes_total");
         assert!(bytes.contains(&("other".to_owned(), 9000)), "{bytes:?}");
         assert_eq!(s.exported.len(), 4);
+    }
+
+    /// The main module's line of a library callsite is a series of its own: as labels of the
+    /// counters it would change their identity when the most frequent one changes.
+    #[test]
+    fn the_programs_own_line_is_an_info_series() {
+        let mut profile = profile_of(&[("strings.(*Builder).grow", 800), ("main.a", 400)]);
+        profile.callsites[0].user = Some(("main.render".into(), "/app/main.go".into(), 40));
+        let mut s = Snapshot {
+            mode: Some(Mode::Span),
+            profile: Some(Arc::new(profile)),
+            ..Snapshot::default()
+        };
+        let text = render_metrics(&mut s, 5);
+        let counters: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("gotrace_alloc_bytes_total{"))
+            .collect();
+        assert!(counters.iter().all(|l| !l.contains("user_")), "{text}");
+        let info: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("gotrace_callsite_user_info{"))
+            .collect();
+        assert_eq!(info.len(), 1, "{text}");
+        assert!(
+            info[0].contains("function=\"strings.(*Builder).grow\"")
+                && info[0].contains("user_function=\"main.render\",user_line=\"40\"")
+                && info[0].ends_with(" 1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -143,9 +143,9 @@ const ATTACH_MAX_KEYS: usize = 1_000_000;
 
 /// How often the probes' maps are drained between reports. The kernel's stack map holds
 /// `STACKS_MAP_ENTRIES` stacks and is emptied only from here (`Store::collect`); a program
-/// with many distinct stacks (a template engine under `GOGC=1`: Hugo stores about 20,000
-/// new stacks a second) filled it within one 2-second interval, and what its probes counted
-/// then had no stack, so the callsite was only the return address (`runtime.makeslice`).
+/// with many distinct stacks filled it within one 2-second interval (Hugo 0.168 building a
+/// site under `GOGC=1`: 48,179 of 1.43 million hits, 3.4%, were counted without their
+/// stack), and those allocations' callsite was only the return address (`runtime.makeslice`).
 /// Duty-cycled modes drain once per interval, which their scaling is measured over.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(250);
 

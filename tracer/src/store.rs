@@ -6,7 +6,7 @@
 //! "other callsites" key per size, so a target whose stacks and sizes never stop changing
 //! cannot make the tracer grow without bound.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tracer_common::{AllocKey, NO_STACK, STACKS_MAP_ENTRIES, stack_hash};
@@ -32,8 +32,11 @@ pub struct Store {
     cut: HashMap<u64, (u64, Arc<[u64]>)>,
     max_keys: usize,
     max_frames: usize,
-    /// Stacks read from the kernel since its stack map was last emptied.
-    stacks_read_since_purge: usize,
+    /// Stacks read from the kernel since copied stacks were last removed from its map.
+    read_since_purge: HashSet<u64>,
+    /// Stacks in the kernel's map, never read, at the last removal: removed at the next one
+    /// (their keys were refused, or weighed 0), so that they cannot fill the map for good.
+    unread_at_last_purge: HashSet<u64>,
     /// Keys folded into [`OTHER_CALLSITES`] so far.
     pub overflowed: u64,
     /// The last interval's weighed objects before scaling, by key as stored, kept while a duty
@@ -53,7 +56,8 @@ impl Store {
             cut: HashMap::new(),
             max_keys: max_keys.max(1),
             max_frames: max_frames.max(1),
-            stacks_read_since_purge: 0,
+            read_since_purge: HashSet::new(),
+            unread_at_last_purge: HashSet::new(),
             overflowed: 0,
             last_interval: Vec::new(),
         }
@@ -103,9 +107,16 @@ impl Store {
         // The kernel's stack map only grows; once a good part of it has been copied here,
         // remove the copied stacks so that new ones keep finding room. (Removing all of them
         // lost the stacks of keys counted between the drain above and the removal.)
-        if self.stacks_read_since_purge > STACKS_MAP_ENTRIES as usize / 4 {
-            probes.forget_stacks(|id| self.cut.contains_key(&id));
-            self.stacks_read_since_purge = 0;
+        if self.read_since_purge.len() > STACKS_MAP_ENTRIES as usize / 4 {
+            // Copied: read since the last removal, or cached here (a stack the probes stored
+            // again after an earlier removal, whose keys this store reads from its cache).
+            let kept = probes.forget_stacks(|id| {
+                self.read_since_purge.contains(&id)
+                    || self.cut.contains_key(&id)
+                    || self.unread_at_last_purge.contains(&id)
+            });
+            self.unread_at_last_purge = kept.into_iter().collect();
+            self.read_since_purge.clear();
         }
         Ok(())
     }
@@ -115,7 +126,7 @@ impl Store {
         if let Some((cut_id, frames)) = self.cut.get(&id) {
             return Some((*cut_id, frames.clone()));
         }
-        self.stacks_read_since_purge += 1;
+        self.read_since_purge.insert(id);
         let mut frames = probes.stack(id)?;
         let cut_id = if frames.len() > self.max_frames {
             frames.truncate(self.max_frames);
