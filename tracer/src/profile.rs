@@ -490,12 +490,6 @@ fn first_main_module_frame(
         .cloned()
 }
 
-/// The runtime's malloc implementation: `runtime.mallocgc` and its parts and size-specialised
-/// forms (`mallocgcTiny`, `mallocgcSmallScanNoHeaderSC3`, …).
-fn is_malloc_implementation(function: &str) -> bool {
-    function.starts_with("runtime.mallocgc")
-}
-
 fn callsite_and_kind(locations: &[(u64, Arc<[Frame]>)]) -> (Frame, Kind, usize) {
     let mut kind = None;
     let mut outermost = None;
@@ -508,7 +502,7 @@ fn callsite_and_kind(locations: &[(u64, Arc<[Frame]>)]) -> (Frame, Kind, usize) 
         if !frame.runtime {
             return (frame.clone(), kind.unwrap_or(Kind::Other), depth);
         }
-        if depth > 0 && is_malloc_implementation(&frame.function) {
+        if depth > 0 && frame.function.starts_with(gobin::MALLOC_IMPLEMENTATION_PREFIX) {
             kind_settled = true;
         }
         // The runtime frames between the probe and the callsite: the one nearest the

@@ -325,22 +325,26 @@ fn hugo_site(dir: &Path) {
         "baseURL = \"http://example.org/\"\ntitle = \"Corpus\"\n[taxonomies]\n  tag = \"tags\"\n  category = \"categories\"\n",
     );
     let layouts = dir.join("layouts/_default");
-    write(
-        &layouts.join("baseof.html"),
-        "<!doctype html><html><head><title>{{ .Title }}</title></head><body>{{ block \"main\" . }}{{ end }}</body></html>\n",
-    );
-    write(
-        &layouts.join("single.html"),
-        "{{ define \"main\" }}<h1>{{ .Title | upper }}</h1>{{ .Content }}<ul>{{ range .Params.tags }}<li>{{ . | urlize }}</li>{{ end }}</ul>{{ end }}\n",
-    );
-    write(
-        &layouts.join("list.html"),
-        "{{ define \"main\" }}<h1>{{ .Title }}</h1>{{ range .Paginator.Pages }}<p><a href=\"{{ .RelPermalink }}\">{{ .Title }}</a> {{ .Summary | plainify | truncate 80 }}</p>{{ end }}{{ end }}\n",
-    );
-    write(
-        &layouts.join("index.html"),
-        "{{ define \"main\" }}{{ range first 50 (where .Site.RegularPages \"Section\" \"posts\") }}<p>{{ .Title }} {{ .WordCount }}</p>{{ end }}{{ end }}\n",
-    );
+    for (name, template) in [
+        (
+            "baseof.html",
+            "<!doctype html><html><head><title>{{ .Title }}</title></head><body>{{ block \"main\" . }}{{ end }}</body></html>\n",
+        ),
+        (
+            "single.html",
+            "{{ define \"main\" }}<h1>{{ .Title | upper }}</h1>{{ .Content }}<ul>{{ range .Params.tags }}<li>{{ . | urlize }}</li>{{ end }}</ul>{{ end }}\n",
+        ),
+        (
+            "list.html",
+            "{{ define \"main\" }}<h1>{{ .Title }}</h1>{{ range .Paginator.Pages }}<p><a href=\"{{ .RelPermalink }}\">{{ .Title }}</a> {{ .Summary | plainify | truncate 80 }}</p>{{ end }}{{ end }}\n",
+        ),
+        (
+            "index.html",
+            "{{ define \"main\" }}{{ range first 50 (where .Site.RegularPages \"Section\" \"posts\") }}<p>{{ .Title }} {{ .WordCount }}</p>{{ end }}{{ end }}\n",
+        ),
+    ] {
+        write(&layouts.join(name), template);
+    }
     let words = [
         "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu",
     ];
