@@ -7,9 +7,11 @@
 //!
 //! Exact mode: `alloc_count` sits on every counting allocation entry point of the traced
 //! binary (`runtime.mallocgc`, and Go 1.27's `runtime.mallocgc*SC<n>`), at the instruction after
-//! the stack-bound check. Per allocation it reads the size and type from Go's register ABI and
-//! the caller's return address, walks the user stack, and counts the combination in a per-CPU
-//! hash map: no event goes to user space, which reads the maps when it wants.
+//! the stack-bound check. Per allocation it reads the size and type from Go's register ABI,
+//! copies the goroutine's live stack in one read, takes the caller's return address and the
+//! frame-pointer chain from the copy (or replays the goroutine's previous walk, when every record
+//! it read is still there), and counts the combination in a per-CPU hash map: no event goes to
+//! user space, which reads the maps when it wants.
 //!
 //! Sampled modes put other programs on functions the runtime calls far less often, and record
 //! the same kind of key with a weight: `go_sample` on `runtime.profilealloc` (Go's own heap
@@ -24,8 +26,6 @@
 // a register read at a constant offset from the context pointer, which the verifier requires
 // (see try_record).
 #![expect(clippy::inline_always, reason = "the verifier needs the sampling paths inlined")]
-
-use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
@@ -536,27 +536,102 @@ fn count(ctx: &ProbeContext) -> Outcome {
     if size == 0 && config.flags & FLAG_SKIP_ZERO_SIZE != 0 {
         return Outcome::ZeroSize;
     }
-    let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
+    let Some(window) = STACK_WINDOW.get_ptr_mut(0) else {
         return Outcome::CountsMapRefused;
     };
     // SAFETY: this CPU's slot of the per-CPU array, valid for the run of the program.
-    let scratch = unsafe { &mut *scratch };
-    let mut top = StackTop::EMPTY;
-    let Some(return_address) = top.load(ctx) else {
-        return Outcome::NoReturnAddress;
-    };
-    // A call from inside the malloc implementation is part of an allocation counted already
-    // (mallocgc → mallocgcSmallNoScanSC3, mallocgcTinySlowPath → mallocgcSmallNoScanSC2).
+    let window = unsafe { &mut *window };
+    // The window and the goroutine slots serve one walk at a time on a CPU. Uprobe programs run
+    // with migration disabled but, on kernels that preempt, not with preemption disabled
+    // (`bpf_prog_run_array_uprobe`), so a run can start while another on this CPU is inside
+    // its walk: it leaves their state alone and counts its allocation by its caller only, as
+    // when the stack map is full (`without_stack` in the report).
+    if window.busy != 0 {
+        return count_without_stack(ctx, config, size, type_address);
+    }
+    window.busy = 1;
+    let outcome = count_with_stack(ctx, config, size, type_address, window);
+    window.busy = 0;
+    outcome
+}
+
+/// Whether a call returning to `return_address` comes from inside the malloc implementation,
+/// and so is part of an allocation counted already (mallocgc → mallocgcSmallNoScanSC3,
+/// mallocgcTinySlowPath → mallocgcSmallNoScanSC2).
+#[inline(always)]
+fn is_nested(config: &ProbeConfig, return_address: u64) -> bool {
     let nested_len = config.nested_len as usize;
     for i in 0..MAX_NESTED_RANGES {
         if i >= nested_len {
             break;
         }
         if config.nested[i].contains(return_address) {
-            return Outcome::Nested;
+            return true;
         }
     }
-    let walk = walk_stack(ctx, config.max_stack_depth, &top, scratch);
+    false
+}
+
+/// The return address into the probed function's caller: on amd64 at the stack pointer,
+/// where `CALL` left it; on arm64 in the link register, which the frame set-up saves only
+/// after the probe.
+#[inline(always)]
+#[cfg_attr(
+    bpf_target_arch = "aarch64",
+    expect(clippy::unnecessary_wraps, reason = "the amd64 read of the return address can fail")
+)]
+fn caller_return_address(ctx: &ProbeContext) -> Option<u64> {
+    #[cfg(bpf_target_arch = "x86_64")]
+    // SAFETY: bpf_probe_read_user checks the address and fails cleanly.
+    let return_address = unsafe { bpf_probe_read_user(stack_pointer(ctx) as *const u64) }.ok()?;
+    #[cfg(bpf_target_arch = "aarch64")]
+    let return_address = link_register(ctx);
+    Some(return_address)
+}
+
+/// Counts an allocation by its caller, type and size, without its stack.
+#[inline(always)]
+fn count_without_stack(ctx: &ProbeContext, config: &ProbeConfig, size: u64, type_address: u64) -> Outcome {
+    let Some(return_address) = caller_return_address(ctx) else {
+        return Outcome::NoReturnAddress;
+    };
+    if is_nested(config, return_address) {
+        return Outcome::Nested;
+    }
+    let key = AllocKey {
+        stack: NO_STACK,
+        return_address,
+        type_address,
+        size,
+    };
+    match increment(&key, 1) {
+        Ok(()) => Outcome::RecordedWithoutStack,
+        Err(_) => Outcome::CountsMapRefused,
+    }
+}
+
+/// Counts an allocation with its stack, walked (or replayed) in `window`, which this run holds.
+#[inline(always)]
+fn count_with_stack(
+    ctx: &ProbeContext,
+    config: &ProbeConfig,
+    size: u64,
+    type_address: u64,
+    window: &mut StackWindow,
+) -> Outcome {
+    let Some(slot) = goroutine_slot(ctx) else {
+        return Outcome::CountsMapRefused;
+    };
+    let Some(return_address) = window.load(ctx, slot) else {
+        return Outcome::NoReturnAddress;
+    };
+    if is_nested(config, return_address) {
+        return Outcome::Nested;
+    }
+    let walk = match replay_walk(ctx, window, slot) {
+        Some(walk) => walk,
+        None => walk_window(ctx, config.max_stack_depth, window, slot),
+    };
     let mut key = AllocKey {
         stack: walk.hash,
         return_address,
@@ -580,7 +655,7 @@ fn count(ctx: &ProbeContext) -> Outcome {
         unsafe { bump(count) };
         return Outcome::Recorded;
     }
-    key.stack = store_stack(walk, scratch);
+    key.stack = store_stack(walk, &slot.stack);
     match increment(&key, 1) {
         Ok(()) if key.stack == NO_STACK => Outcome::RecordedWithoutStack,
         Ok(()) => Outcome::Recorded,
@@ -595,9 +670,9 @@ fn count(ctx: &ProbeContext) -> Outcome {
 const STACK_PAGE_BYTES: u64 = 4096;
 /// How many 8-byte words [`STACK_PAGE`] holds: a page.
 const PAGE_WORDS: usize = (STACK_PAGE_BYTES / 8) as usize;
-/// How much of the stack [`PagedStack`]'s first read copies from the stack pointer, at most:
-/// as much as exact mode's [`StackTop`] (see there), so that a shallow stack costs one short
-/// copy; a deeper record is copied with the rest of its page.
+/// How much of the stack [`PagedStack`]'s first read copies from the stack pointer, at most, so
+/// that a shallow stack costs one short copy; a deeper record is copied with the rest of its
+/// page.
 const FIRST_READ_BYTES: u64 = 256;
 
 /// A copy of part of the traced thread's stack. The thread is stopped in the probe, so its
@@ -609,7 +684,7 @@ struct StackCopy {
 
 /// Where a walk copies the stack: per CPU, a page is too big for the BPF stack. A run that
 /// preempts a walk on the same CPU may copy its own stack here; it also claims the scratch slot
-/// (see [`walk_stack`]), so the preempted walk's stack is then not stored.
+/// (see [`claim`]), so the preempted walk's stack is then not stored.
 #[map]
 static STACK_PAGE: PerCpuArray<StackCopy> = PerCpuArray::with_max_entries(1, 0);
 
@@ -714,104 +789,286 @@ trait FrameRecords {
     fn frame_record(&mut self, fp: u64) -> Option<(u64, u64)>;
 }
 
-/// How many 8-byte words of goroutine stack [`StackTop::load`] copies at most: 256 bytes,
-/// the return address and the first frame records of small frames. One `bpf_probe_read_user`
-/// costs about as much whether it copies 16 bytes or 256 (measured with
-/// `kernel.bpf_stats_enabled`: a three-frame walk read frame by frame added ~290 ns to the
-/// probe), so the walk reads the stack's top in one go and only the records beyond it one by
-/// one. The window lives on the BPF stack (512 bytes in all): a copy into map memory costs
-/// more, since the kernel's hardened-usercopy check (`__check_object_size`) looks the
-/// destination up as heap or vmalloc memory, where a stack destination passes at once (seen
-/// with `perf record` on the traced process).
-const STACK_TOP_WORDS: usize = 32;
-/// The window's size in bytes.
-const STACK_TOP_BYTES: u64 = STACK_TOP_WORDS as u64 * 8;
-
-/// A copy of the top of the traced thread's stack, from its stack pointer. The thread is stopped in the probe, so its
-/// stack cannot change while the probe reads the copy; the copy is the program's own (on its
-/// stack), so another run of the probe cannot change it either.
-struct StackTop {
-    /// Uninitialised beyond `valid` bytes (privileged programs may read their uninitialised
-    /// stack; nothing here does).
-    words: MaybeUninit<[u64; STACK_TOP_WORDS]>,
-    /// The user address of the first word; `u64::MAX` when the window could not be read (then
-    /// nothing falls inside it).
-    base: u64,
-    /// Bytes copied: up to the end of the stack pointer's page.
-    valid: u64,
+/// What exact mode remembers about a goroutine that allocated on this CPU: where its stack
+/// ends, and its latest walk, so that the next allocation from the same stack needs no walk.
+#[repr(C)]
+struct Goroutine {
+    /// The goroutine (its `g`), for `lo` and `hi`.
+    g: u64,
+    /// `g.stack` (`runtime.stack{lo, hi}`, the first field of `runtime.g` in every release,
+    /// `src/runtime/runtime2.go`) as last read.
+    lo: u64,
+    hi: u64,
+    /// The latest walk's hash; 0 when it cannot be replayed.
+    hash: u64,
+    /// Where the walk read its frame records: frame `k` of `stack` (from 1) came from the record
+    /// at `fps[k]`, and `fps[len]` is the caller's frame pointer in the last record read.
+    fps: [u64; MAX_STACK_DEPTH + 1],
+    /// The walk itself; also the stack stored in [`STACKS`] when its key is new.
+    stack: UserStack,
 }
 
-impl StackTop {
-    /// Nothing copied yet.
-    const EMPTY: Self = Self {
-        words: MaybeUninit::uninit(),
-        base: u64::MAX,
-        valid: 0,
-    };
+/// How many goroutines each CPU remembers ([`Goroutine`]), direct-mapped by `g`.
+const GOROUTINE_SLOTS: u32 = 8;
 
-    /// Copies the window from the stack pointer, and returns the return address into the
-    /// caller: on amd64 at the stack pointer, where `CALL` left it; on arm64 in the link
-    /// register, which the frame set-up saves only after the probe. (Filled in place: a
-    /// window returned by value would be copied on the 512-byte BPF stack.)
+/// Per CPU, the goroutines that allocated there lately.
+///
+/// Nothing here is trusted: a slot may be stale (the stack moved, or a run of the probe that
+/// preempted this one rewrote it), which costs speed, never a wrong count. A copy of the stack
+/// that runs into unmapped memory because `hi` is stale fails and is redone a page at a time;
+/// a replayed walk is checked against the stack as it is now, record by record.
+#[map]
+static GOROUTINES: PerCpuArray<Goroutine> = PerCpuArray::with_max_entries(GOROUTINE_SLOTS, 0);
+
+/// The current goroutine's slot in [`GOROUTINES`].
+#[inline(always)]
+fn goroutine_slot(ctx: &ProbeContext) -> Option<&'static mut Goroutine> {
+    let g = current_goroutine(ctx);
+    #[expect(clippy::cast_possible_truncation, reason = "masked to a slot index")]
+    let index = ((g >> 6) ^ (g >> 12)) as u32 & (GOROUTINE_SLOTS - 1);
+    let slot = GOROUTINES.get_ptr_mut(index)?;
+    // SAFETY: this CPU's slot of the per-CPU array, valid for the run of the program.
+    Some(unsafe { &mut *slot })
+}
+
+/// The current goroutine, `g`: R14 on amd64 and R28 on arm64 in every function compiled with
+/// Go's register ABI (`src/cmd/compile/abi-internal.md`), as the probed functions are.
+#[inline(always)]
+fn current_goroutine(ctx: &ProbeContext) -> u64 {
+    // SAFETY: as in go_size_and_type.
+    let regs = unsafe { &*ctx.regs };
+    #[cfg(bpf_target_arch = "x86_64")]
+    let g = regs.r14;
+    #[cfg(bpf_target_arch = "aarch64")]
+    let g = regs.regs[28];
+    g
+}
+
+/// The top (`hi`) of the goroutine stack `sp` is on, remembered in `slot` or read from `g`.
+#[inline(always)]
+fn stack_top(ctx: &ProbeContext, sp: u64, slot: &mut Goroutine) -> Option<u64> {
+    let g = current_goroutine(ctx);
+    if slot.g == g && sp >= slot.lo && sp < slot.hi {
+        return Some(slot.hi);
+    }
+    // SAFETY: bpf_probe_read_user checks the address and fails cleanly.
+    let [lo, hi] = unsafe { bpf_probe_read_user(g as *const [u64; 2]) }.ok()?;
+    if sp < lo || sp >= hi {
+        return None;
+    }
+    slot.g = g;
+    slot.lo = lo;
+    slot.hi = hi;
+    Some(hi)
+}
+
+/// How much of the live stack exact mode copies in its one read, at most.
+const WINDOW_BYTES: u64 = 16384;
+/// The window in words, plus one so that a frame record at its last word can be indexed
+/// with a mask the verifier understands.
+const WINDOW_WORDS: usize = (WINDOW_BYTES / 8) as usize;
+
+/// How far below the stack pointer the caller's frame record starts, at the probe: on arm64
+/// Go's prologue stores the frame pointer at `-8(RSP)` of the frame it just made (and points
+/// R29 there), so the caller's record sits 8 bytes below the stack pointer the callee sees
+/// (`src/cmd/internal/obj/arm64/obj7.go`); on amd64 it is above, after the return address.
+#[cfg(bpf_target_arch = "aarch64")]
+const CALLER_RECORD_BELOW_SP: u64 = 8;
+#[cfg(not(bpf_target_arch = "aarch64"))]
+const CALLER_RECORD_BELOW_SP: u64 = 0;
+
+/// Exact mode's copy of the traced thread's stack (per CPU: far too big for the BPF stack).
+#[repr(C)]
+struct StackWindow {
+    /// 1 while a run of the probe on this CPU uses the window and the goroutine slots (see
+    /// `count`).
+    busy: u64,
+    /// The user address of `words[0]`; `u64::MAX` when nothing is copied.
+    base: u64,
+    /// Bytes copied.
+    valid: u64,
+    words: [u64; WINDOW_WORDS + 1],
+}
+
+#[map]
+static STACK_WINDOW: PerCpuArray<StackWindow> = PerCpuArray::with_max_entries(1, 0);
+
+impl StackWindow {
+    /// Copies the live stack, from the stack pointer up to the goroutine's stack top (at most
+    /// [`WINDOW_BYTES`]), or to the end of the stack pointer's page when the top is unknown;
+    /// returns the return address into the caller (see [`caller_return_address`]).
     #[inline(always)]
-    #[cfg_attr(
-        bpf_target_arch = "aarch64",
-        expect(clippy::unnecessary_wraps, reason = "the amd64 read of the return address can fail")
-    )]
-    fn load(&mut self, ctx: &ProbeContext) -> Option<u64> {
+    fn load(&mut self, ctx: &ProbeContext, slot: &mut Goroutine) -> Option<u64> {
         let sp = stack_pointer(ctx);
-        // Up to the end of the stack pointer's page (see STACK_PAGE_BYTES), at least 8 bytes:
-        // the stack pointer is 8-aligned.
-        let valid = (STACK_PAGE_BYTES - sp % STACK_PAGE_BYTES).min(STACK_TOP_BYTES);
-        // SAFETY: `valid` bytes of the words, which are that long at least;
-        // bpf_probe_read_user_buf checks the user address and fails cleanly on a bad one.
-        let loaded = unsafe {
-            let bytes = core::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), valid as usize);
-            bpf_probe_read_user_buf(sp as *const u8, bytes)
+        let from = sp - CALLER_RECORD_BELOW_SP;
+        let to_page_end = STACK_PAGE_BYTES - from % STACK_PAGE_BYTES;
+        let copied = match stack_top(ctx, sp, slot) {
+            Some(hi) if self.copy(from, hi - from) => true,
+            Some(_) => {
+                // A stale `hi` (see GOROUTINES): forget it, so that the next allocation reads
+                // `g.stack` again rather than fault again.
+                slot.g = 0;
+                self.copy(from, to_page_end)
+            }
+            None => self.copy(from, to_page_end),
+        };
+        // On amd64 the window starts at the stack pointer, where CALL left the return address.
+        if cfg!(bpf_target_arch = "x86_64") && copied {
+            return Some(self.words[0]);
+        }
+        caller_return_address(ctx)
+    }
+
+    /// Copies `len` bytes (at least 16, at most [`WINDOW_BYTES`]) from `at`; false, with
+    /// nothing in the window, when the read fails.
+    #[inline(always)]
+    fn copy(&mut self, at: u64, len: u64) -> bool {
+        let len = len.clamp(16, WINDOW_BYTES);
+        // SAFETY: `len` bytes of the words, which are longer; the helper checks the user
+        // address and fails cleanly.
+        let copied = unsafe {
+            let bytes = core::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), len as usize);
+            bpf_probe_read_user_buf(at as *const u8, bytes)
         }
         .is_ok();
-        if loaded {
-            self.base = sp;
-            self.valid = valid;
-        }
-        #[cfg(bpf_target_arch = "x86_64")]
-        let return_address = if loaded {
-            self.word(0)
-        } else {
-            // SAFETY: as above.
-            unsafe { bpf_probe_read_user(sp as *const u64) }.ok()?
-        };
-        #[cfg(bpf_target_arch = "aarch64")]
-        let return_address = link_register(ctx);
-        Some(return_address)
+        self.base = if copied { at } else { u64::MAX };
+        self.valid = if copied { len } else { 0 };
+        copied
     }
 
-    /// The `index`th word; only for words within `valid`.
+    /// [`Self::valid`], read so that the compiler cannot tell its bound: it would then drop the
+    /// mask on the index below as redundant after the comparison with `valid`, and older
+    /// verifiers (Debian's 6.1 arm64 kernel, `cargo xtask arm64`) cannot bound an index by a
+    /// comparison between two registers (`math between map_value pointer and register with
+    /// unbounded min value`).
     #[inline(always)]
-    fn word(&self, index: usize) -> u64 {
-        // SAFETY: callers stay within the copied words (and the array).
-        unsafe { *self.words.as_ptr().cast::<u64>().add(index.min(STACK_TOP_WORDS - 1)) }
+    fn valid_bytes(&self) -> u64 {
+        // SAFETY: a plain read of this CPU's window, valid for the run of the program.
+        unsafe { core::ptr::read_volatile(&raw const self.valid) }
     }
-}
 
-impl FrameRecords for &StackTop {
-    /// From the copy when it holds the record, else read on its own: exact mode's walks are
-    /// mostly shallow, and the copy on the BPF stack costs less than a page in a map.
+    /// The frame record at `fp` if the copy holds it.
+    #[inline(always)]
+    fn copied_record(&self, fp: u64) -> Option<(u64, u64)> {
+        let offset = fp.wrapping_sub(self.base);
+        let valid = self.valid_bytes();
+        if valid < 16 || offset > valid - 16 {
+            return None;
+        }
+        let index = (offset / 8) as usize & (WINDOW_WORDS - 1);
+        Some((self.words[index], self.words[index + 1]))
+    }
+
+    /// The frame record at `fp`: from the copy when it holds the record, else copied with the
+    /// rest of its page.
     #[inline(always)]
     fn frame_record(&mut self, fp: u64) -> Option<(u64, u64)> {
         // Below the window (or with no window) the difference wraps to a huge offset.
-        let offset = fp.wrapping_sub(self.base);
-        // No alignment check: Go's frame pointers are 8-aligned, and with one the compiler
-        // would index the stack at an offset the verifier cannot prove aligned. A misaligned
-        // (garbage) pointer reads the word it falls in, and the walk ends at the next check.
-        if offset <= STACK_TOP_BYTES - 16 && offset + 16 <= self.valid {
-            let index = (offset / 8) as usize;
-            return Some((self.word(index), self.word(index + 1)));
+        let mut offset = fp.wrapping_sub(self.base);
+        let valid = self.valid_bytes();
+        if valid < 16 || offset > valid - 16 {
+            if !self.copy(fp, STACK_PAGE_BYTES - fp % STACK_PAGE_BYTES) {
+                return None;
+            }
+            offset = 0;
         }
-        // SAFETY: bpf_probe_read_user checks the address and fails cleanly.
-        let [next_fp, ret] = unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }.ok()?;
-        Some((next_fp, ret))
+        // Masked rather than compared: one instruction, and a bound the verifier sees. A
+        // misaligned (garbage) pointer reads the word it falls in, and the walk ends at the
+        // next check.
+        let index = (offset / 8) as usize & (WINDOW_WORDS - 1);
+        Some((self.words[index], self.words[index + 1]))
     }
+}
+
+/// Exact mode's walk of Go's frame-pointer chain from the probe into `slot`: the probed pc,
+/// then one return address per frame record, up to `depth` frames (the configured depth, at
+/// most [`MAX_STACK_DEPTH`]). Returns the hash of the frames (the stack's key in [`STACKS`])
+/// and the generation of the slot's stack the walk claimed.
+///
+/// At the probe (after the stack check, before the probed function saved its frame pointer)
+/// the frame-pointer register still holds the caller's frame, so the chain yields the probed
+/// pc and then the caller's *caller*: the caller itself is the return address, which the count
+/// key carries next to the stack.
+///
+/// The records come from `window`, the copy of the live stack [`StackWindow::load`] made in one
+/// read; one beyond it is copied with the rest of its page. On this kernel every read of user
+/// memory costs ~120 ns before it copies a byte (the helper, `copy_from_user_nofault`, and the
+/// hardened-usercopy check of the destination), and a step from a copy ~4 ns: reading records
+/// one by one made each frame cost ~80 ns. The kernel's own walker (`bpf_get_stack` with
+/// `BPF_F_USER_STACK`) was slower still: ~60 ns a frame (`__get_user` twice per record), and
+/// a page fault on the null frame pointer that ends every goroutine's chain (~1.7 µs a walk
+/// at 8 frames). Measured with `perf record` on `workloads loop --depth`.
+///
+/// The loop keeps its state in registers and touches map memory only to read a record and to
+/// store a frame. The walk is remembered for [`replay_walk`] unless it ended at a record it
+/// could not read or at a zero return address.
+#[inline(always)]
+fn walk_window(ctx: &ProbeContext, depth: u32, window: &mut StackWindow, slot: &mut Goroutine) -> StackWalk {
+    slot.hash = 0;
+    let generation = claim(&raw mut slot.stack);
+    let max_depth = u32::try_from(MAX_STACK_DEPTH).unwrap_or(u32::MAX);
+    let depth = if depth == 0 { max_depth } else { depth.min(max_depth) } as usize;
+    let (mut fp, pc) = frame_pointer_and_pc(ctx);
+    slot.stack.frames[0] = pc;
+    slot.fps[1] = fp;
+    let mut hash = StackHasher::new().push(pc);
+    let mut len = 1;
+    let mut replayable = true;
+    for _ in 1..MAX_STACK_DEPTH {
+        if len >= depth {
+            break;
+        }
+        let Some((next_fp, ret)) = window.frame_record(fp) else {
+            replayable = false;
+            break;
+        };
+        if ret == 0 || len >= MAX_STACK_DEPTH {
+            replayable = false;
+            break;
+        }
+        hash = hash.push(ret);
+        slot.stack.frames[len] = ret;
+        len += 1;
+        slot.fps[len] = next_fp;
+        // Frames sit at increasing addresses; anything else is the end or garbage.
+        if next_fp <= fp {
+            break;
+        }
+        fp = next_fp;
+    }
+    slot.stack.len = len as u64;
+    let hash = hash.finish();
+    if replayable {
+        slot.hash = hash;
+    }
+    StackWalk { hash, generation }
+}
+
+/// The walk remembered in `slot`, if the stack still holds it: the same probed pc and frame
+/// pointer, and every frame record it read still the same (the same caller's frame pointer
+/// and return address), so that walking again would read the same records and end the same
+/// way. The checks do not depend on each other, unlike the steps of a walk, which each wait
+/// for the record the one before found: about three times faster on the CPU.
+#[inline(always)]
+fn replay_walk(ctx: &ProbeContext, window: &StackWindow, slot: &Goroutine) -> Option<StackWalk> {
+    let generation = slot.stack.generation;
+    let hash = slot.hash;
+    let (fp, pc) = frame_pointer_and_pc(ctx);
+    if hash == 0 || slot.stack.frames[0] != pc || slot.fps[1] != fp {
+        return None;
+    }
+    let len = usize::try_from(slot.stack.len).unwrap_or(0);
+    for k in 1..MAX_STACK_DEPTH {
+        if k >= len {
+            break;
+        }
+        let (next_fp, ret) = window.copied_record(slot.fps[k])?;
+        if next_fp != slot.fps[k + 1] || ret != slot.stack.frames[k] {
+            return None;
+        }
+    }
+    // A run that preempted this one and walked into the slot meanwhile moved the generation on.
+    (slot.stack.generation == generation).then_some(StackWalk { hash, generation })
 }
 
 /// The counts map of the current epoch.
@@ -825,36 +1082,9 @@ fn counts_map() -> &'static PerCpuHashMap<AllocKey, u64> {
     }
 }
 
-/// Walks Go's frame-pointer chain from the probe into `out`: the probed pc, then one return
-/// address per frame record, up to `depth` frames (the configured depth, at most
-/// [`MAX_STACK_DEPTH`]). Returns the hash of the frames (the stack's key in [`STACKS`]) and
-/// the generation of the scratch slot the walk claimed.
-///
-/// The walk follows the frame pointers itself rather than calling `bpf_get_stack`: measured on
-/// these machines, the kernel's user-stack walker costs about 1.5 µs for a six-frame Go stack.
-/// It reads the stack's top from `top` (exact mode's program).
-///
-/// At the probe (after the stack check, before the probed function saved its frame pointer)
-/// the frame-pointer register still holds the caller's frame, so the chain yields the probed
-/// pc and then the caller's *caller*: the caller itself is the return address, which the count
-/// key carries next to the stack.
-#[inline(always)]
-fn walk_stack(ctx: &ProbeContext, depth: u32, top: &StackTop, out: &mut UserStack) -> StackWalk {
-    let generation = claim(out);
-    let (mut walk, depth) = start_walk(ctx, depth, top, out);
-    for _ in 1..MAX_STACK_DEPTH {
-        if out.len >= u64::from(depth) || !walk.step(out) {
-            break;
-        }
-    }
-    StackWalk {
-        hash: walk.hash.finish(),
-        generation,
-    }
-}
-
-/// [`walk_stack`] for the sampling programs: records beyond the first copy are read a page at a
-/// time ([`PagedStack`]), since their stacks are deep (a refill happens inside `mallocgc`,
+/// The sampling programs' walk of Go's frame-pointer chain, as exact mode's [`walk_window`]
+/// but from a short first copy: records beyond it are read a page at a time ([`PagedStack`]),
+/// since their stacks are deep (a refill happens inside `mallocgc`,
 /// under the allocating code's own frames), and the steps run in `bpf_loop`: the verifier
 /// checks the step once, where the loop of [`MAX_STACK_DEPTH`] steps, each with a read that
 /// may fail, took these programs past its budget of a million instructions. (The kernel

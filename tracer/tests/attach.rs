@@ -357,6 +357,73 @@ fn attach_shows_a_table_and_stops_after_duration() {
     let _ = target.wait();
 }
 
+/// Exact mode reuses a goroutine's latest walk when the stack still holds it (see
+/// `replay_walk` in the probe). Two stacks at the same addresses that differ only in a return
+/// address three frames below the allocation are still told apart, allocation by allocation;
+/// and a stack deeper than the probe's one read of the stack is walked to the default depth.
+#[test]
+fn stacks_that_differ_only_deep_down_are_counted_apart_and_deep_stacks_walked_in_full() {
+    const ROUNDS: u64 = 100_000;
+    let Some(_lock) = root_only("stacks_that_differ_only_deep_down_are_counted_apart_and_deep_stacks_walked_in_full")
+    else {
+        return;
+    };
+    for minor in ["1.21", "1.27"] {
+        let f = fixture(minor, "default");
+        let folded = scratch(&format!("stacks-{minor}.folded"));
+        let out = output(
+            gotrace()
+                .args(["run", "-f", "folded", "-o"])
+                .arg(&folded)
+                .arg("--")
+                .arg(&f.path)
+                .args(["stacks", &ROUNDS.to_string()]),
+        );
+        assert!(
+            out.status.success(),
+            "go{minor}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&folded).expect("the folded stacks");
+        // Folded lines: frames outermost first, the type as the leaf, then bytes.
+        let lines: Vec<(Vec<&str>, u64)> = text
+            .lines()
+            .filter_map(|l| {
+                let (stack, bytes) = l.rsplit_once(' ')?;
+                Some((stack.split(';').collect(), bytes.parse().ok()?))
+            })
+            .collect();
+        let objects_through = |caller: &str| -> u64 {
+            lines
+                .iter()
+                .filter(|(frames, _)| frames.ends_with(&[caller, "main.twinMid", "main.twinLeaf", "[main.TwinNode]"]))
+                .map(|(_, bytes)| bytes / 24)
+                .sum()
+        };
+        assert_eq!(objects_through("main.twinA"), ROUNDS / 2, "go{minor}:\n{text}");
+        assert_eq!(objects_through("main.twinB"), ROUNDS / 2, "go{minor}:\n{text}");
+
+        let deep: Vec<&(Vec<&str>, u64)> = lines
+            .iter()
+            .filter(|(frames, _)| frames.last() == Some(&"[main.DeepNode]"))
+            .collect();
+        assert_eq!(
+            deep.iter().map(|(_, bytes)| bytes / 32).sum::<u64>(),
+            ROUNDS,
+            "go{minor}:\n{text}"
+        );
+        for (frames, _) in deep {
+            // 96 program counters, the runtime's own frames (mallocgc, newobject) not shown.
+            let shown = &frames[..frames.len() - 1];
+            assert!(
+                shown.len() >= 93 && shown.iter().all(|f| *f == "main.deepFrame"),
+                "go{minor}: {} frames: {frames:?}",
+                shown.len()
+            );
+        }
+    }
+}
+
 /// `--time-probes`: the kernel times every run of the probes, and the report says how long they
 /// took; without it (and without the sysctl) the report has no run time.
 #[test]

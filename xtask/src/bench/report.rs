@@ -113,39 +113,48 @@ pub fn markdown(r: &Results) -> String {
     if !r.cost.is_empty() {
         let _ = writeln!(
             md,
-            "**Cost per allocation**: `workloads loop` allocates one 64-byte object per iteration from one \
-             callsite; the figure is the whole process's CPU time (traps and probe time included) over \
-             {} s per run, divided by its allocations. *Added* is over the untraced median; *× floor* \
-             divides it by row 3's; *bpftrace ÷* divides the bpftrace one-liner's by it; *spread* is (highest − lowest) / median. Every probed \
-             row probes the same functions: Go's counting allocation entry points (`runtime.mallocgc`, \
-             and on Go 1.27 the size-specialised `mallocgc*SC<n>` the compiler calls directly). The \
-             bpftrace row is `uprobe:BIN:<each of them> {{ @[ustack, reg(\"ax\")] = count(); }}`.\n",
+            "**Cost per allocation**: `workloads loop --depth D` allocates one 64-byte object per \
+             iteration from one callsite, D frames below its goroutine's entry (each frame 64 bytes); \
+             the figure is the whole process's CPU time (traps and probe time included) over {} s \
+             per run, divided by its allocations. *Added* is over the untraced median at the same \
+             depth; *× floor* divides it by the empty probe's at the same depth; *bpftrace ÷* \
+             divides the bpftrace one-liner's by it; *spread* is (highest − lowest) / median. *Probe \
+             run* is what the kernel timed each run of exact mode's probe at (`--time-probes`, \
+             whose two clock reads per run the timed row's cost includes): the rest of exact \
+             mode's added cost is the trap, the floor. Every probed row probes the same \
+             functions: Go's counting allocation entry points (`runtime.mallocgc`, and on Go 1.27 \
+             the size-specialised `mallocgc*SC<n>` the compiler calls directly). The bpftrace row \
+             is `uprobe:BIN:<each of them> {{ @[ustack, reg(\"ax\")] = count(); }}`.\n",
             r.plan.window_secs
         );
         for table in &r.cost {
             let _ = writeln!(
                 md,
-                "| {} | ns per allocation | spread | added ns | × floor | bpftrace ÷ |",
+                "| {} | depth | ns per allocation | spread | added ns | × floor | bpftrace ÷ | probe run ns |",
                 table.go_version
             );
-            md.push_str("| --- | --- | --- | --- | --- | --- |\n");
-            for (i, row) in table.rows.iter().enumerate() {
-                let name = format!("{}. {}", i + 1, row.tracer.label());
+            md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+            for row in &table.rows {
+                let name = row.tracer.label();
+                let depth = row.depth;
                 match &row.error {
                     Some(e) => {
-                        let _ = writeln!(md, "| {name} | {} | | | | |", not_measured(e));
+                        let _ = writeln!(md, "| {name} | {depth} | {} | | | | | |", not_measured(e));
                     }
                     None => {
                         let _ = writeln!(
                             md,
-                            "| {name} | {} | {} | {} | {} | {} |",
+                            "| {name} | {depth} | {} | {} | {} | {} | {} | {} |",
                             stat(row.ns_per_alloc.as_ref(), 0),
                             row.ns_per_alloc
                                 .as_ref()
                                 .map_or_else(|| "—".to_owned(), |s| format!("{:.0}%", s.spread() * 100.0)),
                             number(row.added_ns, 0),
                             ratio(row.vs_floor),
-                            ratio(row.bpftrace_over_this)
+                            ratio(row.bpftrace_over_this),
+                            row.probe_run_ns
+                                .as_ref()
+                                .map_or_else(|| "—".to_owned(), |s| stat(Some(s), 0))
                         );
                     }
                 }
