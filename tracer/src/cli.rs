@@ -346,10 +346,10 @@ pub struct SamplingArgs {
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     pub set_mem_profile_rate: Option<u64>,
 
-    /// Frames recorded per allocation stack (1 to 96). The probe copies the top 256 bytes of
-    /// the stack at once. In exact mode each frame beyond them is one more read of the target's
-    /// memory per hit (~0.1 µs), so deep stacks walked in full cost microseconds per hit; the
-    /// sampled modes read the rest of the stack a page at a time.
+    /// Frames recorded per allocation stack (1 to 96). Exact mode copies the goroutine's live
+    /// stack in one read (up to 16 KiB; deeper records a page at a time) and walks it in the
+    /// copy, so a deep stack costs a few ns per frame per hit; the sampled modes read the stack
+    /// a page at a time.
     #[arg(long, value_name = "N", default_value_t = 96, value_parser = clap::value_parser!(u16).range(1..=96))]
     pub stack_depth: u16,
 
