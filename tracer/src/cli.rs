@@ -15,7 +15,7 @@ use crate::duty::DutyCycleOptions;
 pub use crate::mode::Mode;
 use crate::probes::ProbeOptions;
 
-/// `--span-budget`'s default: probe hits a second (see `crate::duty`).
+/// `--span-budget`'s default: probe hits per second of the target's CPU time (see `crate::duty`).
 const DEFAULT_SPAN_BUDGET: u32 = 1000;
 
 /// See where a running Go program allocates heap memory: each callsite, the type it
@@ -367,12 +367,14 @@ pub struct SamplingArgs {
 /// `--span-budget` (attach, run and serve).
 #[derive(Debug, Args)]
 pub struct SpanBudgetArg {
-    /// Span mode: the probe hits a second the target pays for, on average. Each costs it a trap,
-    /// the probe, and the cache misses they leave behind: ~3.5 µs of the CPU-bound benchmark
-    /// workload's time on a 2-core VM, so 1000 is ~0.35% of a core. A target that refills
-    /// spans more than twice as fast gets the probes attached for only the first part of each
-    /// --span-period (a duty cycle, down to 5% of it), and the estimates are scaled by the
-    /// inverse of that part. 0: always attached.
+    /// Span mode: the probe hits per second of the target's own CPU time (user and system)
+    /// that it pays for, on average, so that the cost is a share of its work whether it is
+    /// busy or mostly waiting. Each hit costs a trap, the probe, and the cache misses they
+    /// leave behind: ~3.6 µs on the CPU-bound benchmark workload, ~8 µs (up to ~14 µs) on a
+    /// `net/http` service whose caches the network code keeps cold (2-core VM), so 1000 holds a
+    /// target to ~0.4–0.8%, at most ~1.4%. A target that refills spans more than twice as fast gets the probes
+    /// attached for only the first part of each --span-period (a duty cycle, down to 5% of
+    /// it), and the estimates are scaled by the inverse of that part. 0: always attached.
     #[arg(long, value_name = "HITS", default_value_t = DEFAULT_SPAN_BUDGET)]
     pub span_budget: u32,
 

@@ -29,6 +29,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::process::{CPU_TICKS_PER_SEC, CpuTicks};
+
 /// How long the probes stay attached to measure their hit rate: at the start, while the rate
 /// is within the budget, and between attempts to attach again. The cycle itself is as long as
 /// the caller says (`--span-period`, 30 s by default): attaching and detaching the probes is
@@ -47,7 +49,7 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(1);
 
 /// The least fraction of each cycle the probes stay attached: 5% of a 1 s cycle is still
 /// thousands of refills in a program that needs sampling. (So a target that hits the probes
-/// more than 20 times the budget a second, attached, pays more than the budget.)
+/// more than 20 times the budget per CPU-second, attached, pays more than the budget.)
 const MIN_FRACTION: f64 = 0.05;
 
 /// The largest fraction worth cycling for. Each cycle attaches and detaches the probes, and
@@ -65,7 +67,8 @@ const HEAP_POLL: Duration = Duration::from_millis(25);
 /// Span mode's duty cycle as the user set it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DutyCycleOptions {
-    /// Probe hits a second the target pays for, on average (`--span-budget`).
+    /// Probe hits per second of the target's CPU time that it pays for, on average
+    /// (`--span-budget`; see [`hits_per_cpu_second`]).
     pub budget: u32,
     /// How long one cycle lasts (`--span-period`).
     pub period: Duration,
@@ -80,8 +83,8 @@ pub trait Switch: Send + 'static {
     fn detach(&mut self);
 }
 
-/// Reads the target's user-mode CPU time so far (clock ticks); `None` when it cannot.
-pub type ProgressClock = Box<dyn Fn() -> Option<u64> + Send>;
+/// Reads the target's CPU time so far; `None` when it cannot.
+pub type ProgressClock = Box<dyn Fn() -> Option<CpuTicks> + Send>;
 
 /// Reads the bytes the target's runtime has counted as allocated so far
 /// ([`crate::remote::HeapCounter`]); `None` when it cannot.
@@ -319,7 +322,8 @@ impl std::fmt::Debug for DutyCycle {
 
 impl DutyCycle {
     /// Starts cycling probes that are attached now, keeping their hits (`hits` returns the
-    /// count so far) within `options.budget` a second on average, one cycle each
+    /// count so far) within `options.budget` per second of the target's CPU time (as `clock`
+    /// reads it; per wall second without it) on average, one cycle each
     /// `options.period`. The counts are scaled by what `heap`
     /// reads, the target's own allocation total, when there is one; else by time, with `clock`
     /// (the target's user CPU time) allowing for the probes slowing the target (see
@@ -445,8 +449,31 @@ fn poll_heap(shared: &Shared, read: &(dyn Fn() -> Option<u64> + Send + Sync)) {
     }
 }
 
-/// The fraction of the cycle that keeps `rate` hits a second (measured while attached) within
-/// `budget` a second; 1 (no cycle) unless that is below [`MAX_FRACTION`].
+/// The probes' hit rate over a stretch attached: per second of the target's CPU time in it
+/// (user and system, the traps included) when `cpu_ticks` has it, else per second of `wall`.
+///
+/// Per CPU-second because a hit's price is a share of the target's own work, and a hit costs
+/// a service that mostly waits on the network more than a busy program: in `cargo xtask
+/// bench`, with the probes always attached, the `net/http` service (paced, a quarter of a CPU)
+/// ran 7,800 probes per second of its CPU time and lost 6.0% of its requests per CPU-second
+/// (~7.7 µs a hit: the trap and the probe find its caches cold; `perf record` put 9.4% of its
+/// time in the uprobe path at a similar rate), the CPU-bound workload 34,700 and 12.5% (~3.6 µs
+/// a hit). A budget of hits per wall second let the service, at 2,000 hits a wall second, keep
+/// its probes attached for half of each cycle; per CPU-second, the default 1000 holds it to
+/// ~0.8% (the bench's account: 0.8% at 1,165 runs per CPU-second). An idle stretch counts as
+/// one tick, so that a few hits in it read as a rate.
+fn hits_per_cpu_second(hits: u64, wall: Duration, cpu_ticks: Option<u64>) -> f64 {
+    #[expect(clippy::cast_precision_loss, reason = "rates")]
+    let (hits, seconds) = match cpu_ticks {
+        Some(ticks) => (hits as f64, ticks.max(1) as f64 / CPU_TICKS_PER_SEC as f64),
+        None => (hits as f64, wall.as_secs_f64()),
+    };
+    if seconds > 0.0 { hits / seconds } else { 0.0 }
+}
+
+/// The fraction of the cycle that keeps `rate` hits per CPU-second (measured while attached,
+/// see [`hits_per_cpu_second`]) within `budget`; 1 (no cycle) unless that is below
+/// [`MAX_FRACTION`].
 fn fraction_for(rate: f64, budget: f64) -> f64 {
     let fraction = (budget / rate).clamp(MIN_FRACTION, 1.0);
     if fraction > MAX_FRACTION { 1.0 } else { fraction }
@@ -473,7 +500,7 @@ fn cycle(
     let mut failures = 0_u32;
     // When the probes were last detached, and the target's user CPU time then.
     let mut off_since = Instant::now();
-    let mut off_ticks = None;
+    let mut off_ticks: Option<CpuTicks> = None;
     loop {
         if !attached {
             if let Err(e) = lock().attach() {
@@ -494,7 +521,7 @@ fn cycle(
             shared.attached().open_stretch(now);
             if let (Some(start), Some(end)) = (off_ticks, clock()) {
                 let mut pace = shared.pace();
-                pace.detached_ticks += end.saturating_sub(start);
+                pace.detached_ticks += end.user.saturating_sub(start.user);
                 pace.detached_wall += now.saturating_duration_since(off_since);
             }
         }
@@ -511,8 +538,10 @@ fn cycle(
         if shared.sleep(stretch) {
             return;
         }
-        #[expect(clippy::cast_precision_loss, reason = "a rate")]
-        let rate = hits().saturating_sub(hits_before) as f64 / on_since.elapsed().as_secs_f64();
+        let cpu_ticks = clock()
+            .zip(on_ticks)
+            .map(|(now, then)| now.total.saturating_sub(then.total));
+        let rate = hits_per_cpu_second(hits().saturating_sub(hits_before), on_since.elapsed(), cpu_ticks);
         fraction = fraction_for(rate, budget);
         shared.attached().fraction = fraction;
         if fraction >= 1.0 {
@@ -527,8 +556,8 @@ fn cycle(
                  in, so expect errors of up to ±20%)"
             };
             eprintln!(
-                "gotrace: span mode: {rate:.0} probe hits a second is over the budget of {budget:.0} \
-                 (--span-budget): the probes are attached for {:.0}% of every {:?} (--span-period) \
+                "gotrace: span mode: {rate:.0} probe hits per second of the target's CPU time is over \
+                 the budget of {budget:.0} (--span-budget): the probes are attached for {:.0}% of every {:?} (--span-period) \
                  and the counts scaled up to match, {basis}",
                 fraction * 100.0,
                 period
@@ -539,7 +568,7 @@ fn cycle(
         shared.attached().close_stretch(off_since, false);
         if let (Some(start), Some(end)) = (on_ticks, off_ticks) {
             let mut pace = shared.pace();
-            pace.attached_ticks += end.saturating_sub(start);
+            pace.attached_ticks += end.user.saturating_sub(start.user);
             pace.attached_wall += off_since.saturating_duration_since(on_since);
         }
         lock().detach();
@@ -892,6 +921,53 @@ mod tests {
         assert!((pace.slowdown() - 1.5).abs() < 1e-9, "{}", pace.slowdown());
         pace.attached_ticks = 60;
         assert!((pace.slowdown() - 1.0).abs() < f64::EPSILON);
+    }
+
+    /// A target busy a quarter of the time is held to a quarter of the hits a second that a
+    /// busy one gets: the budget is per second of its CPU time.
+    #[test]
+    fn budget_is_per_second_of_the_targets_cpu_time() {
+        let target = FakeTarget::new();
+        let probes = Arc::new(Mutex::new(FakeProbes {
+            since: Some(Instant::now()),
+            hits: 0.0,
+            switches: 0,
+            target,
+        }));
+        let reader = probes.clone();
+        let born = Instant::now();
+        let quarter_busy = Box::new(move || {
+            #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a few ticks")]
+            let ticks = (born.elapsed().as_secs_f64() * 25.0) as u64;
+            Some(CpuTicks {
+                user: ticks,
+                total: ticks,
+            })
+        });
+        let duty = DutyCycle::start(
+            probes,
+            move || reader.lock().unwrap().hits(),
+            None,
+            quarter_busy,
+            DutyCycleOptions {
+                budget: 40_000,
+                period: PERIOD,
+            },
+        )
+        .unwrap();
+        std::thread::sleep(PERIOD + PERIOD / 2);
+        // 100,000 hits a second over 0.25 CPU-seconds a second is 400,000 per CPU-second: 10%
+        // of each cycle (per wall second it would have been 40%).
+        assert!((duty.fraction() - 0.1).abs() < 0.02, "{}", duty.fraction());
+    }
+
+    #[test]
+    fn hit_rates_are_per_cpu_second_and_an_idle_stretch_counts_one_tick() {
+        let second = Duration::from_secs(1);
+        assert!((hits_per_cpu_second(500, second, Some(25)) - 2000.0).abs() < 1e-9);
+        assert!((hits_per_cpu_second(500, second, None) - 500.0).abs() < 1e-9);
+        assert!((hits_per_cpu_second(3, second, Some(0)) - 300.0).abs() < 1e-9);
+        assert!(hits_per_cpu_second(0, Duration::ZERO, None).abs() < f64::EPSILON);
     }
 
     #[test]

@@ -40,9 +40,9 @@ pub struct AttachTarget<'b, 'd> {
 pub struct ProbeOptions {
     /// Frames walked per hit.
     pub stack_depth: usize,
-    /// Span mode's duty cycle: the probe hits a second, on average, beyond which its probes
-    /// are attached for only part of each cycle, and the cycle's length ([`crate::duty`]);
-    /// `None`: always attached.
+    /// Span mode's duty cycle: the probe hits per second of the target's CPU time, on average,
+    /// beyond which its probes are attached for only part of each cycle, and the cycle's length
+    /// ([`crate::duty`]); `None`: always attached.
     pub span_duty_cycle: Option<DutyCycleOptions>,
     /// Have the kernel time every run of every BPF program while the probes are attached
     /// (`BPF_ENABLE_STATS`), so that [`Probes::run_time`] can say what the probes cost.
@@ -192,7 +192,7 @@ impl Probes {
                 let stats: PerCpuArray<MapData, ProbeStats> = PerCpuArray::try_from(Map::PerCpuArray(stats_for_duty))?;
                 let hits = move || stats.get(&0, 0).map_or(0, |cpus| total_stats(cpus.iter()).hits);
                 let switch: Arc<Mutex<dyn Switch>> = attachments.clone();
-                let clock = Box::new(move || crate::process::user_cpu_ticks(pid));
+                let clock = Box::new(move || crate::process::cpu_ticks(pid));
                 let heap = HeapCounter::locate(binary, pid, addresses).map(|counter| {
                     let read: HeapReader = Arc::new(move || counter.allocated_bytes());
                     read

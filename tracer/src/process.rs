@@ -278,12 +278,31 @@ pub fn alive(pid: u32) -> bool {
         .is_some_and(|exited| !exited)
 }
 
-/// The user-mode CPU time of all of a process's threads so far, in clock ticks (field 14 of
-/// `/proc/PID/stat`): how far a program got, leaving out its threads' time in the kernel (probe
-/// traps included).
+/// A process's CPU time so far, all threads, in clock ticks (`/proc/PID/stat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CpuTicks {
+    /// In user mode (field 14): how far a program got, leaving out its threads' time in the
+    /// kernel (probe traps included).
+    pub user: u64,
+    /// User and system (fields 14 and 15): what the program costs its host, traps included.
+    pub total: u64,
+}
+
+/// The clock ticks [`CpuTicks`] counts in: `USER_HZ`, 100 on every Linux architecture gotrace
+/// runs on (the kernel scales `/proc` times to it whatever its own tick rate).
+pub const CPU_TICKS_PER_SEC: u64 = 100;
+
+/// A process's CPU time so far ([`CpuTicks`]); `None` once it is gone.
 #[must_use]
-pub fn user_cpu_ticks(pid: u32) -> Option<u64> {
-    stat_after_name(pid)?.split_whitespace().nth(11)?.parse().ok()
+pub fn cpu_ticks(pid: u32) -> Option<CpuTicks> {
+    let fields = stat_after_name(pid)?;
+    let mut times = fields.split_whitespace().skip(11).map(str::parse::<u64>);
+    let user = times.next()?.ok()?;
+    let system = times.next()?.ok()?;
+    Some(CpuTicks {
+        user,
+        total: user.saturating_add(system),
+    })
 }
 
 /// The executable a process runs, as a file identity (device, inode).

@@ -92,7 +92,6 @@ pub fn run(target: Target, config: &TraceConfig) -> anyhow::Result<ExitCode> {
         target: target_info(pid, &exe.path_in_process, &binary),
         config,
     };
-    session.announce();
     let exit_code = session.collect(child)?;
     Ok(exit_code.map_or(ExitCode::SUCCESS, |code| {
         ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
@@ -210,6 +209,10 @@ impl Session<'_> {
             // Made once: a signal must not be lost between two iterations of the loop.
             let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
             let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+            // Only now: a Ctrl-C or SIGTERM sent as soon as "attached" is read must find its
+            // handler. (Announced before, a SIGINT sent at once was lost now and then, and the
+            // trace ran on until killed: `cargo xtask bench`'s attach time, twice in a day.)
+            self.announce();
             let deadline = tokio::time::sleep(self.config.duration.unwrap_or(Duration::MAX / 4));
             tokio::pin!(deadline);
             // The live view draws at once; tables, lines and documents come once there is an

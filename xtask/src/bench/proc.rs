@@ -163,6 +163,50 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks / per_second.max(1) as f64)
 }
 
+/// CPU time the process's threads used so far, in seconds, to the nanosecond: the sum of each
+/// thread's run time in `/proc/PID/task/TID/schedstat` (the scheduler's own account). Two
+/// processes sharing a CPU are told apart by it where `/proc/PID/stat`'s clock ticks, which
+/// charge each 10 ms tick to whoever runs at that instant, came out 2% apart for two
+/// identical untraced services. A thread that has exited is no longer counted (a Go program
+/// keeps its threads).
+pub fn cpu_seconds_exact(pid: u32) -> Result<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).with_context(|| format!("process {pid} is gone"))?;
+    let mut nanoseconds = 0_u64;
+    for task in tasks {
+        let path = task.context("cannot list a process's threads")?.path().join("schedstat");
+        // A thread that exits meanwhile simply stops counting.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let ran: u64 = text
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("bad {}: {text:?}", path.display()))?;
+        nanoseconds += ran;
+    }
+    #[expect(clippy::cast_precision_loss, reason = "nanoseconds, far below 2^53 for a bench")]
+    Ok(nanoseconds as f64 / 1e9)
+}
+
+/// Seconds the hypervisor has taken from `cpu` (all CPUs when `None`) so far, for other guests:
+/// the steal column of `/proc/stat`.
+pub fn steal_seconds(cpu: Option<usize>) -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    let name = cpu.map_or_else(|| "cpu".to_owned(), |cpu| format!("cpu{cpu}"));
+    let steal: f64 = stat
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next() == Some(name.as_str())).then(|| fields.nth(7).and_then(|v| v.parse().ok()))?
+        })
+        .with_context(|| format!("no steal time for {name} in /proc/stat"))?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    #[expect(clippy::cast_precision_loss, reason = "clock ticks per second, about 100")]
+    Ok(steal / per_second.max(1) as f64)
+}
+
 /// The process's peak resident set (`VmHWM`), in MiB.
 pub fn peak_rss_mib(pid: u32) -> Result<f64> {
     let status =
@@ -210,12 +254,17 @@ impl CpuSplit {
         }))
     }
 
+    /// The CPU the workload runs on.
+    pub fn workload_cpu(&self) -> usize {
+        self.workload_cpu
+    }
+
     /// For the report: which CPU runs what.
     pub fn describe(&self) -> String {
         let others: Vec<String> = self.other_cpus.iter().map(ToString::to_string).collect();
         format!(
-            "the workload runs alone on CPU {} (a Go program so pinned runs with GOMAXPROCS 1), \
-             and wrk (for HTTP), gotrace and the bench on CPU {}",
+            "the workload's two instances run on CPU {} (a Go program so pinned runs with \
+             GOMAXPROCS 1), and wrk (for HTTP), gotrace and the bench on CPU {}",
             self.workload_cpu,
             others.join(", ")
         )

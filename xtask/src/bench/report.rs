@@ -165,31 +165,37 @@ pub fn markdown(r: &Results) -> String {
     if !r.realistic.is_empty() {
         let _ = writeln!(
             md,
-            "**Realistic workloads** ({}): `workloads http` (stdlib `net/http` JSON service) under \
-             `wrk -t2 -c16 --latency` for {} s on loopback, and `workloads cpu` (JSON encoding and \
-             decoding, maps, strings) for {} s. Each traced window runs between two untraced ones \
-             (untraced, exact, untraced, go-sampler, untraced, span, untraced, span always attached, \
-             untraced), each mode after 2 s attached (the service under load), by which span mode's duty \
-             cycle has settled. Duty-cycled span runs with `--span-period` {}, in windows as long, so \
-             that each window holds one attach and one detach; its *change* is against the mean of \
-             the untraced windows on either side, the median over the runs, so that the machine's drift \
-             cancels. In both workloads' runs {}; the host's other VMs come and go all the same. \
-             *Per CPU-s* \
-             divides by the traced process's own CPU time (user + system, traps included). The noise \
-             a change stands in: the untraced windows on either side of a traced one differed by {} \
-             per service CPU-second (HTTP) and {} per CPU-second (CPU-bound), the median (and \
-             range) over every such pair in this run.\n",
+            "**Realistic workloads** ({}), each as two identical instances side by side: \
+             `workloads http` (stdlib `net/http` JSON service), each instance under its own \
+             `wrk -t1 -c8 --latency` paced so that every connection waits 1 ms after each response \
+             (the same load for both, neither saturated), for {} s on loopback; and `workloads cpu` \
+             (JSON encoding and decoding, maps, strings), busy, for {} s. In each window one \
+             instance runs under the mode and the other untraced, and each *change* is the traced \
+             instance's figure over the untraced one's in the same seconds, the median over the \
+             runs; which instance is traced alternates. So whatever the host does that minute \
+             (other VMs stealing the CPU, by {} of the workload CPU's time over the HTTP windows \
+             and {} over the CPU-bound ones here, median and range), it does to both. The *untraced* \
+             row's windows trace neither instance (A/A): the two came out {} apart per service \
+             CPU-second, {} in p99 and {} per CPU-second (CPU-bound), median and range, the noise \
+             every change stands in; a target whose noise exceeds its limit is *undecided*. Each mode \
+             is measured after 2 s attached (under load), by which span mode's duty cycle has settled; \
+             duty-cycled span runs with `--span-period` {}, in windows as long, so that each holds one \
+             attach and one detach. In both workloads' runs {}. *Per CPU-s* divides by the instance's \
+             own CPU time (user + system, traps included).\n",
             super::realistic_cost_table(&r.cost)
                 .map_or_else(|| format!("go{}", super::REALISTIC_GO), |t| t.go_version.clone()),
             r.plan.wrk_secs,
             r.plan.window_secs,
+            spread(r.noise.http_steal.as_ref()),
+            spread(r.noise.cpu_steal.as_ref()),
+            spread(r.noise.http_per_cpu.as_ref()),
+            spread(r.noise.http_p99.as_ref()),
+            spread(r.noise.cpu_per_cpu.as_ref()),
             span_period(&r.plan),
             r.cpus,
-            drift(r.untraced_drift.http_per_cpu.as_ref()),
-            drift(r.untraced_drift.cpu_per_cpu.as_ref())
         );
         md.push_str(
-            "| mode | HTTP requests/s | change | per service CPU-s | change | HTTP p99 ms | CPU-bound ops/s | change | per CPU-s | change | gotrace peak RSS MiB |\n",
+            "| mode | HTTP requests/s | per service CPU-s | change | HTTP p99 ms | change | CPU-bound ops/s | change | per CPU-s | change | gotrace peak RSS MiB |\n",
         );
         md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
         for row in &r.realistic {
@@ -209,10 +215,10 @@ pub fn markdown(r: &Results) -> String {
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 row.tracer.label(),
                 stat(row.http_requests_per_sec.as_ref(), 0),
-                change(row.http_ratio),
                 stat(row.http_requests_per_cpu_sec.as_ref(), 0),
                 change(row.http_per_cpu_ratio),
                 stat(row.http_p99_ms.as_ref(), 2),
+                change(row.http_p99_ratio.as_ref().map(|r| r.median)),
                 stat(row.cpu_ops_per_sec.as_ref(), 0),
                 change(row.cpu_ratio),
                 stat(row.cpu_ops_per_cpu_sec.as_ref(), 0),
@@ -326,25 +332,30 @@ pub fn markdown(r: &Results) -> String {
     if !r.targets.is_empty() {
         md.push_str(
             "**Targets** (the realistic workloads' losses: median of the paired runs, lowest to highest \
-         in parentheses)\n\n| target | figure | limit | met |\n| --- | --- | --- | --- |\n",
+         in parentheses; *A/A noise*: how far apart two untraced instances came out, at most)\n\n\
+         | target | figure | limit | A/A noise | met |\n| --- | --- | --- | --- | --- |\n",
         );
         for target in &r.targets {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 target.what,
                 match target.range {
                     Some([low, high]) => format!("{} ({low:.1} to {high:.1})", number(target.value, 1)),
                     None => number(target.value, 2),
                 },
                 target.limit,
+                target.noise.map_or_else(String::new, |n| format!("{n:.1}%")),
                 match target.verdict {
                     Verdict::Met => "yes",
                     Verdict::Missed => "**no**",
-                    Verdict::WithinNoise => "not clear: some runs met it",
+                    Verdict::Undecided => "**undecided**",
                     Verdict::NotMeasured => "not measured",
                 }
             );
+        }
+        if let Some(advice) = undecided_advice(&r.targets) {
+            let _ = writeln!(md, "\n{advice}");
         }
     }
     md
@@ -363,8 +374,21 @@ pub fn update_readme(readme: &Path, markdown: &str) -> Result<()> {
     std::fs::write(readme, updated).with_context(|| format!("cannot write {}", readme.display()))
 }
 
-/// How far apart neighbouring untraced windows were, as the prose says it.
-fn drift(stat: Option<&super::Stat>) -> String {
+/// What to do when some targets are undecided; `None` when none is.
+pub fn undecided_advice(targets: &[super::TargetCheck]) -> Option<String> {
+    let undecided = targets.iter().filter(|t| t.verdict == Verdict::Undecided).count();
+    (undecided > 0).then(|| {
+        format!(
+            "{undecided} target(s) undecided: in some A/A window two untraced instances came out further \
+             apart than the limit, so this run cannot tell a loss that size from the machine's noise. \
+             Run `sudo cargo xtask bench --only realistic` again when the host is quieter (the steal \
+             figures above say how busy it was)."
+        )
+    })
+}
+
+/// A percentage's median and range, as the prose says it.
+fn spread(stat: Option<&super::Stat>) -> String {
     stat.map_or_else(
         || "(not measured)".to_owned(),
         |s| format!("{:.1}% ({:.1}–{:.1}%)", s.median, s.min, s.max),
