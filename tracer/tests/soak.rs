@@ -74,7 +74,9 @@ fn serve_memory_stays_under_its_cap_against_churning_stacks() {
         }
         while let Ok(line) = target_out.try_recv() {
             // "allocs N cpu_ns C" each second.
-            let count = line.strip_prefix("allocs ").and_then(|rest| rest.split_whitespace().next());
+            let count = line
+                .strip_prefix("allocs ")
+                .and_then(|rest| rest.split_whitespace().next());
             if let Some(n) = count.and_then(|n| n.parse::<u64>().ok()) {
                 allocs_per_second.push(n);
             }

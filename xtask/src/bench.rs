@@ -1192,9 +1192,8 @@ impl SideBySide {
                 let mode = tracers[i];
                 match measure(mode, instance) {
                     Ok(figures) => {
-                        let shown = |figures: &[f64]| {
-                            figures.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(" ")
-                        };
+                        let shown =
+                            |figures: &[f64]| figures.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(" ");
                         eprintln!(
                             "bench: {what}, run {}/{}: {:<20} traced #{instance}: {}; untraced: {}; steal {:.1}%",
                             run + 1,
@@ -1273,7 +1272,10 @@ struct SideBySideNoise {
 
 /// Two instances of a workload, started side by side on the workload's CPU.
 fn start_pair(binary: &Path, args: &[&str], split: Option<&CpuSplit>) -> Result<[Proc; 2]> {
-    Ok([start_workload(binary, args, split)?, start_workload(binary, args, split)?])
+    Ok([
+        start_workload(binary, args, split)?,
+        start_workload(binary, args, split)?,
+    ])
 }
 
 /// The HTTP service under paced wrk and the CPU-bound workload, each as two instances side
@@ -1475,8 +1477,7 @@ fn cpu_side_by_side(
                         for workload in pair {
                             let (mut lines, mut ops, mut cpu_ns) = (0.0, 0.0, 0.0);
                             for line in workload.drain_stdout() {
-                                let (n, c) =
-                                    report_line(&line).with_context(|| format!("unexpected line {line:?}"))?;
+                                let (n, c) = report_line(&line).with_context(|| format!("unexpected line {line:?}"))?;
                                 lines += 1.0;
                                 ops += n;
                                 cpu_ns += c;
@@ -2101,10 +2102,16 @@ mod tests {
     fn a_target_is_undecided_when_the_noise_exceeds_its_limit_and_met_only_in_every_run() {
         let losses = Stat::of(&[1.0, 2.5, 2.9]);
         assert_eq!(side_by_side_verdict(losses.as_ref(), Some(1.5), 3.0), Verdict::Met);
-        assert_eq!(side_by_side_verdict(losses.as_ref(), Some(3.5), 3.0), Verdict::Undecided);
+        assert_eq!(
+            side_by_side_verdict(losses.as_ref(), Some(3.5), 3.0),
+            Verdict::Undecided
+        );
         assert_eq!(side_by_side_verdict(losses.as_ref(), None, 3.0), Verdict::Undecided);
         let one_run_over = Stat::of(&[1.0, 2.5, 3.4]);
-        assert_eq!(side_by_side_verdict(one_run_over.as_ref(), Some(1.5), 3.0), Verdict::Missed);
+        assert_eq!(
+            side_by_side_verdict(one_run_over.as_ref(), Some(1.5), 3.0),
+            Verdict::Missed
+        );
         assert_eq!(side_by_side_verdict(None, Some(1.5), 3.0), Verdict::NotMeasured);
     }
 }

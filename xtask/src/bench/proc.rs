@@ -173,7 +173,10 @@ pub fn cpu_seconds_exact(pid: u32) -> Result<f64> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).with_context(|| format!("process {pid} is gone"))?;
     let mut nanoseconds = 0_u64;
     for task in tasks {
-        let path = task.context("cannot list a process's threads")?.path().join("schedstat");
+        let path = task
+            .context("cannot list a process's threads")?
+            .path()
+            .join("schedstat");
         // A thread that exits meanwhile simply stops counting.
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
