@@ -643,6 +643,16 @@ mod tests {
     }
 
     impl FakeProbes {
+        /// Probes attached to `target` from now, as the duty cycle starts them.
+        fn attached_to(target: &Arc<FakeTarget>) -> Arc<Mutex<Self>> {
+            Arc::new(Mutex::new(Self {
+                since: Some(Instant::now()),
+                hits: 0.0,
+                switches: 0,
+                target: target.clone(),
+            }))
+        }
+
         fn hits_until(&self, at: Instant) -> f64 {
             let at = self.target.alive_at(at);
             self.since
@@ -687,12 +697,7 @@ mod tests {
     /// (scaled by its count when `by_count`); returns the probes and the cycle once its
     /// fraction has settled (at 10%) and a first interval has ended.
     fn settled_duty_cycle(target: &Arc<FakeTarget>, by_count: bool) -> (Arc<Mutex<FakeProbes>>, DutyCycle) {
-        let probes = Arc::new(Mutex::new(FakeProbes {
-            since: Some(Instant::now()),
-            hits: 0.0,
-            switches: 0,
-            target: target.clone(),
-        }));
+        let probes = FakeProbes::attached_to(target);
         let reader = probes.clone();
         let duty = DutyCycle::start(
             probes.clone(),
@@ -928,12 +933,7 @@ mod tests {
     #[test]
     fn budget_is_per_second_of_the_targets_cpu_time() {
         let target = FakeTarget::new();
-        let probes = Arc::new(Mutex::new(FakeProbes {
-            since: Some(Instant::now()),
-            hits: 0.0,
-            switches: 0,
-            target,
-        }));
+        let probes = FakeProbes::attached_to(&target);
         let reader = probes.clone();
         let born = Instant::now();
         let quarter_busy = Box::new(move || {

@@ -1340,6 +1340,13 @@ struct RealisticSetup<'a> {
     tracers: &'a [Tracer],
 }
 
+impl RealisticSetup<'_> {
+    /// Seconds stolen from the workload's CPU so far (from every CPU when they are not split).
+    fn steal_seconds(&self) -> Result<f64> {
+        steal_seconds(self.split.map(CpuSplit::workload_cpu))
+    }
+}
+
 /// The HTTP service's two instances under paced wrk ([`PACE_SCRIPT`]), side by side.
 fn http_side_by_side(
     setup: &RealisticSetup<'_>,
@@ -1352,7 +1359,7 @@ fn http_side_by_side(
         split,
         tracers,
     } = *setup;
-    let steal = || steal_seconds(split.map(CpuSplit::workload_cpu));
+    let steal = || setup.steal_seconds();
     let pace = env.scratch.join("pace.lua");
     std::fs::write(&pace, PACE_SCRIPT).with_context(|| format!("cannot write {}", pace.display()))?;
     let servers = start_pair(binary, &["http", "127.0.0.1:0"], split)?;
@@ -1439,7 +1446,7 @@ fn cpu_side_by_side(
         split,
         tracers,
     } = *setup;
-    let steal = || steal_seconds(split.map(CpuSplit::workload_cpu));
+    let steal = || setup.steal_seconds();
     let workloads = start_pair(binary, &["cpu", "0"], split)?;
     for workload in &workloads {
         workload.wait_for("ready", false, Duration::from_secs(20))?;

@@ -157,10 +157,16 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
         .iter()
         .map(|f| f.parse::<f64>().unwrap_or(0.0))
         .sum();
+    Ok(ticks_to_seconds(ticks))
+}
+
+/// `/proc`'s clock ticks (`USER_HZ`) in seconds.
+fn ticks_to_seconds(ticks: f64) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     #[expect(clippy::cast_precision_loss, reason = "clock ticks per second, about 100")]
-    Ok(ticks / per_second.max(1) as f64)
+    let per_second = per_second.max(1) as f64;
+    ticks / per_second
 }
 
 /// CPU time the process's threads used so far, in seconds, to the nanosecond: the sum of each
@@ -204,10 +210,7 @@ pub fn steal_seconds(cpu: Option<usize>) -> Result<f64> {
             (fields.next() == Some(name.as_str())).then(|| fields.nth(7).and_then(|v| v.parse().ok()))?
         })
         .with_context(|| format!("no steal time for {name} in /proc/stat"))?;
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    #[expect(clippy::cast_precision_loss, reason = "clock ticks per second, about 100")]
-    Ok(steal / per_second.max(1) as f64)
+    Ok(ticks_to_seconds(steal))
 }
 
 /// The process's peak resident set (`VmHWM`), in MiB.
