@@ -3,17 +3,20 @@
 // Doc comments here are `--help` text, where Markdown backticks would show as they are.
 #![expect(clippy::doc_markdown, reason = "doc comments are --help text")]
 
-use crate::profile::Grouping;
 use std::io::IsTerminal as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-use crate::duty::DutyCycleOptions;
-pub use crate::mode::Mode;
-use crate::probes::ProbeOptions;
+use tracer::config::{
+    ExplainConfig, ExplainFormat, ExplainInput, InspectConfig, InspectFormat, InspectTarget, LiveMode, OutputFormat,
+    Selector, ServeConfig, TraceConfig,
+};
+use tracer::duty::DutyCycleOptions;
+use tracer::mode::Mode;
+use tracer::probes::ProbeOptions;
+use tracer::profile::Grouping;
 
 /// `--span-budget`'s default: probe hits per second of the target's CPU time (see `crate::duty`).
 const DEFAULT_SPAN_BUDGET: u32 = 1000;
@@ -25,6 +28,11 @@ const DEFAULT_SPAN_BUDGET: u32 = 1000;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Print no progress on stderr (reading, attached, a status line every interval, where a
+    /// file went); warnings and errors still show.
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,56 +118,55 @@ Verdicts: escapes, moved_to_heap, does_not_escape (with a contradiction note whe
 was used anyway), runtime, unknown. The compiler that built the target is found on PATH or in
 ~/sdk/goX.Y.Z; another release is used with a warning, since its decisions may differ.")]
     Explain(ExplainArgs),
-
-    /// Measurements for `cargo xtask bench` (not for operators; prints JSON).
-    #[command(hide = true, subcommand)]
-    Bench(BenchCommand),
 }
 
-/// The hidden `gotrace bench` commands.
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Put an empty uprobe on each counting allocation entry point of PID until SIGINT or
-    /// SIGTERM: the cost of the trap alone.
-    EmptyProbe {
-        /// The process.
-        pid: u32,
-        /// entry: each function's first instruction (where probing by symbol puts it);
-        /// placement: where exact mode's probe goes.
-        #[arg(long, value_enum)]
-        at: EmptyAtArg,
-        /// Detach after this long.
-        #[arg(long, short = 'd', value_name = "DURATION", value_parser = parse_duration)]
-        duration: Option<Duration>,
-    },
-    /// Trace PID in exact mode until N distinct stacks were seen, detach, and time building a
-    /// profile of them from cold symbol caches; prints one JSON line.
-    Symbolize {
-        /// The process.
-        pid: u32,
-        /// Distinct stacks to symbolize.
-        #[arg(long, value_name = "N", default_value_t = 10_000)]
-        stacks: usize,
-        /// Give up when that many stacks were not seen within this time.
-        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
-        timeout: Duration,
-    },
+/// `--mode` (attach, run, serve).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Count every heap allocation, with its type (a probe on the runtime's malloc entry
+    /// points). Exact, but each allocation costs a trap: several times slower allocation.
+    Exact,
+    /// Go's own heap-profile sampler: a probe on runtime.profilealloc, which the runtime calls
+    /// about once per runtime.MemProfileRate bytes (512 KiB by default). Nearly free; scaled
+    /// the way pprof scales. Needs the target's memory profiling on (see --set-mem-profile-rate).
+    GoSampler,
+    /// Span refills: a probe on runtime.(*mcache).refill, which runs when a P's cached span of
+    /// one size class is used up, weighted by the objects it handed out, plus one on
+    /// runtime.(*mcache).allocLarge for objects over 32 KiB. Works on every target.
+    Span,
+    /// go-sampler when the target's memory profiling is on, else span.
+    Auto,
 }
 
-/// Where `gotrace bench empty-probe` puts its probes.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum EmptyAtArg {
-    /// Each function's first instruction.
-    Entry,
-    /// Where exact mode's probe goes.
-    Placement,
+impl From<ModeArg> for Mode {
+    fn from(mode: ModeArg) -> Self {
+        match mode {
+            ModeArg::Exact => Self::Exact,
+            ModeArg::GoSampler => Self::GoSampler,
+            ModeArg::Span => Self::Span,
+            ModeArg::Auto => Self::Auto,
+        }
+    }
 }
 
-impl From<EmptyAtArg> for crate::probes::EmptyAt {
-    fn from(at: EmptyAtArg) -> Self {
-        match at {
-            EmptyAtArg::Entry => Self::Entry,
-            EmptyAtArg::Placement => Self::Placement,
+/// `--callsite` (attach, run, serve).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CallsiteArg {
+    /// The first frame outside the runtime, as Go's heap profile names it: the line that
+    /// allocates, in the standard library or a dependency if that is where it is (the first
+    /// frame of the main module is shown next to it).
+    First,
+    /// The first frame in the program's own code (its main module): rows of the same line of
+    /// yours add up, whichever library call allocated for it (that callsite is shown next to
+    /// it). Allocations with no frame of the main module keep the first frame.
+    User,
+}
+
+impl From<CallsiteArg> for Grouping {
+    fn from(callsite: CallsiteArg) -> Self {
+        match callsite {
+            CallsiteArg::First => Self::First,
+            CallsiteArg::User => Self::User,
         }
     }
 }
@@ -195,8 +202,8 @@ pub struct ServeArgs {
     /// Which frame names a series: first, the line that allocates; user, the first line of
     /// the program's own code (see attach --help). The other one is in
     /// gotrace_callsite_user_info (or gotrace_callsite_via_info), one series per callsite.
-    #[arg(long, value_enum, value_name = "FRAME", default_value_t = Grouping::First)]
-    pub callsite: Grouping,
+    #[arg(long, value_enum, value_name = "FRAME", default_value_t = CallsiteArg::First)]
+    pub callsite: CallsiteArg,
 
     /// Distinct (stack, size) keys kept per target; beyond it, new ones are added to one
     /// "other callsites" entry. Bounds gotrace's memory: under 64 MiB at the default (measured
@@ -206,8 +213,8 @@ pub struct ServeArgs {
 
     /// How allocations are observed; see attach --help. auto: go-sampler when the target's
     /// memory profiling is on, else span.
-    #[arg(long, value_enum, default_value_t = Mode::Auto)]
-    pub mode: Mode,
+    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+    pub mode: ModeArg,
 
     /// For go-sampler: set the target's runtime.MemProfileRate to BYTES while tracing it; see
     /// attach --help for the risk.
@@ -232,8 +239,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// Validates the options.
-    pub fn resolve(self) -> anyhow::Result<crate::serve::ServeConfig> {
-        use crate::serve::Selector;
+    pub fn resolve(self) -> anyhow::Result<ServeConfig> {
         let selector = match (self.pid, self.exe, self.name) {
             (Some(0), _, _) => bail!("0 is not a valid process id"),
             (Some(pid), None, None) => Selector::Pid(pid),
@@ -251,10 +257,10 @@ impl ServeArgs {
         if self.interval < Duration::from_millis(100) || self.interval > Duration::from_hours(1) {
             bail!("--interval must be between 100ms and 1h");
         }
-        Ok(crate::serve::ServeConfig {
+        Ok(ServeConfig {
             selector,
             listen: self.listen,
-            mode: self.mode,
+            mode: self.mode.into(),
             set_mem_profile_rate: self.set_mem_profile_rate,
             top_k: self.top_k,
             interval: self.interval,
@@ -264,7 +270,7 @@ impl ServeArgs {
                 span_duty_cycle: self.span_budget.duty_cycle()?,
                 time_probes: self.time_probes,
             },
-            grouping: self.callsite,
+            grouping: self.callsite.into(),
         })
     }
 }
@@ -307,8 +313,8 @@ pub struct TraceArgs {
     pub top: Option<usize>,
 
     /// Format of the report (and of -o files whose extension names no format).
-    #[arg(long, short = 'f', value_enum, default_value_t = OutputFormat::Table)]
-    pub format: OutputFormat,
+    #[arg(long, short = 'f', value_enum, default_value_t = OutputFormatArg::Table)]
+    pub format: OutputFormatArg,
 
     /// Write the report to FILE instead of stdout. Repeatable, for several formats from one
     /// trace; the extension picks the format: .json, .jsonl, .pb.gz or .pprof, .folded, .svg
@@ -320,8 +326,8 @@ pub struct TraceArgs {
     /// it, possibly in the standard library or a dependency), with the first line of your own
     /// code (the main module) shown next to it; or user, your line, with the library line
     /// next to it.
-    #[arg(long, value_enum, value_name = "FRAME", default_value_t = Grouping::First)]
-    pub callsite: Grouping,
+    #[arg(long, value_enum, value_name = "FRAME", default_value_t = CallsiteArg::First)]
+    pub callsite: CallsiteArg,
 
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -334,8 +340,8 @@ pub struct SamplingArgs {
     /// allocation-heavy programs several times; the sampled modes cost the target almost
     /// nothing, report estimates (scaled, marked as such in every output) and cannot know
     /// types ("unknown").
-    #[arg(long, value_enum, default_value_t = Mode::Exact)]
-    pub mode: Mode,
+    #[arg(long, value_enum, default_value_t = ModeArg::Exact)]
+    pub mode: ModeArg,
 
     /// For go-sampler: set the target's runtime.MemProfileRate to BYTES while tracing (put
     /// back on exit), e.g. 524288 when the target's memory profiling is off. Risk: it writes
@@ -382,7 +388,7 @@ pub struct SpanBudgetArg {
     /// it, detached for the rest; 1s to 10m). Attaching and detaching the probes costs the
     /// target far more than their hits do: on the `net/http` benchmark service, cycling once a
     /// second cost it ~12% of its requests per CPU-second, once every 10 s ~5%, once every
-    /// 30 s ~2% (`cargo xtask bench`: README.md). Longer cycles cost less; shorter ones spread
+    /// 30 s ~2% (docs/sampled-overhead.md). Longer cycles cost less; shorter ones spread
     /// the samples more evenly over time, which only matters for a workload that changes
     /// within a cycle.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
@@ -405,7 +411,7 @@ impl SpanBudgetArg {
 
 /// Report formats of `attach` and `run`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
+pub enum OutputFormatArg {
     /// An aligned table, most bytes first; on a terminal, a live view while tracing.
     Table,
     /// One JSON document (keys: target, mode, duration_secs, totals, callsites, probes).
@@ -421,57 +427,16 @@ pub enum OutputFormat {
     Svg,
 }
 
-/// What gotrace shows while it traces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LiveMode {
-    /// The interactive view (stdout is a terminal, the format is a table).
-    View,
-    /// A plain table on stdout every interval (stdout is a pipe or a file).
-    Tables,
-    /// A `jsonl` document every interval.
-    Stream,
-    /// A progress line on stderr (stdout is taken by the report or the program).
-    Status,
-}
-
-/// `attach` and `run` options, validated.
-#[derive(Debug)]
-pub struct TraceConfig {
-    pub duration: Option<Duration>,
-    pub interval: Duration,
-    pub top: Option<usize>,
-    /// Where the report goes, in which format: `None` is stdout.
-    pub outputs: Vec<(Option<PathBuf>, OutputFormat)>,
-    /// What to show while tracing.
-    pub live: LiveMode,
-    /// How allocations are observed (may still be `auto`).
-    pub mode: Mode,
-    /// `--set-mem-profile-rate`.
-    pub set_mem_profile_rate: Option<u64>,
-    /// `--stack-depth` and `--span-budget`.
-    pub probe_options: ProbeOptions,
-    /// `--callsite`.
-    pub grouping: Grouping,
-}
-
-impl OutputFormat {
-    /// The format a file name asks for, by its extension.
-    fn of_path(path: &std::path::Path) -> Option<Self> {
-        let name = path.file_name()?.to_str()?.to_ascii_lowercase();
-        let by_suffix = [
-            (".pb.gz", Self::Pprof),
-            (".pprof", Self::Pprof),
-            (".pb", Self::Pprof),
-            (".jsonl", Self::Jsonl),
-            (".ndjson", Self::Jsonl),
-            (".json", Self::Json),
-            (".folded", Self::Folded),
-            (".svg", Self::Svg),
-        ];
-        by_suffix
-            .into_iter()
-            .find(|(suffix, _)| name.ends_with(suffix))
-            .map(|(_, format)| format)
+impl From<OutputFormatArg> for OutputFormat {
+    fn from(format: OutputFormatArg) -> Self {
+        match format {
+            OutputFormatArg::Table => Self::Table,
+            OutputFormatArg::Json => Self::Json,
+            OutputFormatArg::Jsonl => Self::Jsonl,
+            OutputFormatArg::Pprof => Self::Pprof,
+            OutputFormatArg::Folded => Self::Folded,
+            OutputFormatArg::Svg => Self::Svg,
+        }
     }
 }
 
@@ -491,17 +456,13 @@ impl TraceArgs {
         if self.top == Some(0) {
             bail!("--top must be at least 1");
         }
+        let format = OutputFormat::from(self.format);
         let outputs: Vec<(Option<PathBuf>, OutputFormat)> = if self.output.is_empty() {
-            vec![(None, self.format)]
+            vec![(None, format)]
         } else {
             self.output
                 .iter()
-                .map(|p| {
-                    Ok((
-                        Some(crate::session::check_output(p)?),
-                        OutputFormat::of_path(p).unwrap_or(self.format),
-                    ))
-                })
+                .map(|p| Ok((Some(check_output(p)?), OutputFormat::of_path(p).unwrap_or(format))))
                 .collect::<anyhow::Result<_>>()?
         };
         if outputs.iter().filter(|(_, f)| *f == OutputFormat::Jsonl).count() > 1 {
@@ -535,16 +496,28 @@ impl TraceArgs {
             top,
             outputs,
             live,
-            mode: self.sampling.mode,
+            mode: self.sampling.mode.into(),
             set_mem_profile_rate: self.sampling.set_mem_profile_rate,
             probe_options: ProbeOptions {
                 stack_depth: usize::from(self.sampling.stack_depth),
                 span_duty_cycle: self.sampling.span_budget.duty_cycle()?,
                 time_probes: self.sampling.time_probes,
             },
-            grouping: self.callsite,
+            grouping: self.callsite.into(),
         })
     }
+}
+
+/// Fails unless `path` can be created, before any tracing starts.
+fn check_output(path: &Path) -> anyhow::Result<PathBuf> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!("cannot write {}: {} is not a directory", path.display(), dir.display());
+    }
+    Ok(path.to_path_buf())
 }
 
 /// Parses `500ms`, `10s`, `2m`, `1h` or a plain number of seconds (`1.5`).
@@ -576,6 +549,16 @@ pub enum Format {
     Json,
 }
 
+/// Output formats of `explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExplainFormatArg {
+    /// A table: per callsite, the measured allocations and the compiler's verdict and reason.
+    Table,
+    /// JSON: {"callsites": [{"function", "file", "line", "allocations", "bytes", "verdict",
+    /// "compiler", "reason", …}]}.
+    Json,
+}
+
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// A Go binary, or the PID of a running Go process (a number; write ./123 for a file
@@ -599,25 +582,6 @@ pub struct InspectArgs {
 
     /// Also list functions with their address ranges; with a value, only names containing it.
     #[arg(long, value_name = "SUBSTRING", num_args = 0..=1, default_missing_value = "")]
-    pub functions: Option<String>,
-}
-
-/// What to inspect.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// A binary on disk.
-    File(PathBuf),
-    /// A running process.
-    Pid(u32),
-}
-
-/// `inspect`, validated.
-#[derive(Debug)]
-pub struct InspectConfig {
-    pub target: Target,
-    pub format: Format,
-    pub pcs: Vec<u64>,
-    pub types: Vec<u64>,
     pub functions: Option<String>,
 }
 
@@ -656,8 +620,8 @@ pub struct ExplainArgs {
     pub top: usize,
 
     /// Output format.
-    #[arg(long, short = 'f', value_enum, default_value_t = crate::explain::ExplainFormat::Table)]
-    pub format: crate::explain::ExplainFormat,
+    #[arg(long, short = 'f', value_enum, default_value_t = ExplainFormatArg::Table)]
+    pub format: ExplainFormatArg,
 
     /// Print an annotated source listing of this function (e.g. main.handle) instead: per line
     /// the bytes and allocations traced, and the compiler's verdicts.
@@ -667,8 +631,7 @@ pub struct ExplainArgs {
 
 impl ExplainArgs {
     /// Checks the arguments and turns them into a configuration.
-    pub fn resolve(self) -> anyhow::Result<crate::explain::ExplainConfig> {
-        use crate::explain::{ExplainConfig, Input};
+    pub fn resolve(self) -> anyhow::Result<ExplainConfig> {
         if self.duration.is_some() && self.pid.is_none() {
             bail!("--duration only applies with --pid (a saved result was traced already)");
         }
@@ -677,10 +640,10 @@ impl ExplainArgs {
                 if !path.is_file() {
                     bail!("{} is not a file", path.display());
                 }
-                Input::File(path)
+                ExplainInput::File(path)
             }
             (None, Some(0)) => bail!("0 is not a valid process id"),
-            (None, Some(pid)) => Input::Live {
+            (None, Some(pid)) => ExplainInput::Live {
                 pid,
                 duration: self.duration.unwrap_or(Duration::from_secs(10)),
             },
@@ -711,7 +674,10 @@ impl ExplainArgs {
             m2_log: self.m2_log,
             go,
             top: self.top,
-            format: self.format,
+            format: match self.format {
+                ExplainFormatArg::Table => ExplainFormat::Table,
+                ExplainFormatArg::Json => ExplainFormat::Json,
+            },
             list: self.list,
         })
     }
@@ -728,15 +694,18 @@ impl InspectArgs {
             if pid == 0 {
                 bail!("0 is not a valid process id");
             }
-            Target::Pid(pid)
+            InspectTarget::Pid(pid)
         } else if self.target.is_empty() {
             bail!("the target is empty: give a Go binary or a process id");
         } else {
-            Target::File(PathBuf::from(self.target))
+            InspectTarget::File(PathBuf::from(self.target))
         };
         Ok(InspectConfig {
             target,
-            format: self.format,
+            format: match self.format {
+                Format::Text => InspectFormat::Text,
+                Format::Json => InspectFormat::Json,
+            },
             pcs: self.pcs,
             types: self.types,
             functions: self.functions,
@@ -775,8 +744,8 @@ mod tests {
             }
             .resolve()
         };
-        assert_eq!(resolve("4242").unwrap().target, Target::Pid(4242));
-        assert_eq!(resolve("./4242").unwrap().target, Target::File("./4242".into()));
+        assert_eq!(resolve("4242").unwrap().target, InspectTarget::Pid(4242));
+        assert_eq!(resolve("./4242").unwrap().target, InspectTarget::File("./4242".into()));
         assert!(resolve("0").is_err());
         assert!(resolve("99999999999").is_err());
         assert!(resolve("").is_err());

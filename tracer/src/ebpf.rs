@@ -9,6 +9,7 @@
 ///
 /// The bytes are 16-byte aligned ([`aya::include_bytes_aligned`]): the ELF parser aya uses reads
 /// headers in place and refuses misaligned input.
+#[must_use]
 pub fn object() -> &'static [u8] {
     aya::include_bytes_aligned!(env!("GOTRACE_EBPF_OBJECT"))
 }

@@ -11,7 +11,7 @@ use gobin::{
 };
 use serde::Serialize;
 
-use crate::cli::{Format, InspectConfig, Target};
+use crate::config::{InspectConfig, InspectFormat, InspectTarget};
 
 /// What to read: the binary's path and, for a PID, the process's view of it.
 struct Subject {
@@ -168,8 +168,8 @@ pub fn run(config: &InspectConfig) -> anyhow::Result<()> {
     };
     let report = build_report(config, &subject.path, &binary, process.as_ref())?;
     let out = match config.format {
-        Format::Json => serde_json::to_string_pretty(&report).context("cannot encode the report")? + "\n",
-        Format::Text => render_text(&report),
+        InspectFormat::Json => serde_json::to_string_pretty(&report).context("cannot encode the report")? + "\n",
+        InspectFormat::Text => render_text(&report),
     };
     print!("{out}");
     Ok(())
@@ -254,9 +254,9 @@ fn build_report<'a>(
     })
 }
 
-fn resolve_subject(target: &Target) -> anyhow::Result<Subject> {
+fn resolve_subject(target: &InspectTarget) -> anyhow::Result<Subject> {
     match target {
-        Target::File(path) => {
+        InspectTarget::File(path) => {
             if !path.exists() {
                 anyhow::bail!("{}: no such file", path.display());
             }
@@ -265,7 +265,7 @@ fn resolve_subject(target: &Target) -> anyhow::Result<Subject> {
                 process: None,
             })
         }
-        Target::Pid(pid) => {
+        InspectTarget::Pid(pid) => {
             let exe = process_exe(*pid).with_context(|| format!("cannot find the executable of process {pid}"))?;
             Ok(Subject {
                 path: exe.path.clone(),

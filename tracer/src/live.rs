@@ -249,7 +249,7 @@ impl LiveView {
                     Cell::from(Line::from(c.size.p50.to_string()).right_aligned()),
                     Cell::from(Line::from(c.size.p99.to_string()).right_aligned()),
                     Cell::from(Line::from(c.size.max.to_string()).right_aligned()),
-                    Cell::from(c.kind),
+                    Cell::from(c.kind.as_str()),
                     Cell::from(c.type_name.clone().unwrap_or_else(|| "-".to_owned())),
                     Cell::from(format!("{} {}:{}", c.function, short_path(&c.file), c.line)),
                     Cell::from(
@@ -308,7 +308,7 @@ mod tests {
             file: "/app/main.go".to_owned(),
             line: 1,
             type_name: Some(type_name.to_owned()),
-            kind: "new",
+            kind: crate::profile::Kind::New,
             allocations,
             bytes,
             size: SizeStats {
@@ -337,8 +337,8 @@ mod tests {
                     go_version: "go1.27.3".to_owned(),
                     arch: "x86_64".to_owned(),
                 },
-                mode: "exact",
-                method: "exact",
+                mode: crate::mode::Mode::Exact,
+                method: "exact".to_owned(),
                 estimated: false,
                 duration_secs: 1.0,
                 totals: Totals::default(),

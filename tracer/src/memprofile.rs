@@ -11,6 +11,7 @@ use anyhow::{Context as _, bail};
 use gobin::GoBinary;
 use gobin::procmaps::AddressMap;
 
+use crate::progress;
 use crate::remote::RemoteMemory;
 
 /// The symbol of the rate (an `int`).
@@ -203,7 +204,7 @@ pub fn prepare(
     let rate = MemProfileRate::locate(binary, pid, addresses);
     let (mode, notes) = resolve_mode(requested, rate.as_ref(), set_rate)?;
     for note in notes {
-        eprintln!("gotrace: {note}");
+        progress!("{note}");
     }
     let rate_override = match (set_rate, rate) {
         (Some(new), Some(rate)) => Some(RateOverride::set(rate, new, binary.go_version().minor)?),
@@ -215,6 +216,7 @@ pub fn prepare(
 
 /// [`prepare`], then the probes of the mode it resolved attached to the target: what a session
 /// or serve needs of one target. The rate override is put back when dropped.
+#[derive(Debug)]
 pub struct PreparedProbes {
     pub probes: crate::probes::Probes,
     pub mode: crate::mode::Mode,

@@ -4,27 +4,22 @@
 //! program that allocates millions of times a second many times over. The sampled modes probe
 //! functions the runtime calls far less often and weight each hit by what it stands for.
 
-use clap::ValueEnum;
 use gobin::sizeclasses;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracer_common::{AllocKey, SIZE_IS_SPAN_CLASS};
 
-/// `--mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+/// How allocations are observed (`--mode`; its help in `cli.rs` says what each costs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
-    /// Count every heap allocation, with its type (a probe on the runtime's malloc entry
-    /// points). Exact, but each allocation costs a trap: several times slower allocation.
+    /// Every heap allocation, at the runtime's malloc entry points.
     Exact,
-    /// Go's own heap-profile sampler: a probe on runtime.profilealloc, which the runtime calls
-    /// about once per runtime.MemProfileRate bytes (512 KiB by default). Nearly free; scaled
-    /// the way pprof scales. Needs the target's memory profiling on (see --set-mem-profile-rate).
+    /// Go's own heap-profile samples (`runtime.profilealloc`), scaled as pprof scales them.
     GoSampler,
-    /// Span refills: a probe on runtime.(*mcache).refill, which runs when a P's cached span of
-    /// one size class is used up, weighted by the objects it handed out, plus one on
-    /// runtime.(*mcache).allocLarge for objects over 32 KiB. Works on every target.
+    /// Span refills (`runtime.(*mcache).refill`) and large objects (`allocLarge`), weighted by
+    /// the objects each stands for.
     Span,
-    /// go-sampler when the target's memory profiling is on, else span.
+    /// go-sampler when the target's memory profiling is on, else span; resolved per target.
     Auto,
 }
 
@@ -65,6 +60,12 @@ impl Mode {
             }
             Self::Auto => "auto",
         }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

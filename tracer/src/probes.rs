@@ -28,6 +28,7 @@ use crate::remote::HeapCounter;
 
 /// The process probes attach to: its Go binary (read from `binary_path`), its pid, and its
 /// address space.
+#[derive(Debug)]
 pub struct AttachTarget<'b, 'd> {
     pub binary: &'b GoBinary<'d>,
     pub binary_path: &'b Path,
@@ -54,7 +55,7 @@ pub struct ProbeOptions {
 /// Only while something keeps the kernel's BPF run-time statistics on (`--time-probes`, or
 /// the `kernel.bpf_stats_enabled` sysctl): the kernel reads the clock around a run then, and
 /// only then (`__bpf_prog_run` in `include/linux/filter.h`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProbeRunTime {
     /// Runs timed.
     pub runs: u64,
@@ -258,12 +259,14 @@ impl Probes {
     }
 
     /// Whether a duty cycle may detach the probes (span mode with a budget).
+    #[must_use]
     pub fn duty_cycled(&self) -> bool {
         self.duty.is_some()
     }
 
     /// The target's `runtime.MemProfileRate` when go-sampler's probe last took a sample; `None`
     /// before the first sample, or when the probe cannot read it (no symbol table).
+    #[must_use]
     pub fn sampler_rate(&self) -> Option<u64> {
         self.sampler_rate.get(&0, 0).ok().filter(|&rate| rate > 0)
     }

@@ -15,6 +15,7 @@ pub struct RemoteMemory {
 }
 
 impl RemoteMemory {
+    #[must_use]
     pub fn new(pid: u32) -> Self {
         Self { pid }
     }
@@ -115,6 +116,7 @@ impl HeapCounter {
     /// copy taken meanwhile can count a generation twice, or not at all. That takes well
     /// under a microsecond; of three copies in a row, the median is right unless two of them
     /// fell into it.
+    #[must_use]
     pub fn allocated_bytes(&self) -> Option<u64> {
         let mut buf = vec![0_u8; self.layout.read_size()];
         let mut read = || {

@@ -1,15 +1,15 @@
 //! What a trace produced: the document of the table and JSON outputs.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use tracer_common::ProbeStats;
 
 use crate::mode::Mode;
 use crate::probes::ProbeRunTime;
-use crate::profile::{Callsite, Profile, Totals};
+use crate::profile::{Callsite, Kind, Profile, Totals};
 
 /// The traced process.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetInfo {
     /// Process id.
     pub pid: u32,
@@ -22,7 +22,7 @@ pub struct TargetInfo {
 }
 
 /// The size distribution of one callsite.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct SizeStats {
     /// Smallest request.
     pub min: u64,
@@ -35,7 +35,7 @@ pub struct SizeStats {
 }
 
 /// One line of the report: an allocating line of code, a type and a kind.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallsiteReport {
     /// Function containing the allocating line.
     pub function: String,
@@ -47,7 +47,7 @@ pub struct CallsiteReport {
     #[serde(rename = "type")]
     pub type_name: Option<String>,
     /// `new`, `makeslice`, `makemap`, `growslice`, `string`, `convT` or `other`.
-    pub kind: &'static str,
+    pub kind: Kind,
     /// Heap allocations.
     pub allocations: u64,
     /// Bytes requested.
@@ -68,7 +68,7 @@ pub struct CallsiteReport {
 }
 
 /// A source position: function, file, line.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Position {
     pub function: String,
     pub file: String,
@@ -82,7 +82,7 @@ impl From<&Callsite> for CallsiteReport {
             file: c.key.file.to_string(),
             line: c.key.line,
             type_name: c.key.type_name.as_deref().map(str::to_owned),
-            kind: c.key.kind.as_str(),
+            kind: c.key.kind,
             allocations: c.allocations,
             bytes: c.bytes,
             size: SizeStats {
@@ -125,7 +125,7 @@ impl Position {
 }
 
 /// What the probes did, for diagnosing a trace.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ProbeSummary {
     /// Uprobes attached.
     pub attached: usize,
@@ -148,15 +148,15 @@ pub struct ProbeSummary {
 }
 
 /// The document `gotrace attach` and `gotrace run` produce.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// The traced process.
     pub target: TargetInfo,
     /// How allocations were observed: `exact` counts every one; `go-sampler` and `span`
     /// estimate from samples.
-    pub mode: &'static str,
+    pub mode: Mode,
     /// How the numbers were obtained, in one sentence.
-    pub method: &'static str,
+    pub method: String,
     /// Whether allocations and bytes are estimates scaled from samples.
     pub estimated: bool,
     /// How long the trace ran.
@@ -177,7 +177,7 @@ pub struct Report {
 }
 
 /// The span of one `jsonl` document.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Interval {
     /// Start, seconds since the trace started.
     pub start_secs: f64,
@@ -217,8 +217,8 @@ impl Report {
         let s = stats;
         Self {
             target,
-            mode: mode.as_str(),
-            method: mode.method(),
+            mode,
+            method: mode.method().to_owned(),
             estimated: mode.is_sampled(),
             duration_secs,
             totals,
@@ -255,7 +255,7 @@ pub fn summary_line(report: &Report) -> String {
         if report.estimated {
             format!("{} mode: estimates from samples", report.mode)
         } else {
-            report.mode.to_owned()
+            report.mode.as_str().to_owned()
         },
         report.duration_secs,
         thousands(report.totals.allocations),

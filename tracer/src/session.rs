@@ -1,30 +1,30 @@
 //! A tracing session: attach to a process (or start one), collect until told to stop, report.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
-use gobin::procmaps::{AddressMap, process_exe};
-use gobin::{Frame, GoBinary, Unwind};
+use anyhow::Context as _;
+use gobin::GoBinary;
 
-use crate::cli::{LiveMode, OutputFormat, TraceConfig};
+use crate::collector::{Collector, DRAIN_INTERVAL};
+use crate::config::{LiveMode, OutputFormat, TraceConfig};
 use crate::export::{
     Exporter, FoldedExporter, JsonExporter, MappingInfo, PprofExporter, SvgExporter, TableExporter, Trace,
     jsonl::JsonlStream,
 };
 use crate::live::{self, LiveView};
-use crate::memprofile::{self, MemProfileRate, PreparedProbes};
-use crate::probes::{AttachTarget, Probes};
-use crate::process::{self, Child, ExitWatch};
-use crate::profile::{self, Locations, Profile, Symbols};
+use crate::mode::Mode;
+use crate::probes::ProbeOptions;
+use crate::process::{self, Child, ExitWatch, ProcessId};
+use crate::profile::{Grouping, Profile};
+use crate::progress;
 use crate::report::{Report, TargetInfo, human_bytes, thousands};
-use crate::store::{OTHER_CALLSITES, OTHER_CALLSITES_NAME, Store};
+use crate::store::Store;
+use crate::tracee::{Executable, ProcessSymbols, Tracee, unix_nanos};
 
 /// What to trace.
 #[derive(Debug)]
@@ -58,38 +58,24 @@ pub fn run(target: Target, config: &TraceConfig) -> anyhow::Result<ExitCode> {
     };
     // The probes go on the file the process really executes (for `run`: read after the exec,
     // so a binary replaced in between cannot get probes placed for the old one).
-    let exe = process_exe(pid).with_context(|| format!("cannot find the executable of process {pid}"))?;
-    eprintln!(
-        "gotrace: reading {} and finding its allocation entry points…",
-        exe.path_in_process.display()
+    let executable = Executable::read(pid)?;
+    progress!(
+        "reading {} and finding its allocation entry points…",
+        executable.exe().path_in_process.display()
     );
-    let data = std::fs::read(&exe.path).with_context(|| format!("cannot read {}", exe.path.display()))?;
-    let binary = GoBinary::parse(&data)
-        .with_context(|| format!("process {pid} ({}) cannot be traced", exe.path_in_process.display()))?;
-    let addresses = AddressMap::for_process(pid, &exe, binary.load_segments())
-        .with_context(|| format!("cannot read the memory map of process {pid}"))?;
-    let target = AttachTarget {
-        binary: &binary,
-        binary_path: &exe.path,
-        pid,
-        addresses: &addresses,
-    };
-    let PreparedProbes {
-        probes,
-        rate,
-        rate_override: _rate_override,
-        ..
-    } = memprofile::prepare_and_attach(config.mode, config.set_mem_profile_rate, &target, config.probe_options)?;
+    let tracee = executable.parse()?;
+    let prepared = tracee.attach(config.mode, config.set_mem_profile_rate, config.probe_options)?;
     let child = stopped.map(process::StoppedChild::resume).transpose()?;
     let session = Session {
-        binary: &binary,
-        addresses: &addresses,
-        probes: RefCell::new(probes),
-        store: RefCell::new(Store::new(ATTACH_MAX_KEYS, config.probe_options.stack_depth)),
-        rate,
-        last_rate: std::cell::Cell::new(memprofile::DEFAULT_RATE),
-        mapping: mapping_info(&addresses, &exe.path_in_process, &binary),
-        target: target_info(pid, &exe.path_in_process, &binary),
+        tracee: &tracee,
+        collector: RefCell::new(Collector::new(
+            prepared,
+            Store::new(ATTACH_MAX_KEYS, config.probe_options.stack_depth),
+            config.grouping,
+            REPORT_SIZE_SIGFIGS,
+        )),
+        mapping: tracee.mapping(),
+        target: tracee.info(),
         config,
     };
     let exit_code = session.collect(child)?;
@@ -98,35 +84,39 @@ pub fn run(target: Target, config: &TraceConfig) -> anyhow::Result<ExitCode> {
     }))
 }
 
-/// Now, in nanoseconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn unix_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_nanos()).ok())
-        .unwrap_or(0)
-}
-
-/// What reports say of the traced process.
-pub(crate) fn target_info(pid: u32, exe: &Path, binary: &GoBinary<'_>) -> TargetInfo {
-    TargetInfo {
-        pid,
-        exe: exe.display().to_string(),
-        go_version: binary.build_info().go_version.clone(),
-        arch: binary.arch().name().to_owned(),
+/// Traces process `pid` in exact mode, with the deepest stacks, for `duration` or until it
+/// exits, with no output but progress: what `explain --pid` joins with the compiler's
+/// decisions. Returns the report of every callsite.
+pub fn trace_for(pid: u32, duration: Duration) -> anyhow::Result<Report> {
+    crate::privileges::check_tracing_privileges()?;
+    let process = ProcessId::of(pid).with_context(|| format!("process {pid} is not running"))?;
+    let executable = Executable::read(pid)?;
+    let tracee = executable.parse()?;
+    let options = ProbeOptions {
+        stack_depth: tracer_common::MAX_STACK_DEPTH,
+        span_duty_cycle: None,
+        time_probes: false,
+    };
+    let prepared = tracee.attach(Mode::Exact, None, options)?;
+    let mut collector = Collector::new(
+        prepared,
+        Store::new(ATTACH_MAX_KEYS, options.stack_depth),
+        Grouping::First,
+        REPORT_SIZE_SIGFIGS,
+    );
+    let started = Instant::now();
+    while started.elapsed() < duration && process.alive() {
+        std::thread::sleep(DRAIN_INTERVAL.min(duration.saturating_sub(started.elapsed())));
+        collector.drain()?;
     }
-}
-
-/// The executable mapping of the binary, for pprof.
-pub(crate) fn mapping_info(addresses: &AddressMap, exe: &Path, binary: &GoBinary<'_>) -> MappingInfo {
-    let text = addresses.mappings().iter().find(|m| m.is_executable());
-    MappingInfo {
-        start: text.map_or(0, |m| m.start),
-        limit: text.map_or(0, |m| m.end),
-        offset: text.map_or(0, |m| m.offset),
-        path: exe.display().to_string(),
-        build_id: binary.build_id(),
-    }
+    let profile = collector.profile(&mut tracee.symbols())?;
+    Ok(Report::new(
+        tracee.info(),
+        &profile,
+        collector.probes().attached,
+        started.elapsed().as_secs_f64(),
+        None,
+    ))
 }
 
 /// Precision of the size quantiles in reports.
@@ -140,23 +130,9 @@ const CHILD_EXIT_GRACE: Duration = Duration::from_secs(10);
 /// bound (about 100 bytes each).
 const ATTACH_MAX_KEYS: usize = 1_000_000;
 
-/// How often the probes' maps are drained between reports. The kernel's stack map holds
-/// `STACKS_MAP_ENTRIES` stacks and is emptied only from here (`Store::collect`); a program
-/// with many distinct stacks filled it within one 2-second interval (Hugo 0.168 building a
-/// site under `GOGC=1`: 48,179 of 1.43 million hits, 3.4%, were counted without their
-/// stack), and those allocations' callsite was only the return address (`runtime.makeslice`).
-/// Duty-cycled modes drain once per interval, which their scaling is measured over.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(250);
-
 struct Session<'a> {
-    binary: &'a GoBinary<'a>,
-    addresses: &'a AddressMap,
-    probes: RefCell<Probes>,
-    store: RefCell<Store>,
-    /// The target's `runtime.MemProfileRate`, for go-sampler mode.
-    rate: Option<MemProfileRate>,
-    /// The last rate read that was not 0.
-    last_rate: std::cell::Cell<u64>,
+    tracee: &'a Tracee<'a>,
+    collector: RefCell<Collector>,
     target: TargetInfo,
     mapping: MappingInfo,
     config: &'a TraceConfig,
@@ -172,9 +148,10 @@ enum Stop {
 
 impl Session<'_> {
     fn announce(&self) {
-        let probes = self.probes.borrow();
-        eprintln!(
-            "gotrace: attached {} probes to pid {} ({}, {}) in {} ms, {} mode; {}",
+        let collector = self.collector.borrow();
+        let probes = collector.probes();
+        progress!(
+            "attached {} probes to pid {} ({}, {}) in {} ms, {} mode; {}",
             probes.attached,
             self.target.pid,
             self.target.exe,
@@ -201,7 +178,7 @@ impl Session<'_> {
             .context("cannot start the async runtime")?;
         let started = Instant::now();
         let started_unix_nanos = unix_nanos();
-        let mut symbols = ProcessSymbols::new(self.binary, self.addresses);
+        let mut symbols = self.tracee.symbols();
         let mut stream = self.open_stream()?;
         let stop = runtime.block_on(async {
             use tokio::signal::unix::{SignalKind, signal};
@@ -247,7 +224,7 @@ impl Session<'_> {
                         let profile = self.profile(&mut symbols)?;
                         self.show(&profile, started.elapsed().as_secs_f64(), view.as_mut(), stream.as_mut())?;
                     }
-                    _ = drain_ticker.tick(), if !self.probes.borrow().duty_cycled() => self.drain()?,
+                    _ = drain_ticker.tick(), if self.collector.borrow().drains_between_reports() => self.collector.borrow_mut().drain()?,
                 }
             };
             drop(view);
@@ -255,8 +232,8 @@ impl Session<'_> {
                 return Ok(Stop::Asked);
             };
             child.signal(signal_number);
-            eprintln!(
-                "gotrace: passed the signal on to pid {}; waiting for it to exit",
+            progress!(
+                "passed the signal on to pid {}; waiting for it to exit",
                 self.target.pid
             );
             match tokio::time::timeout(CHILD_EXIT_GRACE, exit.exited()).await {
@@ -270,7 +247,7 @@ impl Session<'_> {
             None => "target exited".to_owned(),
         });
         if let Some(why) = &ended {
-            eprintln!("gotrace: the {why}; reporting what was collected until then");
+            progress!("the {why}; reporting what was collected until then");
         }
         let profile = self.profile(&mut symbols)?;
         let elapsed = started.elapsed().as_secs_f64();
@@ -326,43 +303,22 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Moves what the probes counted into the store, and empties the kernel's stack map once
-    /// the store holds a good part of it (see [`Store::collect`]).
-    fn drain(&self) -> anyhow::Result<()> {
-        let mut probes = self.probes.borrow_mut();
-        let mut store = self.store.borrow_mut();
-        let mut last_rate = self.last_rate.get();
-        let weighing = memprofile::weighing(probes.mode, probes.sampler_rate(), self.rate.as_ref(), &mut last_rate);
-        self.last_rate.set(last_rate);
-        store.collect(&mut probes, weighing)
-    }
-
     fn profile(&self, symbols: &mut ProcessSymbols<'_>) -> anyhow::Result<Profile> {
-        self.drain()?;
-        let probes = self.probes.borrow();
-        let store = self.store.borrow();
-        let stats = probes.stats()?;
-        Ok(profile::build(
-            probes.mode,
-            stats,
-            &store.counts(),
-            |id| store.stack(id),
-            symbols,
-            REPORT_SIZE_SIGFIGS,
-            self.config.grouping,
-        ))
+        self.collector.borrow_mut().profile(symbols)
     }
 
     /// The jsonl stream's next document: the interval since the previous one.
     fn stream_document(&self, stream: &mut JsonlStream, profile: &Profile, elapsed: f64) -> Report {
-        let probes = self.probes.borrow();
+        let collector = self.collector.borrow();
+        let probes = collector.probes();
         let mut doc = stream.next(self.target.clone(), profile, probes.attached, elapsed, self.config.top);
         doc.probes.run_time = probes.run_time();
         doc
     }
 
     fn report(&self, profile: &Profile, elapsed: f64, top: Option<usize>) -> Report {
-        let probes = self.probes.borrow();
+        let collector = self.collector.borrow();
+        let probes = collector.probes();
         let mut report = Report::new(self.target.clone(), profile, probes.attached, elapsed, top);
         report.probes.run_time = probes.run_time();
         report
@@ -377,8 +333,8 @@ impl Session<'_> {
             writeln!(out)?;
             out.flush()?;
         } else {
-            eprintln!(
-                "gotrace: {:.0} s: {} allocations, {}, {} dropped",
+            progress!(
+                "{:.0} s: {} allocations, {}, {} dropped",
                 report.duration_secs,
                 thousands(report.totals.allocations),
                 human_bytes(report.totals.bytes),
@@ -453,7 +409,7 @@ impl Sink {
     fn done(mut self) {
         let _ = self.writer().flush();
         if let Self::File(path, _) = &self {
-            eprintln!("gotrace: wrote {}", path.display());
+            progress!("wrote {}", path.display());
         }
     }
 }
@@ -464,116 +420,4 @@ async fn next_key(view: Option<&mut LiveView>) -> Option<ratatui::crossterm::eve
         Some(v) => v.next_key().await,
         None => std::future::pending().await,
     }
-}
-
-/// Symbols of the traced process: the binary's, through the process's address map, cached.
-pub(crate) struct ProcessSymbols<'a> {
-    binary: &'a GoBinary<'a>,
-    addresses: &'a AddressMap,
-    frames: HashMap<(u64, bool), Arc<[Frame]>>,
-    types: HashMap<u64, Option<Arc<str>>>,
-    /// Expanded stacks by (stack key, return address), and whether the current build used
-    /// them: profiles built one after another share them instead of holding copies.
-    locations: HashMap<(u64, u64), (Locations, bool)>,
-    /// The program's own code (see [`GoBinary::main_module`]).
-    main_module: Option<String>,
-}
-
-impl<'a> ProcessSymbols<'a> {
-    pub(crate) fn new(binary: &'a GoBinary<'a>, addresses: &'a AddressMap) -> Self {
-        Self {
-            binary,
-            addresses,
-            frames: HashMap::new(),
-            types: HashMap::new(),
-            locations: HashMap::new(),
-            main_module: binary.main_module(),
-        }
-    }
-}
-
-impl Symbols for ProcessSymbols<'_> {
-    fn in_main_module(&self, function: &str) -> bool {
-        gobin::in_main_module(function, self.main_module.as_deref())
-    }
-
-    fn locations(&mut self, stack_id: u64, stack: &[u64], return_address: u64) -> Locations {
-        if let Some((locations, used)) = self.locations.get_mut(&(stack_id, return_address)) {
-            *used = true;
-            return locations.clone();
-        }
-        let locations: Locations = profile::expand(stack, return_address, self).into();
-        self.locations
-            .insert((stack_id, return_address), (locations.clone(), true));
-        locations
-    }
-
-    fn build_done(&mut self) {
-        self.locations.retain(|_, (_, used)| std::mem::take(used));
-    }
-
-    fn frames(&mut self, pc: u64, return_address: bool) -> Arc<[Frame]> {
-        let (binary, addresses) = (self.binary, self.addresses);
-        if pc == OTHER_CALLSITES {
-            return vec![Frame {
-                function: OTHER_CALLSITES_NAME.to_owned(),
-                file: "?".to_owned(),
-                line: 0,
-                inlined: false,
-                runtime: false,
-            }]
-            .into();
-        }
-        self.frames
-            .entry((pc, return_address))
-            .or_insert_with(|| {
-                let lookup = if return_address { pc.saturating_sub(1) } else { pc };
-                match addresses.to_static(lookup) {
-                    Some(static_pc) => binary.symbolize(static_pc).into(),
-                    // Outside the binary (a cgo library, the vDSO): keep the address visible.
-                    None => vec![Frame {
-                        function: format!("{pc:#x}"),
-                        file: "?".to_owned(),
-                        line: 0,
-                        inlined: false,
-                        runtime: false,
-                    }]
-                    .into(),
-                }
-            })
-            .clone()
-    }
-
-    fn unwind(&mut self, pc: u64) -> Unwind {
-        if pc == OTHER_CALLSITES.saturating_sub(1) || pc == OTHER_CALLSITES {
-            return Unwind::Continue;
-        }
-        match self.addresses.to_static(pc) {
-            Some(static_pc) => self.binary.unwind_at(static_pc),
-            None => Unwind::NotGo,
-        }
-    }
-
-    fn type_name(&mut self, address: u64) -> Option<Arc<str>> {
-        let (binary, addresses) = (self.binary, self.addresses);
-        self.types
-            .entry(address)
-            .or_insert_with(|| {
-                let static_address = addresses.to_static(address)?;
-                binary.type_name(static_address).map(|(name, _)| name.into())
-            })
-            .clone()
-    }
-}
-
-/// Fails unless `path` can be created, before any tracing starts.
-pub fn check_output(path: &Path) -> anyhow::Result<PathBuf> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        bail!("cannot write {}: {} is not a directory", path.display(), dir.display());
-    }
-    Ok(path.to_path_buf())
 }

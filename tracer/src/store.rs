@@ -155,6 +155,12 @@ impl Store {
         self.stacks.get(&key).map(|s| s.to_vec())
     }
 
+    /// Whether the store holds nothing yet.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
     /// Distinct keys held.
     #[must_use]
     pub fn len(&self) -> usize {

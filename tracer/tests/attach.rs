@@ -8,31 +8,19 @@
 //! so they take a lock and run one at a time. Every command runs under a timeout, so a hang
 //! fails the test instead of stalling CI.
 
+mod common;
+
 use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::Receiver;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::{gotrace, scratch, signal};
 use serde_json::Value;
 use testkit::ground_truth::{self, ROUNDS};
 use testkit::{Fixture, TIMEOUT, allocs_fixtures, fixture, lines_of, output, root_only, wait_output};
-
-fn gotrace() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_gotrace"))
-}
-
-fn signal(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill on a process this test started.
-    unsafe { libc::kill(libc::pid_t::try_from(pid).expect("pid"), signal) };
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gotrace-attach-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir.join(name)
-}
 
 fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

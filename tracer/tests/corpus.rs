@@ -17,6 +17,8 @@
 //! Each test prints a line per program (inspect time, slowdown, agreement) for the notes.
 //! Root only where a probe is attached: without root those tests say why and pass.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::Read as _;
@@ -24,14 +26,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::gotrace;
 use gobin::GoBinary;
 use pprof_proto::Message as _;
 use serde_json::Value;
 use testkit::{output, repo_root, root_only};
-
-fn gotrace() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_gotrace"))
-}
 
 /// What a corpus program is known to be (from `file`, `go version -m` and how it was
 /// published), and how it is exercised.

@@ -6,18 +6,17 @@
 //! Tracing needs root; without it the traced tests say why and pass (CI runs as root). The
 //! argument errors need nothing.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::{gotrace, scratch};
 use serde_json::Value;
 use testkit::{Fixture, allocs_fixtures, output, repo_root, root_only};
 
 const ROUNDS: u64 = 100;
-
-fn gotrace() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_gotrace"))
-}
 
 /// Canonical: the path `go build` records in the binary, which the callsites carry.
 fn source_dir() -> PathBuf {
@@ -25,12 +24,6 @@ fn source_dir() -> PathBuf {
         .join("fixtures/go/escapes")
         .canonicalize()
         .expect("fixtures/go/escapes")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gotrace-explain-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir.join(name)
 }
 
 /// The project's toolchain of a Go release (that of its amd64 allocs fixture).

@@ -8,24 +8,17 @@
 //!
 //! Root only (they trace real processes); without root each test says why and passes.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::{gotrace, scratch};
 use serde_json::Value;
 use testkit::{Fixture, fixture, output, root_only};
-
-fn gotrace() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_gotrace"))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gotrace-outputs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir.join(name)
-}
 
 /// One trace of the fixture, written in every format at once.
 struct Outputs {

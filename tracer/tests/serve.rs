@@ -5,6 +5,8 @@
 //! Root only: without root each test says why and passes (CI runs as root). The tests share
 //! kernel state, so they take a lock and run one at a time.
 
+mod common;
+
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -12,22 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
+use common::{gotrace, scratch, signal as kill};
 use testkit::{fixture, lines_of, output, repo_root, root_only};
-
-fn gotrace() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_gotrace"))
-}
-
-fn kill(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill on a process this test started.
-    unsafe { libc::kill(libc::pid_t::try_from(pid).expect("pid"), signal) };
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gotrace-serve-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir.join(name)
-}
 
 /// A child that is killed when the test ends, however it ends.
 struct Guard(Child);
@@ -176,7 +164,7 @@ fn go_tool(minor: &str) -> PathBuf {
     repo_root().join(format!(".cache/go/{minor}/bin/go"))
 }
 
-/// What `gotrace serve` needs on this project's kernel (README.md, "gotrace serve").
+/// What `gotrace serve` needs on this project's kernel (docs/serve.md, *Privileges, and why*).
 const NEEDED: [&str; 4] = ["cap_bpf", "cap_perfmon", "cap_sys_ptrace", "cap_sys_admin"];
 
 /// Follows a target through `kill -9` and a restart, and keeps serving meanwhile; `go tool
@@ -427,7 +415,7 @@ fn serve_traces_a_target_in_another_pid_and_mount_namespace() {
     assert!(body.len() > 100);
 }
 
-/// The capabilities README.md documents, and nothing else: `capsh` drops every other one from
+/// The capabilities docs/serve.md documents, and nothing else: `capsh` drops every other one from
 /// the bounding set before gotrace starts, so it runs as uid 0 without `CAP_DAC_OVERRIDE`,
 /// `CAP_SYS_RESOURCE` and the rest.
 #[test]

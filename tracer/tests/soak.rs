@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use testkit::{host_goarch, lines_of, repo_root, root_only};
 
-/// README.md's promise for `gotrace serve` at its default `--max-keys`.
+/// docs/serve.md's promise for `gotrace serve` at its default `--max-keys`.
 const RSS_CAP_BYTES: u64 = 64 << 20;
 
 fn status_kib(pid: u32, field: &str) -> Option<u64> {

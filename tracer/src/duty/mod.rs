@@ -29,7 +29,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::process::{CPU_TICKS_PER_SEC, CpuTicks};
+mod controller;
+mod scaling;
+
+pub use self::controller::{Decision, DutyController, Observation};
+use self::scaling::{Attached, Seen};
+pub use self::scaling::{Interval, Scale};
+use crate::process::CpuTicks;
 
 /// How long the probes stay attached to measure their hit rate: at the start, while the rate
 /// is within the budget, and between attempts to attach again. The cycle itself is as long as
@@ -40,24 +46,12 @@ use crate::process::{CPU_TICKS_PER_SEC, CpuTicks};
 /// once every 30 s (−1.6% by hand, the median of three rounds from +1.5% to −5.2%; −2.1% in a
 /// 5-run bench), while the ~3,000 hits a second of the probes attached account for 0.3%.
 /// (Each attach blocks the service ~15 ms and leaves it answering 20–30% fewer requests for
-/// the next 300–400 ms: README.md, *What span mode costs*.) Even probes on a
+/// the next 300–400 ms: docs/sampled-overhead.md, *History: the duty cycle's period*.) Even probes on a
 /// function the target never calls cost it ~25% when cycled five times a second: the price is in registering and unregistering
 /// the uprobes (each rewrites the target's code page, copy-on-write under its `mmap_lock`,
 /// with a TLB flush on every CPU it runs on; each perf event's release waits for an RCU
 /// grace period), not in the traps.
 pub const RATE_WINDOW: Duration = Duration::from_secs(1);
-
-/// The least fraction of each cycle the probes stay attached: 5% of a 1 s cycle is still
-/// thousands of refills in a program that needs sampling. (So a target that hits the probes
-/// more than 20 times the budget per CPU-second, attached, pays more than the budget.)
-const MIN_FRACTION: f64 = 0.05;
-
-/// The largest fraction worth cycling for. Each cycle attaches and detaches the probes, and
-/// each of those rewrites the target's code page (copy-on-write, with a TLB flush on every CPU
-/// the target runs on): on the `net/http` workload, cycling at ~50% cost as much as staying
-/// attached (requests/s −10% to −25% against −1% to −23%, two runs each), so a target within
-/// twice the budget keeps its probes.
-const MAX_FRACTION: f64 = 0.5;
 
 /// How often a thread reads the target's allocation total, so that when the target exits the
 /// latest reading is recent: what the last interval's total ends with (three
@@ -90,193 +84,20 @@ pub type ProgressClock = Box<dyn Fn() -> Option<CpuTicks> + Send>;
 /// ([`crate::remote::HeapCounter`]); `None` when it cannot.
 pub type HeapReader = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 
-/// The target's pace attached and detached, over the whole trace: user CPU ticks and wall time
-/// of each. Per window (50 ms at 5%) the 10 ms ticks are far too coarse to measure by, but
-/// pooled over every window they give how much the probes slow the target while attached.
-#[derive(Debug, Default)]
-struct Pace {
-    attached_ticks: u64,
-    attached_wall: Duration,
-    detached_ticks: u64,
-    detached_wall: Duration,
-}
-
-/// Pooled ticks on each side below which the pace is not trusted (0.2 s of CPU time).
-const MIN_PACE_TICKS: u64 = 20;
-
-impl Pace {
-    /// How much faster the target runs detached than attached (its user CPU time per second),
-    /// once both sides have enough ticks; 1 before. Never below 1: the probes cannot speed it up.
-    fn slowdown(&self) -> f64 {
-        if self.attached_ticks < MIN_PACE_TICKS || self.detached_ticks < MIN_PACE_TICKS {
-            return 1.0;
-        }
-        #[expect(clippy::cast_precision_loss, reason = "tick counts")]
-        let rate = |ticks: u64, wall: Duration| ticks as f64 / wall.as_secs_f64().max(1e-3);
-        (rate(self.detached_ticks, self.detached_wall) / rate(self.attached_ticks, self.attached_wall)).clamp(1.0, 4.0)
-    }
-}
-
-/// What the probes were attached for, as the collection sees it.
-#[derive(Debug)]
-struct Attached {
-    /// Since when the probes are attached, while they are.
-    since: Option<Instant>,
-    /// Time attached since `taken`, not counting the current stretch.
-    wall: Duration,
-    /// Whether the probes were detached at any time since `taken`.
-    detached: bool,
-    /// The end of the last interval ([`DutyCycle::end_interval`]).
-    taken: Instant,
-    /// The fraction of each cycle the thread keeps the probes attached now.
-    fraction: f64,
-    /// The target's allocated bytes at `taken`.
-    heap_at_taken: Option<u64>,
-    /// The latest reading of the target's allocated bytes: what stands for the reading at
-    /// the end when the target has exited (its memory is gone).
-    heap_latest: Option<u64>,
-}
-
-/// One collection interval as the duty cycle saw it, ended by [`DutyCycle::end_interval`]:
-/// what [`DutyCycle::scale`] turns the interval's counts into estimates with.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Interval {
-    /// Its length.
-    wall: Duration,
-    /// How long the probes were attached in it.
-    attached: Duration,
-    /// Whether they were attached all of it: its counts are complete.
-    attached_throughout: bool,
-    /// The bytes the target allocated in it, by its own count; `None` without one.
-    allocated: Option<u64>,
-}
-
-/// What the last interval in which the probes saw something was collected over: it stands
-/// in for an interval in which they saw nothing.
-#[derive(Debug, Clone, Copy)]
-struct Seen {
-    attached: Duration,
-    /// The bytes its counts stand for, as the target's runtime counts them.
-    counted_bytes: u64,
-}
-
-/// How the counts of one collection interval become estimates: see [`DutyCycle::scale`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Scale {
-    /// The factor for this interval's counts.
-    pub counts: f64,
-    /// For an interval in which the probes saw nothing (never attached, or attached while the
-    /// target allocated nothing): how many times the last interval in which they did see
-    /// something stands in for it, its counts unscaled. `None` for an interval that saw
-    /// something: it becomes the one that stands in.
-    pub previous: Option<f64>,
-}
-
-impl Scale {
-    /// Counts that stand for themselves.
-    pub const ONE: Self = Self {
-        counts: 1.0,
-        previous: None,
-    };
-}
-
-impl Attached {
-    /// Starts an attached stretch at `now`.
-    fn open_stretch(&mut self, now: Instant) {
-        self.since = Some(now);
-    }
-
-    /// Ends the current attached stretch at `now`, starting a new one when `still_attached`.
-    fn close_stretch(&mut self, now: Instant, still_attached: bool) {
-        if let Some(since) = self.since.take() {
-            self.wall += now.saturating_duration_since(since);
-        }
-        if still_attached {
-            self.open_stretch(now);
-        } else {
-            self.detached = true;
-        }
-    }
-
-    /// Ends the interval since `taken` at `now`, when the target had allocated `heap_now`
-    /// bytes, and starts the next.
-    fn end_interval(&mut self, now: Instant, heap_now: Option<u64>) -> Interval {
-        let still_attached = self.since.is_some();
-        self.close_stretch(now, still_attached);
-        let interval = Interval {
-            wall: now.saturating_duration_since(self.taken),
-            attached: self.wall,
-            attached_throughout: !self.detached,
-            allocated: heap_now
-                .zip(self.heap_at_taken)
-                .map(|(now, then)| now.saturating_sub(then)),
-        };
-        self.taken = now;
-        self.wall = Duration::ZERO;
-        self.detached = !still_attached;
-        self.heap_at_taken = heap_now;
-        interval
-    }
-}
-
-impl Interval {
-    /// The factor for counts collected over this interval that the target's runtime counts as
-    /// `counted_bytes`: see [`DutyCycle::scale`]. `previous` is the last interval that saw
-    /// something (this one becomes it, if it did); `slowdown` the pace detached over attached.
-    fn scale(&self, counted_bytes: u64, previous: &mut Option<Seen>, slowdown: impl Fn() -> f64) -> Scale {
-        // With the target's count, "saw nothing" is exact: no bytes were counted (a factor by
-        // time would be unbounded for a stretch of microseconds).
-        let saw_nothing = self.attached.is_zero() || (self.allocated.is_some() && counted_bytes == 0);
-        if saw_nothing {
-            // Nothing was counted: the last interval that saw something stands for this one
-            // too, in proportion (the last interval of a trace may be one such, when the
-            // target exits while the probes are detached). Not for one attached throughout,
-            // whose allocations are all still in the target's cached spans, to be counted later.
-            let stand_in = previous.filter(|_| !self.attached_throughout).map_or(0.0, |seen| {
-                share_of(self.allocated, Some(seen.counted_bytes))
-                    .unwrap_or_else(|| self.wall.as_secs_f64() * slowdown() / seen.attached.as_secs_f64().max(1e-3))
-            });
-            return Scale {
-                counts: 1.0,
-                previous: Some(stand_in),
-            };
-        }
-        *previous = Some(Seen {
-            attached: self.attached,
-            counted_bytes,
-        });
-        if self.attached_throughout {
-            return Scale::ONE;
-        }
-        let detached = self.wall.saturating_sub(self.attached).as_secs_f64();
-        let counts = share_of(self.allocated, Some(counted_bytes))
-            .unwrap_or_else(|| 1.0 + detached * slowdown() / self.attached.as_secs_f64());
-        Scale {
-            counts: counts.max(1.0),
-            previous: None,
-        }
-    }
-}
-
-/// `total` bytes allocated over `seen` of them counted by the probes: the factor that scales
-/// what the probes saw to the whole; `None` without both, or when nothing was seen.
-#[expect(clippy::cast_precision_loss, reason = "byte counts, a ratio")]
-fn share_of(total: Option<u64>, seen: Option<u64>) -> Option<f64> {
-    Some(total? as f64 / seen.filter(|&bytes| bytes > 0)? as f64)
-}
-
 struct Shared {
     stop: Mutex<bool>,
     wake: Condvar,
     attached: Mutex<Attached>,
-    pace: Mutex<Pace>,
+    /// How much the probes slow the target while attached ([`controller::Pace::slowdown`]),
+    /// as of the controller's latest step.
+    slowdown: Mutex<f64>,
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("attached", &self.attached)
-            .field("pace", &self.pace)
+            .field("slowdown", &self.slowdown)
             .finish_non_exhaustive()
     }
 }
@@ -286,8 +107,8 @@ impl Shared {
         self.attached.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn pace(&self) -> MutexGuard<'_, Pace> {
-        self.pace.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn slowdown(&self) -> MutexGuard<'_, f64> {
+        self.slowdown.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Sleeps for `time` unless told to stop; true when told to stop.
@@ -349,7 +170,7 @@ impl DutyCycle {
                 heap_at_taken: heap_now,
                 heap_latest: heap_now,
             }),
-            pace: Mutex::new(Pace::default()),
+            slowdown: Mutex::new(1.0),
         });
         let mut duty = Self {
             shared: shared.clone(),
@@ -377,6 +198,7 @@ impl DutyCycle {
     /// Ends a collection interval: call it right after the probes switched to the other counts
     /// map, and pass what it returns, with what the probes counted in the interval, to
     /// [`Self::scale`].
+    #[must_use]
     pub fn end_interval(&self) -> Interval {
         let heap_read = self.heap.as_ref().and_then(|read| read());
         // `now` under the lock, so that the cycle cannot switch between it and the end of
@@ -412,11 +234,12 @@ impl DutyCycle {
     /// interval's detached wall time weighed by it (−21% to +6% at a 5% duty cycle).
     pub fn scale(&mut self, interval: Interval, counted_bytes: u64) -> Scale {
         let shared = &self.shared;
-        interval.scale(counted_bytes, &mut self.previous, || shared.pace().slowdown())
+        interval.scale(counted_bytes, &mut self.previous, || *shared.slowdown())
     }
 
     /// The fraction of each cycle the probes are attached now (1 while the target stays within
     /// the budget).
+    #[must_use]
     pub fn fraction(&self) -> f64 {
         self.shared.attached().fraction
     }
@@ -449,133 +272,75 @@ fn poll_heap(shared: &Shared, read: &(dyn Fn() -> Option<u64> + Send + Sync)) {
     }
 }
 
-/// The probes' hit rate over a stretch attached: per second of the target's CPU time in it
-/// (user and system, the traps included) when `cpu_ticks` has it, else per second of `wall`.
-///
-/// Per CPU-second because a hit's price is a share of the target's own work, and a hit costs
-/// a service that mostly waits on the network more than a busy program: in `cargo xtask
-/// bench`, with the probes always attached, the `net/http` service (paced, a quarter of a CPU)
-/// ran 7,800 probes per second of its CPU time and lost 6.0% of its requests per CPU-second
-/// (~7.7 µs a hit: the trap and the probe find its caches cold; `perf record` put 9.4% of its
-/// time in the uprobe path at a similar rate), the CPU-bound workload 34,700 and 12.5% (~3.6 µs
-/// a hit). A budget of hits per wall second let the service, at 2,000 hits a wall second, keep
-/// its probes attached for half of each cycle; per CPU-second, the default 1000 holds it to
-/// ~0.8% (the bench's account: 0.8% at 1,165 runs per CPU-second). An idle stretch counts as
-/// one tick, so that a few hits in it read as a rate.
-fn hits_per_cpu_second(hits: u64, wall: Duration, cpu_ticks: Option<u64>) -> f64 {
-    #[expect(clippy::cast_precision_loss, reason = "rates")]
-    let (hits, seconds) = match cpu_ticks {
-        Some(ticks) => (hits as f64, ticks.max(1) as f64 / CPU_TICKS_PER_SEC as f64),
-        None => (hits as f64, wall.as_secs_f64()),
-    };
-    if seconds > 0.0 { hits / seconds } else { 0.0 }
-}
-
-/// The fraction of the cycle that keeps `rate` hits per CPU-second (measured while attached,
-/// see [`hits_per_cpu_second`]) within `budget`; 1 (no cycle) unless that is below
-/// [`MAX_FRACTION`].
-fn fraction_for(rate: f64, budget: f64) -> f64 {
-    let fraction = (budget / rate).clamp(MIN_FRACTION, 1.0);
-    if fraction > MAX_FRACTION { 1.0 } else { fraction }
-}
-
-/// The duty cycle's thread: measures the probes' hit rate while attached, and from it keeps
-/// them attached for the fraction of each `period` that holds them within `budget` hits a
-/// second.
-/// `by_count` says whether the counts are scaled by the target's own count (for the message).
+/// The duty cycle's thread: carries out what the [`DutyController`] decides, with the real
+/// probes and real sleeps. `by_count` says whether the counts are scaled by the target's own
+/// count (for the message).
 fn cycle(
     shared: &Shared,
     switch: &Mutex<dyn Switch>,
     mut hits: impl FnMut() -> u64,
     clock: &ProgressClock,
-    DutyCycleOptions { budget, period }: DutyCycleOptions,
+    options: DutyCycleOptions,
     by_count: bool,
 ) {
-    let budget = f64::from(budget);
     let lock = || switch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut fraction = 1.0;
-    let mut attached = true;
-    // Whether the user was told the duty cycle engaged; how often re-attaching failed in a row.
-    let mut told = false;
-    let mut failures = 0_u32;
-    // When the probes were last detached, and the target's user CPU time then.
-    let mut off_since = Instant::now();
-    let mut off_ticks: Option<CpuTicks> = None;
+    let mut observe = || Observation {
+        now: Instant::now(),
+        hits: hits(),
+        cpu: clock(),
+    };
+    let (mut controller, mut next) = DutyController::new(options, observe());
     loop {
-        if !attached {
-            if let Err(e) = lock().attach() {
-                // Most likely the target exited, which the collection notices within a second;
-                // else the next cycle tries again.
-                failures += 1;
-                if failures == 2 {
-                    eprintln!("gotrace: cannot attach the probes again (trying again every {RATE_WINDOW:?}): {e:#}");
-                }
-                if shared.sleep(RATE_WINDOW) {
-                    return;
-                }
-                continue;
-            }
-            failures = 0;
-            attached = true;
-            let now = Instant::now();
-            shared.attached().open_stretch(now);
-            if let (Some(start), Some(end)) = (off_ticks, clock()) {
-                let mut pace = shared.pace();
-                pace.detached_ticks += end.user.saturating_sub(start.user);
-                pace.detached_wall += now.saturating_duration_since(off_since);
-            }
-        }
-        let hits_before = hits();
-        let on_since = Instant::now();
-        let on_ticks = clock();
-        // Attached throughout (at the start, or within the budget), the rate is measured
-        // over a short window, so that a target over the budget is cycled within a second.
-        let stretch = if fraction >= 1.0 {
-            RATE_WINDOW
-        } else {
-            period.mul_f64(fraction)
-        };
-        if shared.sleep(stretch) {
+        if shared.sleep(next) {
             return;
         }
-        let cpu_ticks = clock()
-            .zip(on_ticks)
-            .map(|(now, then)| now.total.saturating_sub(then.total));
-        let rate = hits_per_cpu_second(hits().saturating_sub(hits_before), on_since.elapsed(), cpu_ticks);
-        fraction = fraction_for(rate, budget);
-        shared.attached().fraction = fraction;
-        if fraction >= 1.0 {
+        let seen = observe();
+        let decision = controller.step(seen);
+        shared.attached().fraction = controller.fraction();
+        let Decision::Detach { off, rate, first } = decision else {
+            if let Decision::StayAttached(wait) = decision {
+                next = wait;
+            }
             continue;
-        }
-        if !told {
-            told = true;
+        };
+        if first {
             let basis = if by_count {
                 "by the target's own count of its allocations"
             } else {
                 "by time (the binary has no symbol table to find the runtime's allocation count \
                  in, so expect errors of up to ±20%)"
             };
-            eprintln!(
-                "gotrace: span mode: {rate:.0} probe hits per second of the target's CPU time is over \
-                 the budget of {budget:.0} (--span-budget): the probes are attached for {:.0}% of every {:?} (--span-period) \
+            crate::progress!(
+                "span mode: {rate:.0} probe hits per second of the target's CPU time is over \
+                 the budget of {} (--span-budget): the probes are attached for {:.0}% of every {:?} (--span-period) \
                  and the counts scaled up to match, {basis}",
-                fraction * 100.0,
-                period
+                options.budget,
+                controller.fraction() * 100.0,
+                options.period
             );
         }
-        off_ticks = clock();
-        off_since = Instant::now();
-        shared.attached().close_stretch(off_since, false);
-        if let (Some(start), Some(end)) = (on_ticks, off_ticks) {
-            let mut pace = shared.pace();
-            pace.attached_ticks += end.user.saturating_sub(start.user);
-            pace.attached_wall += off_since.saturating_duration_since(on_since);
-        }
+        shared.attached().close_stretch(seen.now, false);
+        *shared.slowdown() = controller.pace().slowdown();
         lock().detach();
-        attached = false;
-        if shared.sleep(period.mul_f64(1.0 - fraction).saturating_sub(off_since.elapsed())) {
+        if shared.sleep(off.saturating_sub(seen.now.elapsed())) {
             return;
         }
+        // Attach again; should that fail (most likely the target exited, which the collection
+        // notices within a second), try again every RATE_WINDOW.
+        let mut failures = 0_u32;
+        while let Err(e) = lock().attach() {
+            failures += 1;
+            if failures == 2 {
+                crate::warning!("cannot attach the probes again (trying again every {RATE_WINDOW:?}): {e:#}");
+            }
+            if shared.sleep(RATE_WINDOW) {
+                return;
+            }
+        }
+        let seen = observe();
+        shared.attached().open_stretch(seen.now);
+        next = controller.attached(seen);
+        *shared.slowdown() = controller.pace().slowdown();
     }
 }
 
@@ -912,25 +677,6 @@ mod tests {
     }
 
     #[test]
-    fn pace_is_trusted_only_with_enough_ticks_and_never_speeds_up() {
-        let mut pace = Pace {
-            attached_ticks: 10,
-            attached_wall: Duration::from_millis(150),
-            detached_ticks: 90,
-            detached_wall: Duration::from_millis(900),
-        };
-        assert!((pace.slowdown() - 1.0).abs() < f64::EPSILON);
-        // Attached: 67 ticks a second; detached: 100.
-        pace.attached_ticks = 20;
-        pace.attached_wall = Duration::from_millis(300);
-        assert!((pace.slowdown() - 1.5).abs() < 1e-9, "{}", pace.slowdown());
-        pace.attached_ticks = 60;
-        assert!((pace.slowdown() - 1.0).abs() < f64::EPSILON);
-    }
-
-    /// A target busy a quarter of the time is held to a quarter of the hits a second that a
-    /// busy one gets: the budget is per second of its CPU time.
-    #[test]
     fn budget_is_per_second_of_the_targets_cpu_time() {
         let target = FakeTarget::new();
         let probes = FakeProbes::attached_to(&target);
@@ -959,22 +705,5 @@ mod tests {
         // 100,000 hits a second over 0.25 CPU-seconds a second is 400,000 per CPU-second: 10%
         // of each cycle (per wall second it would have been 40%).
         assert!((duty.fraction() - 0.1).abs() < 0.02, "{}", duty.fraction());
-    }
-
-    #[test]
-    fn hit_rates_are_per_cpu_second_and_an_idle_stretch_counts_one_tick() {
-        let second = Duration::from_secs(1);
-        assert!((hits_per_cpu_second(500, second, Some(25)) - 2000.0).abs() < 1e-9);
-        assert!((hits_per_cpu_second(500, second, None) - 500.0).abs() < 1e-9);
-        assert!((hits_per_cpu_second(3, second, Some(0)) - 300.0).abs() < 1e-9);
-        assert!(hits_per_cpu_second(0, Duration::ZERO, None).abs() < f64::EPSILON);
-    }
-
-    #[test]
-    fn fraction_keeps_hits_within_budget() {
-        assert!((fraction_for(1000.0, 4000.0) - 1.0).abs() < f64::EPSILON);
-        assert!((fraction_for(7000.0, 4000.0) - 1.0).abs() < f64::EPSILON);
-        assert!((fraction_for(24_000.0, 4000.0) - 1.0 / 6.0).abs() < 1e-9);
-        assert!((fraction_for(1e9, 4000.0) - MIN_FRACTION).abs() < f64::EPSILON);
     }
 }

@@ -5,6 +5,7 @@
 mod flame;
 pub mod jsonl;
 mod pprof;
+mod prometheus;
 
 use std::io::{self, Write};
 
@@ -14,6 +15,7 @@ use crate::report::{Position, Report, human_bytes, short_path, summary_line, tho
 
 pub use flame::{FoldedExporter, SvgExporter};
 pub use pprof::PprofExporter;
+pub use prometheus::{PrometheusExporter, label, write_metric};
 
 /// How the traced binary is mapped in the process, for pprof's `Mapping`.
 #[derive(Debug, Clone, Default)]
@@ -116,7 +118,7 @@ impl TableExporter {
                 c.size.p50.to_string(),
                 c.size.p99.to_string(),
                 c.size.max.to_string(),
-                c.kind.to_owned(),
+                c.kind.as_str().to_owned(),
                 c.type_name.clone().unwrap_or_else(|| "-".to_owned()),
                 format!("{} {}:{}", c.function, short_path(&c.file), c.line),
             ];

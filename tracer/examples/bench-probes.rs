@@ -1,28 +1,101 @@
-//! `gotrace bench …`: hidden commands that measure parts of gotrace in isolation, for
-//! `cargo xtask bench`. They are not for operators: their output is one JSON line on stdout
-//! for the benchmark to read.
+//! `bench-probes`: measures parts of gotrace in isolation, for `cargo xtask bench`, built on
+//! the `tracer` library (`cargo build --release -p tracer --example bench-probes`). Not
+//! shipped: operators never need it. `symbolize` prints one JSON line on stdout for the
+//! benchmark to read.
+//!
+//! - `bench-probes empty-probe PID --at entry|placement [--duration-ms N]`: an empty uprobe
+//!   on each counting allocation entry point, the cost of the trap alone;
+//! - `bench-probes symbolize PID [--stacks N] [--timeout-secs S]`: the time to build a
+//!   profile of N distinct stacks from cold symbol caches.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
 use gobin::GoBinary;
-use gobin::procmaps::AddressMap;
 use serde::Serialize;
+use tracer::mode::{Mode, Weighing};
+use tracer::probes::{EmptyAt, EmptyProbes, ProbeOptions, Probes};
+use tracer::store::Store;
+use tracer::tracee::{Executable, ProcessSymbols};
 
-use crate::mode::{Mode, Weighing};
-use crate::probes::{AttachTarget, EmptyAt, EmptyProbes, ProbeOptions, Probes};
-use crate::process::read_executable;
-use crate::session::ProcessSymbols;
-use crate::store::Store;
+#[derive(Debug, Parser)]
+#[command(name = "bench-probes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Put an empty uprobe on each counting allocation entry point of PID until SIGINT or
+    /// SIGTERM: the cost of the trap alone.
+    EmptyProbe {
+        /// The process.
+        pid: u32,
+        /// entry: each function's first instruction (where probing by symbol puts it);
+        /// placement: where exact mode's probe goes.
+        #[arg(long, value_enum)]
+        at: At,
+        /// Detach after this many milliseconds.
+        #[arg(long)]
+        duration_ms: Option<u64>,
+    },
+    /// Trace PID in exact mode until N distinct stacks were seen, detach, and time building a
+    /// profile of them from cold symbol caches; prints one JSON line.
+    Symbolize {
+        /// The process.
+        pid: u32,
+        /// Distinct stacks to symbolize.
+        #[arg(long, default_value_t = 10_000)]
+        stacks: usize,
+        /// Give up when that many stacks were not seen within this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
+}
+
+/// Where `empty-probe` puts its probes.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum At {
+    /// Each function's first instruction.
+    Entry,
+    /// Where exact mode's probe goes.
+    Placement,
+}
+
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
+        Command::EmptyProbe { pid, at, duration_ms } => {
+            let at = match at {
+                At::Entry => EmptyAt::Entry,
+                At::Placement => EmptyAt::Placement,
+            };
+            empty_probe(pid, at, duration_ms.map(Duration::from_millis))
+        }
+        Command::Symbolize {
+            pid,
+            stacks,
+            timeout_secs,
+        } => symbolize(pid, stacks, Duration::from_secs(timeout_secs)),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bench-probes: error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
 /// `gotrace bench empty-probe`: an empty uprobe on each counting entry point of the process
 /// (at the function's first instruction, or where exact mode's probe goes) until SIGINT,
 /// SIGTERM or the end of `duration`.
-pub fn empty_probe(pid: u32, at: EmptyAt, duration: Option<Duration>) -> anyhow::Result<()> {
-    crate::privileges::check_tracing_privileges()?;
-    let (exe, data) = read_executable(pid)?;
-    let binary = GoBinary::parse(&data).with_context(|| format!("process {pid} cannot be traced"))?;
-    let probes = EmptyProbes::attach(&binary, &exe.path, pid, at)?;
+fn empty_probe(pid: u32, at: EmptyAt, duration: Option<Duration>) -> anyhow::Result<()> {
+    tracer::privileges::check_tracing_privileges()?;
+    let executable = Executable::read(pid)?;
+    let binary = GoBinary::parse(executable.data()).with_context(|| format!("process {pid} cannot be traced"))?;
+    let probes = EmptyProbes::attach(&binary, &executable.exe().path, pid, at)?;
     eprintln!(
         "gotrace: attached {} empty probes to pid {pid} ({at:?})",
         probes.attached
@@ -53,19 +126,12 @@ struct SymbolizeResult {
 /// distinct stacks (or `timeout` passed), detaches, then times building a profile (symbolizing
 /// every stack, with inlined frames, callsites and type names) from cold caches, as the first
 /// report of a trace does.
-pub fn symbolize(pid: u32, stacks: usize, timeout: Duration) -> anyhow::Result<()> {
-    crate::privileges::check_tracing_privileges()?;
-    let (exe, data) = read_executable(pid)?;
-    let binary = GoBinary::parse(&data).with_context(|| format!("process {pid} cannot be traced"))?;
-    let addresses = AddressMap::for_process(pid, &exe, binary.load_segments())
-        .with_context(|| format!("cannot read the memory map of process {pid}"))?;
+fn symbolize(pid: u32, stacks: usize, timeout: Duration) -> anyhow::Result<()> {
+    tracer::privileges::check_tracing_privileges()?;
+    let executable = Executable::read(pid)?;
+    let tracee = executable.parse()?;
     let depth = tracer_common::MAX_STACK_DEPTH;
-    let target = AttachTarget {
-        binary: &binary,
-        binary_path: &exe.path,
-        pid,
-        addresses: &addresses,
-    };
+    let target = tracee.attach_target();
     let options = ProbeOptions {
         stack_depth: depth,
         span_duty_cycle: None,
@@ -98,17 +164,17 @@ pub fn symbolize(pid: u32, stacks: usize, timeout: Duration) -> anyhow::Result<(
     let mut kept = std::collections::HashSet::new();
     counts.retain(|(key, _)| kept.contains(&key.stack) || (kept.len() < stacks && kept.insert(key.stack)));
     let frames = kept.iter().map(|id| store.stack(*id).map_or(0, |s| s.len())).sum();
-    let mut symbols = ProcessSymbols::new(&binary, &addresses);
+    let mut symbols = tracee.symbols();
     let build = |symbols: &mut ProcessSymbols<'_>| {
         let started = Instant::now();
-        let profile = crate::profile::build(
+        let profile = tracer::profile::build(
             Mode::Exact,
             stats,
             &counts,
             |id| store.stack(id),
             symbols,
             3,
-            crate::profile::Grouping::First,
+            tracer::profile::Grouping::First,
         );
         (started.elapsed().as_secs_f64(), profile.callsites.len())
     };

@@ -1,0 +1,113 @@
+//! What the collector publishes and every request reads: one snapshot behind a mutex, replaced
+//! field by field at each collection, never changed by a request.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use tracer_common::ProbeStats;
+
+use crate::export::MappingInfo;
+use crate::mode::Mode;
+use crate::probes::ProbeRunTime;
+use crate::profile::{CallsiteKey, Profile};
+use crate::report::{CallsiteReport, Report, TargetInfo};
+
+/// What the collector publishes, read by every request.
+#[derive(Debug, Default)]
+pub(super) struct Snapshot {
+    pub target: Option<TargetInfo>,
+    pub mode: Option<Mode>,
+    /// Counts one traced process; a new process starts a new generation (and fresh counters).
+    pub generation: u64,
+    /// The target has exited; the data is its last.
+    pub stale: bool,
+    pub profile: Option<Arc<Profile>>,
+    /// The callsites with series of their own in `/metrics`, chosen when the profile was
+    /// collected ([`SeriesSelection`]), and the totals the `other` series is the rest of.
+    pub series: Option<Arc<Report>>,
+    pub mapping: MappingInfo,
+    /// When tracing of the current generation started.
+    pub started: Option<(Instant, i64)>,
+    pub attached_probes: usize,
+    /// The fraction of each duty cycle the probes are attached (below 1 while span mode's
+    /// cycle engages).
+    pub attached_fraction: f64,
+    /// The bytes the target's runtime has counted as allocated since it started (`None`
+    /// without a symbol table to find the count by).
+    pub runtime_allocated_bytes: Option<u64>,
+    /// Probe statistics of earlier generations, summed.
+    pub earlier_stats: ProbeStats,
+    /// How long the current generation's probes ran, when the kernel times them.
+    pub probe_run_time: Option<ProbeRunTime>,
+    /// The same of earlier generations, summed.
+    pub earlier_run_time: ProbeRunTime,
+    pub reattaches: u64,
+    pub last_error: Option<String>,
+    pub store_keys: usize,
+    pub overflowed_keys: u64,
+    /// When the collector last published; `/healthz` fails when it stops doing so.
+    pub last_collection: Option<Instant>,
+    /// The collector thread has ended (it only does when gotrace stops, or on a bug).
+    pub collector_gone: bool,
+}
+
+pub(super) type Shared = Arc<Mutex<Snapshot>>;
+
+pub(super) fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Snapshot> {
+    // A panic while holding the lock leaves a snapshot that is still consistent enough to read.
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Which callsites get series of their own in `/metrics`, for one target.
+///
+/// Cardinality is bounded: the first `top_k` callsites by bytes get series of their own, and
+/// keep them for the life of the target (so that a series never disappears while its process
+/// runs); everything else adds up in one `other` series per counter.
+#[derive(Debug, Default)]
+pub(super) struct SeriesSelection {
+    /// Sticky membership.
+    exported: HashSet<CallsiteKey>,
+}
+
+impl SeriesSelection {
+    /// Admits the callsites of `profile` that earn a series, and returns a report of the
+    /// members (most bytes first) with the profile's totals.
+    pub fn select(&mut self, profile: &Profile, target: TargetInfo, attached: usize, top_k: usize) -> Report {
+        // Membership only grows, so no series disappears while its process lives: the first
+        // `top_k` callsites by bytes get in, and later a callsite that outgrows the smallest
+        // member, up to twice `top_k` series.
+        let mut smallest = profile
+            .callsites
+            .iter()
+            .filter(|c| self.exported.contains(&c.key))
+            .map(|c| c.bytes)
+            .min();
+        for callsite in &profile.callsites {
+            if self.exported.contains(&callsite.key) {
+                continue;
+            }
+            let admit = self.exported.len() < top_k
+                || (self.exported.len() < top_k.saturating_mul(2) && smallest.is_some_and(|m| callsite.bytes > m));
+            if !admit {
+                break;
+            }
+            self.exported.insert(callsite.key.clone());
+            smallest = Some(smallest.map_or(callsite.bytes, |m| m.min(callsite.bytes)));
+        }
+        let mut report = Report::new(target, profile, attached, 0.0, Some(0));
+        report.callsites = profile
+            .callsites
+            .iter()
+            .filter(|c| self.exported.contains(&c.key))
+            .map(CallsiteReport::from)
+            .collect();
+        report
+    }
+
+    /// How many callsites have series.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.exported.len()
+    }
+}
