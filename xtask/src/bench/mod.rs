@@ -9,13 +9,14 @@
 //! One module per part: `cost` (the cost per allocation at several stack depths), `realistic`
 //! (the HTTP service and the CPU-bound workload, each as two instances `side_by_side`, with the
 //! bottom-up `account` of their windows), `accuracy` and `tracer_costs`; then `targets` (the
-//! verdicts) and `report` (the Markdown, and its place in README.md). `tracers` attaches what
-//! observes the target; `proc` and `stats` are the processes and the figures.
+//! verdicts), `report` (the Markdown) and `readme` (where `--readme` puts it). `tracers` attaches
+//! what observes the target; `proc` and `stats` are the processes and the figures.
 
 mod account;
 mod accuracy;
 mod cost;
 mod proc;
+mod readme;
 mod realistic;
 mod report;
 mod side_by_side;
@@ -50,7 +51,8 @@ pub struct Args {
     /// Where results.md and results.json go
     #[arg(long, value_name = "DIR", default_value = "target/bench")]
     pub out: PathBuf,
-    /// Also put the Markdown tables into README.md (between its bench markers)
+    /// Also write the Markdown tables into docs/performance.md (between its bench markers) and
+    /// the headline, the targets, into README.md (between its headline markers)
     #[arg(long, conflicts_with = "only")]
     pub readme: bool,
     /// Measure only these parts (repeatable; default: all)
@@ -172,6 +174,9 @@ pub fn run(repo: &Path, args: &Args) -> Result<()> {
         unsafe { libc::geteuid() } == 0,
         "the benchmark loads eBPF programs and attaches uprobes: run it as root"
     );
+    if args.readme {
+        readme::check(repo)?;
+    }
     let plan = Plan::new(args);
     let started = Instant::now();
     eprintln!("bench: building gotrace (release) and the Go fixtures");
@@ -258,16 +263,16 @@ pub fn run(repo: &Path, args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Writes the results (`results.md`, `results.json`, and README.md's tables when asked) and
-/// prints them.
+/// Writes the results (`results.md`, `results.json`, and when asked docs/performance.md's tables
+/// and README.md's headline) and prints them.
 fn publish(repo: &Path, out_dir: &Path, readme: bool, results: &Results, started: Instant) -> Result<()> {
     let markdown = report::markdown(results);
     let json = serde_json::to_string_pretty(results).context("cannot encode the results")?;
     std::fs::write(out_dir.join("results.json"), json + "\n").context("cannot write results.json")?;
     std::fs::write(out_dir.join("results.md"), &markdown).context("cannot write results.md")?;
     if readme {
-        report::update_readme(&repo.join("README.md"), &markdown)?;
-        eprintln!("bench: README.md updated");
+        readme::write(repo, &markdown, &report::headline(results))?;
+        eprintln!("bench: docs/performance.md and README.md updated");
     }
     println!("{markdown}");
     if let Some(advice) = report::undecided_advice(&results.targets) {

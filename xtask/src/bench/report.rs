@@ -1,20 +1,13 @@
-//! The benchmark's Markdown, and its place in README.md. One function per table; [`markdown`]
-//! puts them together.
+//! The benchmark's Markdown: `results.md`, docs/performance.md's tables and README.md's
+//! headline. One function per table; [`markdown`] puts them together.
 
 use std::fmt::Write as _;
-use std::path::Path;
-
-use anyhow::{Context, Result, bail};
 
 use super::account::{realistic_cost_table, trap_floor_ns};
 use super::stats::Stat;
 use super::targets::{TargetCheck, Verdict};
 use super::tracers::Tracer;
 use super::{Plan, REALISTIC_GO, Results, SPAN_PERIOD_SECS};
-
-/// README.md's markers around the latest tables.
-const BEGIN: &str = "<!-- bench:begin (cargo xtask bench --readme writes this part) -->";
-const END: &str = "<!-- bench:end -->";
 
 /// The whole report: when, how and on what it was measured, then each part's table, then the
 /// targets.
@@ -31,6 +24,17 @@ pub(super) fn markdown(r: &Results) -> String {
     account_table(&mut md, r);
     accuracy_table(&mut md, r);
     tracer_costs_table(&mut md, r);
+    targets_table(&mut md, r);
+    advice(&mut md, r);
+    md
+}
+
+/// What README.md shows between its headline markers: the first sentence of [`markdown`] (when,
+/// how and on what), then its targets table and the advice when some are undecided, exactly as
+/// [`markdown`] renders them.
+pub(super) fn headline(r: &Results) -> String {
+    let mut md = measured(r);
+    md.push_str("\n\n");
     targets_table(&mut md, r);
     advice(&mut md, r);
     md
@@ -384,19 +388,6 @@ fn advice(md: &mut String, r: &Results) {
     }
 }
 
-/// Replaces what is between README.md's bench markers with `markdown`.
-pub fn update_readme(readme: &Path, markdown: &str) -> Result<()> {
-    let text = std::fs::read_to_string(readme).with_context(|| format!("cannot read {}", readme.display()))?;
-    let (Some(begin), Some(end)) = (text.find(BEGIN), text.find(END)) else {
-        bail!("{} has no bench markers ({BEGIN} … {END})", readme.display());
-    };
-    if end < begin {
-        bail!("{}: the bench markers are in the wrong order", readme.display());
-    }
-    let updated = format!("{}{BEGIN}\n{markdown}{}", &text[..begin], &text[end..]);
-    std::fs::write(readme, updated).with_context(|| format!("cannot write {}", readme.display()))
-}
-
 /// What to do when some targets are undecided; `None` when none is.
 pub(super) fn undecided_advice(targets: &[TargetCheck]) -> Option<String> {
     let undecided = targets.iter().filter(|t| t.verdict == Verdict::Undecided).count();
@@ -453,28 +444,80 @@ fn span_period(plan: &Plan) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{BEGIN, END, update_readme};
+    use super::{headline, markdown, undecided_advice};
+    use crate::bench::side_by_side::SideBySideNoise;
+    use crate::bench::targets::{TargetCheck, Verdict};
+    use crate::bench::tracer_costs::TracerCosts;
+    use crate::bench::{Machine, Plan, Results, SPAN_PERIOD_SECS};
 
+    fn results(verdicts: &[Verdict]) -> Results {
+        Results {
+            machine: Machine {
+                cpu: "AMD EPYC".to_owned(),
+                cores: 2,
+                kernel: "6.1.0".to_owned(),
+                go: vec!["go1.25.5".to_owned(), "go1.27.3".to_owned()],
+                bpftrace: Some("bpftrace v0.17.0".to_owned()),
+                date: "2026-12-03 12:15 UTC".to_owned(),
+            },
+            quick: false,
+            plan: Plan {
+                runs: 5,
+                window_secs: 5,
+                wrk_secs: 10,
+                span_period_secs: Some(SPAN_PERIOD_SECS),
+                classes_rounds: 600,
+                accuracy_runs: 3,
+                symbolize_runs: 3,
+            },
+            cost: Vec::new(),
+            realistic: Vec::new(),
+            cpus: String::new(),
+            noise: SideBySideNoise::default(),
+            accuracy: Vec::new(),
+            tracer: TracerCosts::default(),
+            targets: verdicts
+                .iter()
+                .enumerate()
+                .map(|(i, &verdict)| TargetCheck {
+                    what: format!("target {i}"),
+                    value: Some(1.5),
+                    range: Some([0.5, 2.5]),
+                    limit: "≤ 3% in every run".to_owned(),
+                    verdict,
+                    noise: Some(2.0),
+                })
+                .collect(),
+        }
+    }
+
+    /// README.md's headline is the report's first sentence and its targets, as the full report
+    /// has them, with the advice when a target is undecided.
     #[test]
-    fn readme_table_is_replaced_between_the_markers_only() {
-        let dir = std::env::temp_dir().join(format!("gotrace-bench-readme-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("scratch");
-        let readme = dir.join("README.md");
-        std::fs::write(&readme, format!("intro\n{BEGIN}\nold table\n{END}\nrest\n")).expect("write");
-        update_readme(&readme, "| new | table |\n").expect("update");
-        let text = std::fs::read_to_string(&readme).expect("read");
-        assert_eq!(text, format!("intro\n{BEGIN}\n| new | table |\n{END}\nrest\n"));
-        // Idempotent: a second run replaces its own table.
-        update_readme(&readme, "| newer |\n").expect("update");
-        let text = std::fs::read_to_string(&readme).expect("read");
-        assert_eq!(text, format!("intro\n{BEGIN}\n| newer |\n{END}\nrest\n"));
-
-        std::fs::write(&readme, "no markers\n").expect("write");
-        let err = update_readme(&readme, "x").expect_err("no markers");
-        assert!(format!("{err:#}").contains("no bench markers"), "{err:#}");
-        std::fs::write(&readme, format!("{END}\n{BEGIN}\n")).expect("write");
-        let err = update_readme(&readme, "x").expect_err("reversed");
-        assert!(format!("{err:#}").contains("wrong order"), "{err:#}");
-        let _ = std::fs::remove_dir_all(&dir);
+    fn the_headline_is_the_first_sentence_and_the_targets_of_the_report() {
+        let sentence = "Measured 2026-12-03 12:15 UTC by `cargo xtask bench` on AMD EPYC (2 cores), Linux 6.1.0, \
+                        go1.25.5, go1.27.3; bpftrace v0.17.0.";
+        for verdicts in [
+            &[Verdict::Met, Verdict::Undecided][..],
+            &[Verdict::Met, Verdict::Missed],
+        ] {
+            let r = results(verdicts);
+            let md = markdown(&r);
+            assert!(
+                md.starts_with(&format!("{sentence} Each figure is the median of 5 runs")),
+                "{md}"
+            );
+            // The targets come last in the full report, after the parts' tables.
+            let targets = &md[md.find("**Targets**").expect("a targets table")..];
+            assert!(targets.contains("| target 1 | 1.5 (0.5 to 2.5) | ≤ 3% in every run | 2.0% |"));
+            let headline = headline(&r);
+            assert_eq!(headline, format!("{sentence}\n\n{targets}"));
+            match undecided_advice(&r.targets) {
+                Some(advice) => assert!(headline.ends_with(&format!("|\n\n{advice}\n")), "{headline}"),
+                None => assert!(headline.ends_with("|\n"), "{headline}"),
+            }
+        }
+        assert!(undecided_advice(&results(&[Verdict::Undecided]).targets).is_some());
+        assert!(undecided_advice(&results(&[Verdict::Missed]).targets).is_none());
     }
 }
