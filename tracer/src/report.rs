@@ -56,14 +56,14 @@ pub struct CallsiteReport {
     pub size: SizeStats,
     /// Where the line's code was inlined (absent when it was not): the compiler reports its
     /// escape decisions for inlined code at these positions.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inlined_into: Vec<Position>,
     /// With `--callsite first` (the default), when the line is outside the program's main
     /// module: the first line of the main module on the way to it (absent otherwise).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<Position>,
     /// With `--callsite user`: the line that allocated, when it is outside the main module.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<Position>,
 }
 
@@ -143,7 +143,7 @@ pub struct ProbeSummary {
     /// Allocations lost because the count map was full.
     pub dropped_counts_map: u64,
     /// How long the probes' programs ran, when the kernel timed them (`--time-probes`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_time: Option<ProbeRunTime>,
 }
 
@@ -168,11 +168,11 @@ pub struct Report {
     /// What the probes did.
     pub probes: ProbeSummary,
     /// Why the trace ended early, if it did (`target exited`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<String>,
     /// For one document of a `jsonl` stream: the interval it covers, in seconds since the
     /// trace started; its totals and callsites count that interval only.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Interval>,
 }
 
@@ -319,5 +319,71 @@ mod tests {
         assert_eq!(human_bytes(5 << 20), "5.0 MiB");
         assert_eq!(short_path("/work/app/cmd/main.go"), "cmd/main.go");
         assert_eq!(short_path("main.go"), "main.go");
+    }
+
+    /// What gotrace writes it reads back the same (`explain` reads saved reports), the
+    /// optional parts left out included.
+    #[test]
+    fn reports_read_back_as_written() {
+        let position = Position {
+            function: "main.f".to_owned(),
+            file: "/app/main.go".to_owned(),
+            line: 3,
+        };
+        let callsite = |kind, user: Option<Position>| CallsiteReport {
+            function: "main.g".to_owned(),
+            file: "/app/main.go".to_owned(),
+            line: 7,
+            type_name: None,
+            kind,
+            allocations: 2,
+            bytes: 64,
+            size: SizeStats {
+                min: 32,
+                p50: 32,
+                p99: 32,
+                max: 32,
+            },
+            inlined_into: user.iter().cloned().collect(),
+            user,
+            via: None,
+        };
+        let report = Report {
+            target: TargetInfo {
+                pid: 42,
+                exe: "/app/server".to_owned(),
+                go_version: "go1.27.3".to_owned(),
+                arch: "x86_64".to_owned(),
+            },
+            mode: Mode::GoSampler,
+            method: Mode::GoSampler.method().to_owned(),
+            estimated: true,
+            duration_secs: 1.5,
+            totals: Totals {
+                allocations: 4,
+                bytes: 128,
+                dropped: 1,
+            },
+            callsites: vec![callsite(Kind::ConvT, Some(position)), callsite(Kind::New, None)],
+            probes: ProbeSummary {
+                attached: 2,
+                hits: 9,
+                nested: 0,
+                zero_size: 0,
+                without_stack: 0,
+                dropped_return_address: 0,
+                dropped_counts_map: 1,
+                run_time: None,
+            },
+            ended: None,
+            interval: None,
+        };
+        let text = serde_json::to_string(&report).unwrap();
+        assert!(text.contains(r#""mode":"go-sampler""#) && text.contains(r#""kind":"convT""#), "{text}");
+        assert!(!text.contains("inlined_into\":[]") && !text.contains("\"ended\""), "{text}");
+        let read: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(serde_json::to_string(&read).unwrap(), text);
+        assert_eq!(read.callsites[0].kind, Kind::ConvT);
+        assert_eq!(read.mode, Mode::GoSampler);
     }
 }

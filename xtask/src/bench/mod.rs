@@ -129,6 +129,9 @@ const REALISTIC_GO: &str = "1.27";
 /// Paths every part needs.
 struct Env {
     gotrace: PathBuf,
+    /// `tracer/examples/bench-probes.rs`: the empty probe and the symbolization timing, built
+    /// on the tracer library (not shipped in gotrace).
+    bench_probes: PathBuf,
     scratch: PathBuf,
     bpftrace: Option<PathBuf>,
     goarch: &'static str,
@@ -179,19 +182,23 @@ pub fn run(repo: &Path, args: &Args) -> Result<()> {
     }
     let plan = Plan::new(args);
     let started = Instant::now();
-    eprintln!("bench: building gotrace (release) and the Go fixtures");
+    eprintln!("bench: building gotrace and bench-probes (release) and the Go fixtures");
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .current_dir(repo)
-        .args(["build", "--release", "-p", "tracer"])
+        .args(["build", "--release", "-p", "tracer", "--bin", "gotrace", "--example", "bench-probes"])
         .status()
         .context("cannot run cargo build")?;
-    ensure!(status.success(), "cargo build --release -p tracer failed");
+    ensure!(
+        status.success(),
+        "cargo build --release -p tracer --bin gotrace --example bench-probes failed"
+    );
     fixtures::run(repo, &fixtures::Args::all())?;
     let out_dir = repo.join(&args.out);
     let scratch = out_dir.join("scratch");
     std::fs::create_dir_all(&scratch).with_context(|| format!("cannot create {}", scratch.display()))?;
     let env = Env {
         gotrace: repo.join("target/release/gotrace"),
+        bench_probes: repo.join("target/release/examples/bench-probes"),
         scratch,
         bpftrace: find_on_path("bpftrace"),
         goarch: match std::env::consts::ARCH {

@@ -151,26 +151,26 @@ fn attach_time(repo: &Path, env: &Env, plan: &Plan) -> Result<(String, Vec<f64>,
     Ok((toolchain.version + " compile", total, probes))
 }
 
-/// `gotrace bench symbolize` on the churn workload (ever new stacks).
+/// `bench-probes symbolize` on the churn workload (ever new stacks).
 fn symbolize_time(repo: &Path, env: &Env, plan: &Plan) -> Result<(usize, Vec<f64>, Vec<f64>)> {
     let binary = env.workloads(repo, REALISTIC_GO);
     let (mut cold, mut warm, mut frames) = (Vec::new(), Vec::new(), 0);
     for run in 1..=plan.symbolize_runs {
         let churn = Proc::start("workloads churn", Command::new(&binary).arg("churn"), false)?;
         churn.wait_for("ready", false, Duration::from_secs(20))?;
-        let out = Command::new(&env.gotrace)
-            .args(["bench", "symbolize", &churn.pid().to_string(), "--stacks"])
+        let out = Command::new(&env.bench_probes)
+            .args(["symbolize", &churn.pid().to_string(), "--stacks"])
             .arg(SYMBOLIZE_STACKS.to_string())
             .output()
-            .context("cannot run gotrace bench symbolize")?;
+            .context("cannot run bench-probes symbolize")?;
         drop(churn);
         ensure!(
             out.status.success(),
-            "gotrace bench symbolize failed: {}",
+            "bench-probes symbolize failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
         let doc: serde_json::Value =
-            serde_json::from_slice(&out.stdout).context("bad JSON from gotrace bench symbolize")?;
+            serde_json::from_slice(&out.stdout).context("bad JSON from bench-probes symbolize")?;
         let seconds = doc["seconds"].as_f64().context("no seconds")?;
         let warm_seconds = doc["warm_seconds"].as_f64().context("no warm_seconds")?;
         frames = usize::try_from(doc["frames"].as_u64().unwrap_or(0)).unwrap_or(0);

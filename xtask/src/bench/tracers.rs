@@ -114,8 +114,8 @@ pub(super) fn attach(
                 "placement"
             };
             let proc = Proc::start(
-                "gotrace bench empty-probe",
-                Command::new(&env.gotrace).args(["bench", "empty-probe", &pid_arg, "--at", at]),
+                "bench-probes empty-probe",
+                Command::new(&env.bench_probes).args(["empty-probe", &pid_arg, "--at", at]),
                 true,
             )?;
             proc.wait_for("gotrace: attached", true, timeout)?;
