@@ -345,6 +345,40 @@ fn attach_shows_a_table_and_stops_after_duration() {
     let _ = target.wait();
 }
 
+/// `--quiet`: the report and nothing else. Without it, the same trace says on stderr what
+/// it read, that it attached and where the file went.
+#[test]
+fn quiet_leaves_stderr_to_warnings_and_errors() {
+    let Some(_lock) = root_only("quiet_leaves_stderr_to_warnings_and_errors") else {
+        return;
+    };
+    let f = fixture("1.27", "default");
+    let (mut target, mut rate) = start_rate(&f);
+    rate.median(1);
+    let pid = target.id().to_string();
+    for quiet in [false, true] {
+        let report = scratch(&format!("quiet-{quiet}.json"));
+        let mut cmd = gotrace();
+        cmd.args(["attach", &pid, "--duration", "500ms", "-o"]).arg(&report);
+        if quiet {
+            cmd.arg("--quiet");
+        }
+        let out = output(&mut cmd);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(read_json(&report)["totals"]["allocations"].as_u64() > Some(0));
+        if quiet {
+            assert_eq!(stderr, "", "--quiet");
+        } else {
+            for progress in ["reading ", "attached ", "wrote "] {
+                assert!(stderr.contains(&format!("gotrace: {progress}")), "{stderr}");
+            }
+        }
+    }
+    drop(target.stdin.take());
+    let _ = target.wait();
+}
+
 /// Exact mode reuses a goroutine's latest walk when the stack still holds it (see
 /// `replay_walk` in the probe). Two stacks at the same addresses that differ only in a return
 /// address three frames below the allocation are still told apart, allocation by allocation;
