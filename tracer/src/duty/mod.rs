@@ -39,18 +39,13 @@ use crate::process::CpuTicks;
 
 /// How long the probes stay attached to measure their hit rate: at the start, while the rate
 /// is within the budget, and between attempts to attach again. The cycle itself is as long as
-/// the caller says (`--span-period`, 30 s by default): attaching and detaching the probes is
-/// what costs the target most, far more than the hits while attached. On the `net/http`
-/// benchmark service pinned to a CPU of its own, requests per CPU-second fell 11–17% cycling
-/// once a second, ~4% once every 5 s, ~25% five times a second, 1–6% once every 10 s and ~2%
-/// once every 30 s (−1.6% by hand, the median of three rounds from +1.5% to −5.2%; −2.1% in a
-/// 5-run bench), while the ~3,000 hits a second of the probes attached account for 0.3%.
-/// (Each attach blocks the service ~15 ms and leaves it answering 20–30% fewer requests for
-/// the next 300–400 ms: docs/sampled-overhead.md, *History: the duty cycle's period*.) Even probes on a
-/// function the target never calls cost it ~25% when cycled five times a second: the price is in registering and unregistering
-/// the uprobes (each rewrites the target's code page, copy-on-write under its `mmap_lock`,
-/// with a TLB flush on every CPU it runs on; each perf event's release waits for an RCU
-/// grace period), not in the traps.
+/// the caller says (`--span-period`, 30 s by default) because attaching and detaching costs
+/// the target far more than the hits while attached: each registration rewrites its code page
+/// (copy-on-write under its `mmap_lock`, with a TLB flush on every CPU it runs on) and each
+/// perf event's release waits for an RCU grace period. On the pinned `net/http` benchmark
+/// service, cycling once a second cost 11–17% of its requests per CPU-second, once every 30 s
+/// about 2%, while the probes' hits accounted for 0.3% (docs/sampled-overhead.md, *History:
+/// the duty cycle's period*).
 pub const RATE_WINDOW: Duration = Duration::from_secs(1);
 
 /// How often a thread reads the target's allocation total, so that when the target exits the
