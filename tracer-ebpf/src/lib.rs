@@ -25,6 +25,9 @@ pub mod mspan;
 pub mod paged;
 pub mod window;
 
+#[cfg(test)]
+mod tests;
+
 pub use frames::{StackWalk, UserMemory};
 use tracer_common::{MAX_NESTED_RANGES, ProbeConfig};
 
