@@ -379,8 +379,14 @@ mod tests {
             interval: None,
         };
         let text = serde_json::to_string(&report).unwrap();
-        assert!(text.contains(r#""mode":"go-sampler""#) && text.contains(r#""kind":"convT""#), "{text}");
-        assert!(!text.contains("inlined_into\":[]") && !text.contains("\"ended\""), "{text}");
+        assert!(
+            text.contains(r#""mode":"go-sampler""#) && text.contains(r#""kind":"convT""#),
+            "{text}"
+        );
+        assert!(
+            !text.contains("inlined_into\":[]") && !text.contains("\"ended\""),
+            "{text}"
+        );
         let read: Report = serde_json::from_str(&text).unwrap();
         assert_eq!(serde_json::to_string(&read).unwrap(), text);
         assert_eq!(read.callsites[0].kind, Kind::ConvT);

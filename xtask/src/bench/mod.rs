@@ -185,7 +185,16 @@ pub fn run(repo: &Path, args: &Args) -> Result<()> {
     eprintln!("bench: building gotrace and bench-probes (release) and the Go fixtures");
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .current_dir(repo)
-        .args(["build", "--release", "-p", "tracer", "--bin", "gotrace", "--example", "bench-probes"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "tracer",
+            "--bin",
+            "gotrace",
+            "--example",
+            "bench-probes",
+        ])
         .status()
         .context("cannot run cargo build")?;
     ensure!(
