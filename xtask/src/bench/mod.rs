@@ -182,25 +182,7 @@ pub fn run(repo: &Path, args: &Args) -> Result<()> {
     }
     let plan = Plan::new(args);
     let started = Instant::now();
-    eprintln!("bench: building gotrace and bench-probes (release) and the Go fixtures");
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(repo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "tracer",
-            "--bin",
-            "gotrace",
-            "--example",
-            "bench-probes",
-        ])
-        .status()
-        .context("cannot run cargo build")?;
-    ensure!(
-        status.success(),
-        "cargo build --release -p tracer --bin gotrace --example bench-probes failed"
-    );
+    build_tracer(repo)?;
     fixtures::run(repo, &fixtures::Args::all())?;
     let out_dir = repo.join(&args.out);
     let scratch = out_dir.join("scratch");
@@ -275,6 +257,30 @@ pub fn run(repo: &Path, args: &Args) -> Result<()> {
         "{} measurements could not run:\n  {}",
         failed.len(),
         failed.join("\n  ")
+    );
+    Ok(())
+}
+
+/// Builds gotrace and `bench-probes` (the tracer library's example) in release.
+fn build_tracer(repo: &Path) -> Result<()> {
+    eprintln!("bench: building gotrace and bench-probes (release) and the Go fixtures");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(repo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "tracer",
+            "--bin",
+            "gotrace",
+            "--example",
+            "bench-probes",
+        ])
+        .status()
+        .context("cannot run cargo build")?;
+    ensure!(
+        status.success(),
+        "cargo build --release -p tracer --bin gotrace --example bench-probes failed"
     );
     Ok(())
 }
