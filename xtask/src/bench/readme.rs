@@ -200,4 +200,12 @@ mod tests {
         );
         assert_eq!(read(repo, HEADLINE_FILE), readme);
     }
+
+    /// The repository's own files have the markers `--readme` writes between, so that a full
+    /// bench does not end in a marker error after 40 minutes.
+    #[test]
+    fn the_repository_has_both_pairs_of_markers() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        check(&repo).unwrap();
+    }
 }
