@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use crate::memprofile::{self, MemProfileRate, PreparedProbes, RateOverride};
-use crate::mode::Mode;
 use crate::probes::Probes;
 use crate::profile::{self, Grouping, Profile};
 use crate::store::Store;
@@ -64,12 +63,6 @@ impl Collector {
     #[must_use]
     pub fn store(&self) -> &Store {
         &self.store
-    }
-
-    /// What the probes observe (never [`Mode::Auto`]).
-    #[must_use]
-    pub fn mode(&self) -> Mode {
-        self.probes.mode
     }
 
     /// Whether the maps should be drained every [`DRAIN_INTERVAL`] between reports: not while

@@ -348,12 +348,3 @@ impl ProcessId {
         Self::of(self.pid) == Some(self)
     }
 }
-
-/// The executable of process `pid` (through `/proc/PID/root` for a process in a container),
-/// and its bytes.
-pub fn read_executable(pid: u32) -> anyhow::Result<(gobin::procmaps::ProcessExe, Vec<u8>)> {
-    let exe =
-        gobin::procmaps::process_exe(pid).with_context(|| format!("cannot find the executable of process {pid}"))?;
-    let data = std::fs::read(&exe.path).with_context(|| format!("cannot read {}", exe.path.display()))?;
-    Ok((exe, data))
-}

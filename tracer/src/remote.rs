@@ -153,10 +153,9 @@ mod tests {
         ] {
             let f = fixture(minor, variant);
             let live = LiveOracle::start(&f);
-            let (exe, data) = crate::process::read_executable(live.pid()).unwrap();
-            let binary = GoBinary::parse(&data).unwrap();
-            let addresses = AddressMap::for_process(live.pid(), &exe, binary.load_segments()).unwrap();
-            let counter = HeapCounter::locate(&binary, live.pid(), &addresses);
+            let executable = crate::tracee::Executable::read(live.pid()).unwrap();
+            let tracee = executable.parse().unwrap();
+            let counter = HeapCounter::locate(&tracee.binary, live.pid(), &tracee.addresses);
             if variant == "stripped" {
                 assert!(counter.is_none(), "{}", f.name());
                 continue;

@@ -40,12 +40,6 @@ impl Executable {
         Ok(Self { pid, exe, data })
     }
 
-    /// The process.
-    #[must_use]
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
     /// Where the executable is, for gotrace and as the process sees it.
     #[must_use]
     pub fn exe(&self) -> &ProcessExe {

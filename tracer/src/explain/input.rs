@@ -207,11 +207,5 @@ pub(super) fn trace_live(pid: u32, duration: Duration) -> anyhow::Result<Traced>
 /// The Go release that built process `pid`'s executable (its build info).
 pub(super) fn live_go_version(pid: u32) -> anyhow::Result<String> {
     let executable = Executable::read(pid)?;
-    let binary = gobin::GoBinary::parse(executable.data()).with_context(|| {
-        format!(
-            "process {pid} ({}) cannot be traced",
-            executable.exe().path_in_process.display()
-        )
-    })?;
-    Ok(binary.build_info().go_version.clone())
+    Ok(executable.parse()?.binary.build_info().go_version.clone())
 }

@@ -15,7 +15,7 @@ use crate::report::{Position, Report, human_bytes, short_path, summary_line, tho
 
 pub use flame::{FoldedExporter, SvgExporter};
 pub use pprof::PprofExporter;
-pub use prometheus::{PrometheusExporter, label, write_metric};
+pub use prometheus::{PrometheusExporter, label};
 
 /// How the traced binary is mapped in the process, for pprof's `Mapping`.
 #[derive(Debug, Clone, Default)]

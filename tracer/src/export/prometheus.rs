@@ -28,22 +28,6 @@ pub fn label(value: &str) -> String {
     out
 }
 
-/// `# HELP`, `# TYPE` and one unlabelled sample.
-///
-/// # Errors
-/// When writing fails.
-pub fn write_metric(
-    out: &mut dyn Write,
-    name: &str,
-    kind: &str,
-    help: &str,
-    value: impl std::fmt::Display,
-) -> io::Result<()> {
-    writeln!(out, "# HELP {name} {help}")?;
-    writeln!(out, "# TYPE {name} {kind}")?;
-    writeln!(out, "{name} {value}")
-}
-
 /// The labels that name a callsite's series.
 fn callsite_labels(c: &CallsiteReport) -> String {
     format!(
