@@ -153,9 +153,12 @@ mod tests {
         ] {
             let f = fixture(minor, variant);
             let live = LiveOracle::start(&f);
-            let executable = crate::tracee::Executable::read(live.pid()).unwrap();
-            let tracee = executable.parse().unwrap();
-            let counter = HeapCounter::locate(&tracee.binary, live.pid(), &tracee.addresses);
+            // Opened with gobin directly: `tracee` sits above this module (tests/layers.rs).
+            let exe = gobin::procmaps::process_exe(live.pid()).unwrap();
+            let data = std::fs::read(&exe.path).unwrap();
+            let binary = GoBinary::parse(&data).unwrap();
+            let addresses = AddressMap::for_process(live.pid(), &exe, binary.load_segments()).unwrap();
+            let counter = HeapCounter::locate(&binary, live.pid(), &addresses);
             if variant == "stripped" {
                 assert!(counter.is_none(), "{}", f.name());
                 continue;
