@@ -88,6 +88,13 @@ pub enum ProbeRole {
     /// cycle and when a P goes away): the objects taken from the partly used spans never pass
     /// `refill`, so they are counted here.
     SpanRelease,
+    /// Hits give a heap-profile sample its bucket (`runtime.setprofilebucket`, right after
+    /// `profilealloc` on the same thread): the sampled object now has a profile special, so
+    /// the runtime will report its death. Go-sampler mode's in-use tracking starts there.
+    ProfileBucket,
+    /// Hits free one special record of a dying object (`runtime.freeSpecial`, from the sweep):
+    /// for a profile special, a sampled object is gone.
+    SpecialFree,
 }
 
 impl ProbeRole {
@@ -101,6 +108,8 @@ impl ProbeRole {
             Self::SpanRefill => "span_refill",
             Self::LargeAlloc => "large_alloc",
             Self::SpanRelease => "span_release",
+            Self::ProfileBucket => "profile_bucket",
+            Self::SpecialFree => "special_free",
         }
     }
 
@@ -109,7 +118,12 @@ impl ProbeRole {
     pub fn is_sampling(self) -> bool {
         matches!(
             self,
-            Self::GoSample | Self::SpanRefill | Self::LargeAlloc | Self::SpanRelease
+            Self::GoSample
+                | Self::SpanRefill
+                | Self::LargeAlloc
+                | Self::SpanRelease
+                | Self::ProfileBucket
+                | Self::SpecialFree
         )
     }
 }
@@ -137,6 +151,13 @@ pub enum ArgRole {
     /// The `runtime.spanClass` (size class << 1 | noscan) of `refill`. A `uint8`: only the
     /// register's low byte is the argument (see the catalogue entry).
     SpanClass,
+    /// The address of a sampled object (`profilealloc`'s `x`, `setprofilebucket`'s and
+    /// `freeSpecial`'s `p`): the same value at all three for one object.
+    Object,
+    /// The `*runtime.bucket` of a heap-profile sample (`setprofilebucket`'s `b`).
+    Bucket,
+    /// The `*runtime.special` being freed (`freeSpecial`'s `s`).
+    Special,
 }
 
 impl ArgRole {
@@ -153,6 +174,9 @@ impl ArgRole {
             Self::Hint => "hint",
             Self::Mcache => "mcache",
             Self::SpanClass => "span_class",
+            Self::Object => "object",
+            Self::Bucket => "bucket",
+            Self::Special => "special",
         }
     }
 }
@@ -377,7 +401,31 @@ const SPECS: &[Spec] = &[
         role: ProbeRole::GoSample,
         kind: "malloc",
         since_minor: 21,
-        params: &[skip("mp"), skip("x"), p("size", ArgRole::Size)],
+        params: &[skip("mp"), p("x", ArgRole::Object), p("size", ArgRole::Size)],
+    },
+    // func setprofilebucket(p unsafe.Pointer, b *bucket)   (src/runtime/mheap.go)
+    //
+    // Called by mProf_Malloc through systemstack, on the thread that ran profilealloc for the
+    // same object (the caller holds acquirem). From Go 1.23 mProf_Malloc may return before
+    // it (an M without a profStack, GODEBUG=profstackdepth=0): that sample gets no special.
+    Spec {
+        name: NameMatch::Exact("runtime.setprofilebucket"),
+        role: ProbeRole::ProfileBucket,
+        kind: "malloc",
+        since_minor: 21,
+        params: &[p("p", ArgRole::Object), p("b", ArgRole::Bucket)],
+    },
+    // func freeSpecial(s *special, p unsafe.Pointer, size uintptr)   (src/runtime/mheap.go)
+    //
+    // Its only caller is the sweep ((*sweepLocked).sweep in src/runtime/mgcsweep.go), with
+    // p = span base + the special's offset: for a profile special, the very address
+    // profilealloc got.
+    Spec {
+        name: NameMatch::Exact("runtime.freeSpecial"),
+        role: ProbeRole::SpecialFree,
+        kind: "malloc",
+        since_minor: 21,
+        params: &[p("s", ArgRole::Special), p("p", ArgRole::Object), skip("size")],
     },
     // func (c *mcache) refill(spc spanClass)   (src/runtime/mcache.go)
     //

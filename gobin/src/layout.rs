@@ -96,6 +96,67 @@ impl RuntimeLayout {
     }
 }
 
+/// The DWARF name of a special record (`src/runtime/mheap.go`).
+pub(crate) const SPECIAL: &str = "runtime.special";
+
+/// What the in-use probe on `runtime.freeSpecial(s *special, p, size)` reads to tell a profile
+/// special (a sampled object dying) from the other kinds (finalizers, cleanups, weak handles,
+/// ...), all of which the sweep frees through the same function.
+///
+/// `special` is `{_ NotInHeap; next *special; offset; kind byte}` (`src/runtime/mheap.go`):
+/// `offset` was a `uint16` up to Go 1.23 and became a `uintptr` in 1.24, which moved `kind`
+/// from byte 10 to byte 16. `_KindSpecialProfile` was 2 in 1.21–1.22, 3 once 1.23 put
+/// `_KindSpecialWeakHandle` before it, and 4 once 1.25 put `_KindSpecialTinyBlock` first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct SpecialLayout {
+    /// Byte offset of `kind` in `runtime.special`.
+    pub kind_offset: u32,
+    /// The value of `_KindSpecialProfile`.
+    pub profile_kind: u8,
+    /// Where the offset came from (the kind is always from the table: DWARF has no constants
+    /// of the runtime's).
+    pub source: LayoutSource,
+}
+
+impl SpecialLayout {
+    /// The layout of a Go release from gotrace's table, checked against each release's
+    /// `src/runtime/mheap.go`: `None` outside Go 1.21–1.27, where the kinds may have moved again.
+    #[must_use]
+    pub fn from_version_table(version: GoVersion) -> Option<Self> {
+        if version.major != 1 {
+            return None;
+        }
+        let (kind_offset, profile_kind) = match version.minor {
+            21 | 22 => (10, 2),
+            23 => (10, 3),
+            24 => (16, 3),
+            25..=27 => (16, 4),
+            _ => return None,
+        };
+        Some(Self {
+            kind_offset,
+            profile_kind,
+            source: LayoutSource::VersionTable,
+        })
+    }
+
+    /// The table's layout with `kind`'s offset from DWARF member offsets, when they have it.
+    pub(crate) fn with_dwarf(self, structs: &HashMap<String, HashMap<String, u64>>) -> Self {
+        match structs
+            .get(SPECIAL)
+            .and_then(|members| members.get("kind"))
+            .and_then(|&offset| u32::try_from(offset).ok())
+        {
+            Some(kind_offset) => Self {
+                kind_offset,
+                source: LayoutSource::Dwarf,
+                ..self
+            },
+            None => self,
+        }
+    }
+}
+
 /// The DWARF name of the runtime's statistics (`src/runtime/mstats.go`), the type of
 /// `runtime.memstats`.
 pub(crate) const MSTATS: &str = "runtime.mstats";

@@ -63,7 +63,7 @@ pub use crate::entrypoints::{
 };
 pub use crate::error::{Error, Result};
 pub use crate::functions::{Function, FunctionSource, FunctionTable};
-pub use crate::layout::{HeapStatsLayout, LayoutSource, RuntimeLayout};
+pub use crate::layout::{HeapStatsLayout, LayoutSource, RuntimeLayout, SpecialLayout};
 pub use crate::moduledata::ModuleData;
 pub use crate::names::{in_main_module, is_runtime_function, is_runtime_package, module_root, package_of};
 pub use crate::prologue::StackCheck;
@@ -423,6 +423,21 @@ impl<'data> GoBinary<'data> {
         RuntimeLayout::from_version_table(self.version).ok_or_else(|| Error::UnknownRuntimeLayout {
             version: self.build_info.go_version.clone(),
         })
+    }
+
+    /// How to tell a profile special from the other kinds at `runtime.freeSpecial` (see
+    /// [`SpecialLayout`]): `None` for a Go release outside gotrace's table (1.21–1.27).
+    ///
+    /// # Errors
+    /// When the DWARF is malformed.
+    pub fn special_layout(&self) -> Result<Option<SpecialLayout>> {
+        let Some(table) = SpecialLayout::from_version_table(self.version) else {
+            return Ok(None);
+        };
+        Ok(Some(match &self.dwarf {
+            Some(dwarf) => table.with_dwarf(&dwarf.struct_members(&[layout::SPECIAL])?),
+            None => table,
+        }))
     }
 
     /// Where the runtime counts its heap allocations: the link-time address of

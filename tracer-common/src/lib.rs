@@ -42,6 +42,28 @@ pub const LAST_REFILL_MAP: &str = "LAST_REFILL";
 /// preallocated: it costs memory for the (P, class) pairs a program really uses.
 pub const LAST_REFILL_MAP_ENTRIES: u32 = 136 * 480;
 
+/// Name of the in-use program on `runtime.setprofilebucket(p, b)` (`inuse_bucket`): the
+/// heap-profile sample that go-sampler's probe just recorded on this thread got its profile
+/// special, so it is tracked in [`LIVE_MAP`] until the runtime frees it.
+pub const INUSE_BUCKET_PROGRAM: &str = "inuse_bucket";
+/// Name of the in-use program on `runtime.freeSpecial(s, p, size)` (`inuse_free`): a profile
+/// special's object died, and leaves [`LIVE_MAP`].
+pub const INUSE_FREE_PROGRAM: &str = "inuse_free";
+/// Name of the live-object map: a `HASH` from a sampled object's address to its [`LiveObject`].
+pub const LIVE_MAP: &str = "LIVE";
+/// Capacity of [`LIVE_MAP`]: sampled objects tracked at once. At Go's default rate (one
+/// sample per 512 KiB) that is a 32 GiB live heap; at `--set-mem-profile-rate 4096`, 256 MiB.
+/// Not preallocated; a full map refuses new objects and counts them
+/// ([`InuseStats::dropped_full`]). About 7 MiB of kernel memory when full.
+pub const LIVE_MAP_ENTRIES: u32 = 1 << 16;
+/// Name of the pending-sample map: a `LRU_HASH` from a thread id to the [`PendingSample`] its
+/// latest go-sampler hit recorded, taken by [`INUSE_BUCKET_PROGRAM`].
+pub const PENDING_MAP: &str = "PENDING";
+/// Capacity of [`PENDING_MAP`]: threads with a sample in flight (least recently used go first).
+pub const PENDING_MAP_ENTRIES: u32 = 4096;
+/// Name of the in-use statistics map: a `PERCPU_ARRAY` with one [`InuseStats`] per CPU.
+pub const INUSE_STATS_MAP: &str = "INUSE_STATS";
+
 /// Name of the configuration map: an `ARRAY` with one [`ProbeConfig`].
 pub const CONFIG_MAP: &str = "CONFIG";
 /// Name of the epoch map: an `ARRAY` with one `u32`, 0 or 1, naming the counts map the probes
@@ -214,6 +236,10 @@ pub struct ProbeConfig {
     /// it (`GODEBUG=memprofilerate=`, in `schedinit`) after the probes attached and exited
     /// before the first drain.
     pub mem_profile_rate_address: u64,
+    /// Byte offset of `kind` in `runtime.special` (in-use tracking, go-sampler mode).
+    pub special_kind_offset: u32,
+    /// `_KindSpecialProfile` of the target's runtime; 0 when in-use is not tracked.
+    pub special_profile_kind: u32,
 }
 
 /// What the counting probe did, per CPU. User space sums the CPUs.
@@ -287,6 +313,71 @@ impl ProbeStats {
     }
 }
 
+/// A sampled object that is still alive, in [`LIVE_MAP`] under its address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveObject {
+    /// The key its sample was counted under (the stack hash as stored in [`STACKS_MAP`]).
+    pub key: AllocKey,
+    /// Its `*runtime.bucket` in the runtime's own heap profile.
+    pub bucket: u64,
+    /// `runtime.MemProfileRate` when it was sampled (0: unknown, no symbol table).
+    pub rate: u64,
+    /// When it was sampled: `bpf_ktime_get_ns`, nanoseconds of `CLOCK_MONOTONIC`.
+    pub sampled_ns: u64,
+}
+
+/// A go-sampler hit waiting for its `setprofilebucket`, in [`PENDING_MAP`] under its thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingSample {
+    /// The sampled object's address (`profilealloc`'s `x`).
+    pub address: u64,
+    /// What goes into [`LIVE_MAP`] (its `bucket` not yet known).
+    pub object: LiveObject,
+}
+
+/// What the in-use programs did, per CPU. User space sums the CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InuseStats {
+    /// Sampled objects that entered [`LIVE_MAP`].
+    pub tracked: u64,
+    /// `setprofilebucket` hits with no matching sample on their thread (the go-sampler probe
+    /// could not record it, or it was made before attach).
+    pub unpaired: u64,
+    /// Objects that replaced a live entry at the same address: that object's free was missed.
+    pub replaced: u64,
+    /// Sampled objects not tracked because [`LIVE_MAP`] was full.
+    pub dropped_full: u64,
+    /// Tracked objects freed (removed from [`LIVE_MAP`]).
+    pub freed: u64,
+    /// Profile specials freed whose object was not tracked: sampled before attach, or
+    /// refused by a full map.
+    pub freed_untracked: u64,
+    /// `freeSpecial` hits for other kinds of special (finalizers, cleanups, weak handles, ...).
+    pub other_specials: u64,
+    /// `freeSpecial` hits whose special could not be read.
+    pub unreadable: u64,
+}
+
+impl InuseStats {
+    /// Adds another CPU's statistics to these.
+    #[must_use]
+    pub const fn merged(self, other: Self) -> Self {
+        Self {
+            tracked: self.tracked.wrapping_add(other.tracked),
+            unpaired: self.unpaired.wrapping_add(other.unpaired),
+            replaced: self.replaced.wrapping_add(other.replaced),
+            dropped_full: self.dropped_full.wrapping_add(other.dropped_full),
+            freed: self.freed.wrapping_add(other.freed),
+            freed_untracked: self.freed_untracked.wrapping_add(other.freed_untracked),
+            other_specials: self.other_specials.wrapping_add(other.other_specials),
+            unreadable: self.unreadable.wrapping_add(other.unreadable),
+        }
+    }
+}
+
 /// A P's cache (`*runtime.mcache`, an address in the traced process) and a span class.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -317,13 +408,16 @@ pub struct AllocKey {
 // The layouts are part of the contract with the probe; a field added later must keep them free
 // of implicit padding.
 const _: () = assert!(core::mem::size_of::<AddressRange>() == 16);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 8 + 16 * MAX_NESTED_RANGES + 16 + 8);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 8 + 16 * MAX_NESTED_RANGES + 16 + 8 + 8);
+const _: () = assert!(core::mem::size_of::<LiveObject>() == 32 + 3 * 8);
+const _: () = assert!(core::mem::size_of::<PendingSample>() == 8 + 56);
+const _: () = assert!(core::mem::size_of::<InuseStats>() == 8 * 8);
 const _: () = assert!(core::mem::size_of::<ProbeStats>() == 9 * 8);
 const _: () = assert!(core::mem::size_of::<CacheClass>() == 16);
 const _: () = assert!(core::mem::size_of::<AllocKey>() == 32);
 const _: () = assert!(core::mem::size_of::<UserStack>() == 8 * (2 + MAX_STACK_DEPTH));
 
-// SAFETY (all five): `#[repr(C)]`, `Copy`, `'static`, only integers with no implicit padding
+// SAFETY (all of them): `#[repr(C)]`, `Copy`, `'static`, only integers with no implicit padding
 // (checked above), so every bit pattern the kernel hands back is a valid value.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for AddressRange {}
@@ -337,3 +431,9 @@ unsafe impl aya::Pod for AllocKey {}
 unsafe impl aya::Pod for CacheClass {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for UserStack {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for LiveObject {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PendingSample {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for InuseStats {}

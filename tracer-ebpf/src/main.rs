@@ -40,6 +40,7 @@
 #![expect(clippy::inline_always, reason = "the verifier needs the sampling paths inlined")]
 
 mod count;
+mod inuse;
 mod maps;
 mod record;
 mod regs;
@@ -94,6 +95,15 @@ uprobe_programs! {
     /// span since the refill that brought it in (`allocCount - allocCountBeforeCache`, what
     /// `releaseAll` adds to the heap statistics) are charged to that refill's key.
     span_release(ctx) => release::try_span_release(ctx);
+
+    /// Entry uprobe on `runtime.setprofilebucket(p unsafe.Pointer, b *bucket)`: the object
+    /// `go_sample` just sampled on this thread got its profile special; it is tracked as alive
+    /// (`inuse`).
+    inuse_bucket(ctx) => inuse::try_inuse_bucket(ctx);
+
+    /// Entry uprobe on `runtime.freeSpecial(s *special, p unsafe.Pointer, size uintptr)`: the
+    /// sweep frees a dead object's special; a profile special's object stops being tracked.
+    inuse_free(ctx) => inuse::try_inuse_free(ctx);
 }
 
 /// Entry uprobe that does nothing: the cost of a probe at an address, with no work of its own

@@ -5,11 +5,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use tracer_common::{
-    AllocKey, COUNTS_MAP_ENTRIES, CacheClass, LAST_REFILL_MAP_ENTRIES, ProbeConfig, ProbeStats, STACKS_MAP_ENTRIES,
-    UserStack,
+    AllocKey, COUNTS_MAP_ENTRIES, CacheClass, InuseStats, LAST_REFILL_MAP_ENTRIES, LIVE_MAP_ENTRIES, LiveObject,
+    PENDING_MAP_ENTRIES, PendingSample, ProbeConfig, ProbeStats, STACKS_MAP_ENTRIES, UserStack,
 };
 use tracer_ebpf::{
     mspan::CachedSpans,
@@ -94,3 +94,18 @@ pub static GOROUTINES: PerCpuArray<Goroutine> = PerCpuArray::with_max_entries(GO
 /// Exact mode's copy of the live stack, one per CPU ([`StackWindow`]).
 #[map]
 pub static STACK_WINDOW: PerCpuArray<StackWindow> = PerCpuArray::with_max_entries(1, 0);
+
+/// [`tracer_common::LIVE_MAP`]: go-sampler's sampled objects still alive, by address. Never
+/// emptied by user space: entries leave when the runtime frees their object.
+#[map]
+pub static LIVE: HashMap<u64, LiveObject> = HashMap::with_max_entries(LIVE_MAP_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// [`tracer_common::PENDING_MAP`]: per thread, the sample `go_sample` just recorded, until
+/// `setprofilebucket` shows the runtime gave it a profile special. LRU: a thread that exits
+/// with a sample pending must not keep its slot for good.
+#[map]
+pub static PENDING: LruHashMap<u32, PendingSample> = LruHashMap::with_max_entries(PENDING_MAP_ENTRIES, 0);
+
+/// [`tracer_common::INUSE_STATS_MAP`]: what the in-use programs did, per CPU (one slot).
+#[map]
+pub static INUSE_STATS: PerCpuArray<InuseStats> = PerCpuArray::with_max_entries(1, 0);

@@ -6,6 +6,7 @@ use tracer_common::{AllocKey, CacheClass, NO_STACK, NUM_SPAN_CLASSES, ProbeConfi
 use tracer_ebpf::{frames::claim, paged::PagedStack};
 
 use crate::{
+    inuse::note_sample,
     maps::{CONFIG, COUNTS, COUNTS_ALT, EPOCH, LAST_REFILL, SAMPLER_RATE, STACK_SCRATCH, paused},
     regs::go_int_arg,
     release::objects_taken,
@@ -45,9 +46,11 @@ fn record(ctx: &ProbeContext, source: Source) -> Outcome {
     let Some(config) = CONFIG.get(0) else {
         return Outcome::CountsMapRefused;
     };
-    if matches!(source, Source::ProfileAlloc) {
-        note_sampler_rate(config);
-    }
+    let rate = if matches!(source, Source::ProfileAlloc) {
+        note_sampler_rate(config)
+    } else {
+        0
+    };
     let sample = match source {
         Source::ProfileAlloc => Some(sample_of_profilealloc(ctx)),
         Source::Refill => sample_of_refill(ctx, config),
@@ -106,6 +109,10 @@ fn record(ctx: &ProbeContext, source: Source) -> Outcome {
     if counted.is_none() {
         // SAFETY: this CPU's slot of the per-CPU array, valid for the run of the program.
         key.stack = store_stack(walk, unsafe { &*scratch });
+    }
+    // In-use tracking, when user space configured it: the object `x` waits for its special.
+    if matches!(source, Source::ProfileAlloc) && config.special_profile_kind != 0 {
+        note_sample(key, go_int_arg::<1>(ctx), rate);
     }
     // Who brought the used-up span in, for refills: its objects were taken between that
     // allocation and this one.
@@ -192,18 +199,20 @@ fn sample_of_refill(ctx: &ProbeContext, config: &ProbeConfig) -> Option<Sample> 
 /// Copies the target's `runtime.MemProfileRate` into [`SAMPLER_RATE`]: the rate this sample was
 /// taken at, which user space scales by. One read of user memory per sample, and go-sampler's
 /// samples are rare (one per `MemProfileRate` bytes).
+/// Returns the rate, 0 when unknown.
 #[inline(always)]
-fn note_sampler_rate(config: &ProbeConfig) {
+fn note_sampler_rate(config: &ProbeConfig) -> u64 {
     if config.mem_profile_rate_address == 0 {
-        return;
+        return 0;
     }
     // SAFETY: a read of the target's memory through the helper, which fails rather than faults.
     let Ok(rate) = (unsafe { bpf_probe_read_user(config.mem_profile_rate_address as *const u64) }) else {
-        return;
+        return 0;
     };
     if let Some(slot) = SAMPLER_RATE.get_ptr_mut(0) {
         // SAFETY: the map's one slot, valid for the run of the program; a racing store from
         // another CPU writes the same rate, or a newer one.
         unsafe { *slot = rate };
     }
+    rate
 }

@@ -136,6 +136,7 @@ fn symbolize(pid: u32, stacks: usize, timeout: Duration) -> anyhow::Result<()> {
         stack_depth: depth,
         span_duty_cycle: None,
         time_probes: false,
+        inuse: false,
     };
     let mut probes = Probes::attach(&target, Mode::Exact, options, None)?;
     let mut store = Store::new(usize::MAX, depth);
@@ -171,6 +172,7 @@ fn symbolize(pid: u32, stacks: usize, timeout: Duration) -> anyhow::Result<()> {
             Mode::Exact,
             stats,
             &counts,
+            &[],
             |id| store.stack(id),
             symbols,
             3,

@@ -235,6 +235,13 @@ pub struct ServeArgs {
     /// host, two clock reads a run (Linux 5.8+, BPF_ENABLE_STATS).
     #[arg(long)]
     pub time_probes: bool,
+
+    /// Do not track in-use heap in go-sampler mode. By default go-sampler also follows each
+    /// of Go's heap-profile samples until the runtime frees it (two more probes, on
+    /// runtime.setprofilebucket and runtime.freeSpecial), which gives in-use objects and bytes
+    /// per callsite for objects sampled since attach.
+    #[arg(long)]
+    pub no_inuse: bool,
 }
 
 impl ServeArgs {
@@ -269,6 +276,7 @@ impl ServeArgs {
                 stack_depth: usize::from(self.stack_depth),
                 span_duty_cycle: self.span_budget.duty_cycle()?,
                 time_probes: self.time_probes,
+                inuse: !self.no_inuse,
             },
             grouping: self.callsite.into(),
         })
@@ -368,6 +376,13 @@ pub struct SamplingArgs {
     /// host, two clock reads a run (Linux 5.8+, BPF_ENABLE_STATS).
     #[arg(long)]
     pub time_probes: bool,
+
+    /// Do not track in-use heap in go-sampler mode. By default go-sampler also follows each
+    /// of Go's heap-profile samples until the runtime frees it (two more probes, on
+    /// runtime.setprofilebucket and runtime.freeSpecial), which gives in-use objects and bytes
+    /// per callsite for objects sampled since attach.
+    #[arg(long)]
+    pub no_inuse: bool,
 }
 
 /// `--span-budget` (attach, run and serve).
@@ -502,6 +517,7 @@ impl TraceArgs {
                 stack_depth: usize::from(self.sampling.stack_depth),
                 span_duty_cycle: self.sampling.span_budget.duty_cycle()?,
                 time_probes: self.sampling.time_probes,
+                inuse: !self.sampling.no_inuse,
             },
             grouping: self.callsite.into(),
         })

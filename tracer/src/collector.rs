@@ -3,11 +3,15 @@
 //! `attach`, `run`, `serve`, `explain --pid` and the benchmark's helpers all collect this one
 //! way.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use tracer_common::AllocKey;
+
 use crate::memprofile::{self, MemProfileRate, PreparedProbes, RateOverride};
-use crate::probes::Probes;
-use crate::profile::{self, Grouping, Profile};
+use crate::mode::go_sampler_scale;
+use crate::probes::{InuseTracking, Probes};
+use crate::profile::{self, Grouping, Inuse, Profile};
 use crate::store::Store;
 use crate::tracee::ProcessSymbols;
 
@@ -19,6 +23,11 @@ use crate::tracee::ProcessSymbols;
 /// Duty-cycled modes drain once per interval, which their scaling is measured over
 /// ([`Collector::drains_between_reports`]).
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What in-use figures cover, for every output.
+pub const INUSE_COVERAGE: &str = "in-use: objects Go's heap profiler sampled since gotrace attached and the \
+     runtime has not freed yet (swept), scaled as pprof scales them; objects allocated before attach are \
+     not included";
 
 /// Attached probes and what has been collected from them.
 #[derive(Debug)]
@@ -84,18 +93,76 @@ impl Collector {
         self.store.collect(&mut self.probes, weighing)
     }
 
-    /// Drains, then builds a profile of everything collected so far.
+    /// Drains, then builds a profile of everything collected so far, with the in-use heap
+    /// now.
     pub fn profile(&mut self, symbols: &mut ProcessSymbols<'_>) -> anyhow::Result<Profile> {
         self.drain()?;
         let stats = self.probes.stats()?;
-        Ok(profile::build(
+        let (alive, inuse) = self.inuse();
+        let mut profile = profile::build(
             self.probes.mode,
             stats,
             &self.store.counts(),
+            &alive,
             |id| self.store.stack(id),
             symbols,
             self.size_sigfigs,
             self.grouping,
-        ))
+        );
+        profile.inuse = Inuse {
+            objects: profile.inuse.objects,
+            bytes: profile.inuse.bytes,
+            ..inuse
+        };
+        Ok(profile)
+    }
+
+    /// The estimated objects alive now per stored key, and what in-use covers.
+    ///
+    /// Each tracked sample stands for `1/(1-exp(-size/rate))` objects at the rate it was
+    /// sampled at, as its allocation did: Go's heap profile scales in-use the same way
+    /// (`scaleHeapSample` in `src/runtime/pprof/protomem.go`).
+    fn inuse(&mut self) -> (Vec<(AllocKey, u64)>, Inuse) {
+        let why_not = match &self.probes.inuse {
+            InuseTracking::On => None,
+            InuseTracking::Off(why) => Some(why.clone()),
+        };
+        let live = self.probes.live_objects();
+        let (Some(live), None) = (live, why_not.clone()) else {
+            let note = why_not.unwrap_or_else(|| "in-use heap not tracked".to_owned());
+            return (
+                Vec::new(),
+                Inuse {
+                    note,
+                    ..Inuse::default()
+                },
+            );
+        };
+        let mut objects: HashMap<AllocKey, f64> = HashMap::new();
+        for object in &live {
+            let key = self.store.resolve(&mut self.probes, object.key);
+            let rate = if object.rate > 0 { object.rate } else { self.last_rate };
+            *objects.entry(key).or_insert(0.0) += go_sampler_scale(object.key.size, rate);
+        }
+        let alive = objects
+            .into_iter()
+            .filter_map(|(key, n)| {
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "a positive estimate, far below 2^64"
+                )]
+                let n = n.round() as u64;
+                (n > 0).then_some((key, n))
+            })
+            .collect();
+        let inuse = Inuse {
+            available: true,
+            note: INUSE_COVERAGE.to_owned(),
+            tracked_samples: live.len() as u64,
+            probes: self.probes.inuse_stats().map(Into::into),
+            ..Inuse::default()
+        };
+        (alive, inuse)
     }
 }

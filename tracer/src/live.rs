@@ -5,6 +5,7 @@
 //! `p` or space pauses the display (collection goes on); `q`, Esc or Ctrl-C quit, after which
 //! the final report is printed as usual. Colours follow `NO_COLOR`.
 
+use std::collections::HashMap;
 use std::io;
 
 use ratatui::DefaultTerminal;
@@ -23,6 +24,10 @@ enum SortBy {
     Bytes,
     Allocations,
     Size,
+    /// Bytes in use now (go-sampler).
+    Inuse,
+    /// Growth of the bytes in use since the baseline `g` marked: the leak hunt.
+    Growth,
 }
 
 impl SortBy {
@@ -31,6 +36,8 @@ impl SortBy {
             Self::Bytes => "bytes",
             Self::Allocations => "allocations",
             Self::Size => "size",
+            Self::Inuse => "in use",
+            Self::Growth => "in-use growth since g was pressed",
         }
     }
 }
@@ -56,6 +63,21 @@ struct State {
     paused: bool,
     report: Option<Report>,
     colour: bool,
+    /// In-use bytes per row when `g` was last pressed.
+    baseline: Option<HashMap<RowId, u64>>,
+}
+
+/// What names a row across reports.
+type RowId = (String, String, u32, Option<String>, &'static str);
+
+fn row_id(c: &CallsiteReport) -> RowId {
+    (
+        c.function.clone(),
+        c.file.clone(),
+        c.line,
+        c.type_name.clone(),
+        c.kind.as_str(),
+    )
 }
 
 impl State {
@@ -84,6 +106,16 @@ impl State {
             KeyCode::Char('b') => self.sort = SortBy::Bytes,
             KeyCode::Char('a') => self.sort = SortBy::Allocations,
             KeyCode::Char('s') => self.sort = SortBy::Size,
+            KeyCode::Char('i') => self.sort = SortBy::Inuse,
+            KeyCode::Char('g') => {
+                self.sort = SortBy::Growth;
+                self.baseline = self.report.as_ref().map(|r| {
+                    r.callsites
+                        .iter()
+                        .map(|c| (row_id(c), c.inuse_bytes.unwrap_or(0)))
+                        .collect()
+                });
+            }
             KeyCode::Char('/') => self.editing = Some(String::new()),
             KeyCode::Char('p' | ' ') => self.paused = !self.paused,
             _ => return Action::Nothing,
@@ -113,8 +145,17 @@ impl State {
             SortBy::Bytes => rows.sort_by_key(|c| std::cmp::Reverse(c.bytes)),
             SortBy::Allocations => rows.sort_by_key(|c| std::cmp::Reverse(c.allocations)),
             SortBy::Size => rows.sort_by(|a, b| b.size.p50.cmp(&a.size.p50).then(b.bytes.cmp(&a.bytes))),
+            SortBy::Inuse => rows.sort_by_key(|c| std::cmp::Reverse(c.inuse_bytes)),
+            SortBy::Growth => rows.sort_by_key(|c| std::cmp::Reverse(self.growth(c))),
         }
         rows
+    }
+
+    /// How many bytes the row's in-use grew since the baseline (`None` without one).
+    fn growth(&self, c: &CallsiteReport) -> Option<i128> {
+        let baseline = self.baseline.as_ref()?;
+        let then = baseline.get(&row_id(c)).copied().unwrap_or(0);
+        Some(i128::from(c.inuse_bytes.unwrap_or(0)) - i128::from(then))
     }
 }
 
@@ -162,6 +203,7 @@ impl LiveView {
                 paused: false,
                 report: None,
                 colour,
+                baseline: None,
             },
         })
     }
@@ -233,6 +275,8 @@ impl LiveView {
             let header = Row::new([
                 right("BYTES"),
                 right("ALLOCS"),
+                right("IN USE"),
+                right("GROWTH"),
                 right("P50"),
                 right("P99"),
                 right("MAX"),
@@ -246,6 +290,10 @@ impl LiveView {
                 Row::new([
                     Cell::from(Line::from(human_bytes(c.bytes)).right_aligned()),
                     Cell::from(Line::from(thousands(c.allocations)).right_aligned()),
+                    Cell::from(Line::from(c.inuse_bytes.map_or_else(|| "-".to_owned(), human_bytes)).right_aligned()),
+                    Cell::from(
+                        Line::from(state.growth(c).map_or_else(|| "-".to_owned(), signed_bytes)).right_aligned(),
+                    ),
                     Cell::from(Line::from(c.size.p50.to_string()).right_aligned()),
                     Cell::from(Line::from(c.size.p99.to_string()).right_aligned()),
                     Cell::from(Line::from(c.size.max.to_string()).right_aligned()),
@@ -263,6 +311,8 @@ impl LiveView {
             let widths = [
                 Constraint::Length(10),
                 Constraint::Length(11),
+                Constraint::Length(10),
+                Constraint::Length(11),
                 Constraint::Length(7),
                 Constraint::Length(7),
                 Constraint::Length(8),
@@ -275,7 +325,8 @@ impl LiveView {
 
             let help = match &state.editing {
                 Some(text) => format!("filter: {text}▏  (Enter apply, Esc cancel)"),
-                None => "b bytes · a allocations · s size · / filter · p pause · q quit".to_owned(),
+                None => "b bytes · a allocations · s size · i in use · g growth from now · / filter · p pause · q quit"
+                    .to_owned(),
             };
             frame.render_widget(
                 Paragraph::new(help).style(style(Style::new().add_modifier(Modifier::DIM))),
@@ -284,6 +335,15 @@ impl LiveView {
         })?;
         Ok(())
     }
+}
+
+/// `+1.5 MiB`, `-512 B`.
+fn signed_bytes(n: i128) -> String {
+    let sign = if n < 0 { "-" } else { "+" };
+    format!(
+        "{sign}{}",
+        human_bytes(u64::try_from(n.unsigned_abs()).unwrap_or(u64::MAX))
+    )
 }
 
 impl Drop for LiveView {
@@ -317,6 +377,8 @@ mod tests {
                 p99: p50,
                 max: p50,
             },
+            inuse_objects: None,
+            inuse_bytes: None,
             inlined_into: Vec::new(),
             user: None,
             via: None,
@@ -330,6 +392,7 @@ mod tests {
             editing: None,
             paused: false,
             colour: false,
+            baseline: None,
             report: Some(Report {
                 target: TargetInfo {
                     pid: 1,
@@ -342,6 +405,7 @@ mod tests {
                 estimated: false,
                 duration_secs: 1.0,
                 totals: Totals::default(),
+                inuse: crate::profile::Inuse::default(),
                 callsites: vec![
                     callsite("main.big", "main.Big", 1, 1000, 1000),
                     callsite("main.many", "main.Point", 100, 800, 8),
@@ -394,5 +458,27 @@ mod tests {
             s.handle(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
             Action::Quit
         );
+    }
+
+    /// `i` sorts by what is held now; `g` marks a baseline and sorts by growth since: the
+    /// row that keeps growing comes first even when another holds more.
+    #[test]
+    fn in_use_and_growth_since_the_baseline() {
+        let mut s = state();
+        let set_inuse = |s: &mut State, held: &[(&str, u64)]| {
+            for c in &mut s.report.as_mut().unwrap().callsites {
+                c.inuse_bytes = held.iter().find(|(f, _)| *f == c.function).map(|(_, b)| *b);
+            }
+        };
+        set_inuse(&mut s, &[("main.big", 1000), ("main.mid", 5000), ("main.many", 100)]);
+        s.handle(key('i'));
+        assert_eq!(order(&s), ["main.mid", "main.big", "main.many"]);
+        s.handle(key('g'));
+        assert_eq!(s.sort, SortBy::Growth);
+        set_inuse(&mut s, &[("main.big", 900), ("main.mid", 5100), ("main.many", 3100)]);
+        assert_eq!(order(&s), ["main.many", "main.mid", "main.big"]);
+        let many = s.rows()[0];
+        assert_eq!(s.growth(many), Some(3000));
+        assert_eq!(signed_bytes(-2048), "-2.0 KiB");
     }
 }

@@ -17,9 +17,9 @@ use gobin::sizeclasses::{MAX_SMALL_SIZE, large_object_bytes};
 use gobin::{ArgRole, GoBinary, ProbePoint, ProbeRole};
 use tracer_common::{
     ALLOC_COUNT_PROGRAM, AddressRange, AllocKey, CONFIG_MAP, COUNTS_ALT_MAP, COUNTS_MAP, EMPTY_PROGRAM, EPOCH_MAP,
-    FLAG_SKIP_ZERO_SIZE, GO_SAMPLE_PROGRAM, LARGE_ALLOC_PROGRAM, MAX_NESTED_RANGES, MAX_STACK_DEPTH, PAUSED_MAP,
-    ProbeConfig, ProbeStats, SAMPLER_RATE_MAP, SPAN_REFILL_PROGRAM, SPAN_RELEASE_PROGRAM, STACKS_MAP, STATS_MAP,
-    UserStack,
+    FLAG_SKIP_ZERO_SIZE, GO_SAMPLE_PROGRAM, INUSE_BUCKET_PROGRAM, INUSE_FREE_PROGRAM, INUSE_STATS_MAP, InuseStats,
+    LARGE_ALLOC_PROGRAM, LIVE_MAP, LiveObject, MAX_NESTED_RANGES, MAX_STACK_DEPTH, PAUSED_MAP, ProbeConfig, ProbeStats,
+    SAMPLER_RATE_MAP, SPAN_REFILL_PROGRAM, SPAN_RELEASE_PROGRAM, STACKS_MAP, STATS_MAP, UserStack,
 };
 
 use crate::duty::{DutyCycle, DutyCycleOptions, HeapReader, Scale, Switch};
@@ -48,6 +48,37 @@ pub struct ProbeOptions {
     /// Have the kernel time every run of every BPF program while the probes are attached
     /// (`BPF_ENABLE_STATS`), so that [`Probes::run_time`] can say what the probes cost.
     pub time_probes: bool,
+    /// Track go-sampler's samples until the runtime frees them (in-use heap), where the
+    /// binary allows it.
+    pub inuse: bool,
+}
+
+/// Whether the probes track in-use heap, and why not when they do not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InuseTracking {
+    /// Go-sampler's samples are followed until freed.
+    On,
+    /// Not tracked, for this reason (one sentence, for every output).
+    Off(String),
+}
+
+/// The in-use maps, when tracked.
+struct InuseMaps {
+    live: BpfHashMap<MapData, u64, LiveObject>,
+    stats: PerCpuArray<MapData, InuseStats>,
+}
+
+impl InuseMaps {
+    /// Takes the maps out of the object when in-use heap is tracked.
+    fn take(ebpf: &mut Ebpf, tracking: &InuseTracking) -> anyhow::Result<Option<Self>> {
+        Ok(match tracking {
+            InuseTracking::On => Some(Self {
+                live: BpfHashMap::try_from(take(ebpf, LIVE_MAP)?)?,
+                stats: PerCpuArray::try_from(take(ebpf, INUSE_STATS_MAP)?)?,
+            }),
+            InuseTracking::Off(_) => None,
+        })
+    }
 }
 
 /// How long the probes' programs ran in the target, as the kernel timed them: from the
@@ -92,6 +123,10 @@ pub struct Probes {
     /// The epoch the probes write to now.
     epoch: u32,
     stacks: BpfHashMap<MapData, u64, UserStack>,
+    /// The in-use maps, when [`Self::inuse`] is on.
+    inuse_maps: Option<InuseMaps>,
+    /// Whether in-use heap is tracked.
+    pub inuse: InuseTracking,
     /// What the probes observe (never [`Mode::Auto`]).
     pub mode: Mode,
     /// How many uprobes were attached.
@@ -142,8 +177,9 @@ impl Probes {
         let points = binary
             .probe_points()
             .context("cannot find the allocation entry points")?;
-        let plan = plan(binary, &points, mode)?;
+        let mut plan = plan(binary, &points, mode)?;
         let mut config = probe_config(binary, &points, addresses, mode)?;
+        let inuse = inuse_tracking(binary, &points, mode, options.inuse, &mut config, &mut plan);
         config.max_stack_depth = u32::try_from(options.stack_depth.clamp(1, MAX_STACK_DEPTH)).unwrap_or(0);
         config.mem_profile_rate_address = mem_profile_rate_address.unwrap_or(0);
 
@@ -186,6 +222,7 @@ impl Probes {
         let epoch_map = Array::try_from(take(&mut ebpf, EPOCH_MAP)?)?;
         let sampler_rate = Array::try_from(take(&mut ebpf, SAMPLER_RATE_MAP)?)?;
         let stacks = BpfHashMap::try_from(take(&mut ebpf, STACKS_MAP)?)?;
+        let inuse_maps = InuseMaps::take(&mut ebpf, &inuse)?;
         attachments.ebpf = ebpf;
         let attachments = Arc::new(Mutex::new(attachments));
         let duty = match (duty_cycle, stats_for_duty) {
@@ -215,6 +252,8 @@ impl Probes {
             sampler_rate,
             epoch: 0,
             stacks,
+            inuse_maps,
+            inuse,
             mode,
             attached,
             attach_time: started.elapsed(),
@@ -305,6 +344,29 @@ impl Probes {
             _ => Scale::ONE,
         };
         Ok((out, scale))
+    }
+
+    /// The sampled objects alive now, with their keys as the probes recorded them; `None`
+    /// when in-use heap is not tracked. Read one entry at a time while the probes run: an
+    /// object freed or sampled during the read may be missed or seen, as at any instant.
+    #[must_use]
+    pub fn live_objects(&self) -> Option<Vec<LiveObject>> {
+        let maps = self.inuse_maps.as_ref()?;
+        Some(
+            maps.live
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(_, object)| object)
+                .collect(),
+        )
+    }
+
+    /// What the in-use programs did so far, summed over CPUs; `None` when not tracked.
+    #[must_use]
+    pub fn inuse_stats(&self) -> Option<InuseStats> {
+        let maps = self.inuse_maps.as_ref()?;
+        let per_cpu = maps.stats.get(&0, 0).ok()?;
+        Some(per_cpu.iter().fold(InuseStats::default(), |acc, cpu| acc.merged(*cpu)))
     }
 
     /// The user stack with the given key, innermost frame first (addresses in the process).
@@ -568,11 +630,7 @@ fn reopen_per_cpu_array(ebpf: &Ebpf, name: &str) -> anyhow::Result<MapData> {
 }
 
 /// Which eBPF program goes on which entry points, for a mode.
-fn plan<'p>(
-    binary: &GoBinary<'_>,
-    points: &'p [ProbePoint],
-    mode: Mode,
-) -> anyhow::Result<Vec<(&'static str, Vec<&'p ProbePoint>)>> {
+fn plan<'p>(binary: &GoBinary<'_>, points: &'p [ProbePoint], mode: Mode) -> anyhow::Result<Plan<'p>> {
     let with_role = |role: ProbeRole| -> Vec<&ProbePoint> { points.iter().filter(|p| p.role == role).collect() };
     let regs = binary.arch().int_arg_registers();
     // Each program reads its arguments from fixed registers of Go's register ABI; make sure the
@@ -632,6 +690,86 @@ fn plan<'p>(
         }
         Mode::Auto => bail!("internal error: --mode auto must be resolved before attaching"),
     }
+}
+
+/// Each program with the entry points it goes on, in the order they are attached.
+type Plan<'p> = Vec<(&'static str, Vec<&'p ProbePoint>)>;
+
+/// Whether the probes of `mode` track in-use heap (`wanted`: the user did not turn it off);
+/// when they do, the in-use programs go first into `plan` (the free probe before the bucket
+/// probe before the sampler: an object the sampler tracks must never die unseen) and `config`
+/// gets the special layout they read.
+fn inuse_tracking<'p>(
+    binary: &GoBinary<'_>,
+    points: &'p [ProbePoint],
+    mode: Mode,
+    wanted: bool,
+    config: &mut ProbeConfig,
+    plan: &mut Plan<'p>,
+) -> InuseTracking {
+    match (mode, wanted) {
+        (Mode::GoSampler, true) => match inuse_plan(binary, points) {
+            Ok((programs, layout)) => {
+                config.special_kind_offset = layout.kind_offset;
+                config.special_profile_kind = u32::from(layout.profile_kind);
+                plan.splice(0..0, programs);
+                InuseTracking::On
+            }
+            Err(why) => InuseTracking::Off(why),
+        },
+        (Mode::GoSampler, false) => InuseTracking::Off("in-use heap not tracked (--no-inuse)".to_owned()),
+        (Mode::Exact, _) => InuseTracking::Off(
+            "exact mode cannot tell in-use heap: the runtime frees unsampled objects in bulk, with no call \
+             per object; use --mode go-sampler"
+                .to_owned(),
+        ),
+        (_, _) => InuseTracking::Off(
+            "span mode cannot tell in-use heap: it sees spans, not objects; use --mode go-sampler".to_owned(),
+        ),
+    }
+}
+
+/// The in-use programs and the special layout they need, or why in-use heap cannot be tracked
+/// in this binary.
+fn inuse_plan<'p>(binary: &GoBinary<'_>, points: &'p [ProbePoint]) -> Result<(Plan<'p>, gobin::SpecialLayout), String> {
+    let with_role = |role: ProbeRole| -> Vec<&ProbePoint> { points.iter().filter(|p| p.role == role).collect() };
+    let bucket = with_role(ProbeRole::ProfileBucket);
+    let free = with_role(ProbeRole::SpecialFree);
+    let sampler = with_role(ProbeRole::GoSample);
+    if bucket.is_empty() || free.is_empty() {
+        return Err(
+            "in-use heap not tracked: the binary lacks runtime.setprofilebucket or runtime.freeSpecial \
+             (inlined by a profile-guided build?)"
+                .to_owned(),
+        );
+    }
+    let layout = binary
+        .special_layout()
+        .map_err(|e| format!("in-use heap not tracked: cannot read the layout of runtime.special: {e}"))?
+        .ok_or_else(|| {
+            format!(
+                "in-use heap not tracked: gotrace knows runtime.special for Go 1.21 to 1.27, not {}",
+                binary.go_version()
+            )
+        })?;
+    let regs = binary.arch().int_arg_registers();
+    let sampler_args = sampler.iter().map(|p| (*p, ArgRole::Object, 1));
+    let bucket_args = bucket
+        .iter()
+        .flat_map(|p| [(*p, ArgRole::Object, 0), (*p, ArgRole::Bucket, 1)]);
+    let free_args = free
+        .iter()
+        .flat_map(|p| [(*p, ArgRole::Special, 0), (*p, ArgRole::Object, 1)]);
+    for (probe, role, index) in sampler_args.chain(bucket_args).chain(free_args) {
+        if probe.arg(role) != regs.get(index).copied() {
+            return Err(format!(
+                "in-use heap not tracked: {} does not take its {} where gotrace's probe reads it",
+                probe.function,
+                role.key()
+            ));
+        }
+    }
+    Ok((vec![(INUSE_FREE_PROGRAM, free), (INUSE_BUCKET_PROGRAM, bucket)], layout))
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {

@@ -6,7 +6,7 @@ use tracer_common::ProbeStats;
 
 use crate::mode::Mode;
 use crate::probes::ProbeRunTime;
-use crate::profile::{Callsite, Kind, Profile, Totals};
+use crate::profile::{Callsite, Inuse, Kind, Profile, Totals};
 
 /// The traced process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +54,13 @@ pub struct CallsiteReport {
     pub bytes: u64,
     /// Requested sizes.
     pub size: SizeStats,
+    /// Objects of this row alive now (estimated; absent where in-use is not tracked, see the
+    /// report's `inuse`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inuse_objects: Option<u64>,
+    /// Their bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inuse_bytes: Option<u64>,
     /// Where the line's code was inlined (absent when it was not): the compiler reports its
     /// escape decisions for inlined code at these positions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -91,6 +98,8 @@ impl From<&Callsite> for CallsiteReport {
                 p99: c.size_at_quantile(0.99),
                 max: c.max_size,
             },
+            inuse_objects: Some(c.inuse_objects),
+            inuse_bytes: Some(c.inuse_bytes),
             inlined_into: c
                 .inlined_into
                 .iter()
@@ -163,6 +172,9 @@ pub struct Report {
     pub duration_secs: f64,
     /// Sums over all callsites, and what was dropped.
     pub totals: Totals,
+    /// In-use heap: whether it is known, what it covers, its totals.
+    #[serde(default)]
+    pub inuse: Inuse,
     /// Callsites, most bytes first.
     pub callsites: Vec<CallsiteReport>,
     /// What the probes did.
@@ -189,7 +201,7 @@ impl Report {
     /// The report of `profile`, keeping the `top` callsites by bytes (all with `None`).
     #[must_use]
     pub fn new(target: TargetInfo, profile: &Profile, attached: usize, duration_secs: f64, top: Option<usize>) -> Self {
-        Self::of_callsites(
+        let mut report = Self::of_callsites(
             target,
             profile.mode,
             profile.totals,
@@ -198,7 +210,21 @@ impl Report {
             attached,
             duration_secs,
             top,
-        )
+        );
+        report.set_inuse(profile.inuse.clone());
+        report
+    }
+
+    /// Sets what is known of the in-use heap; the rows lose their in-use figures when
+    /// nothing is known.
+    pub fn set_inuse(&mut self, inuse: Inuse) {
+        if !inuse.available {
+            for c in &mut self.callsites {
+                c.inuse_objects = None;
+                c.inuse_bytes = None;
+            }
+        }
+        self.inuse = inuse;
     }
 
     /// A report of given totals and callsites (most bytes first), keeping the `top` ones.
@@ -227,6 +253,7 @@ impl Report {
                 .take(top.unwrap_or(usize::MAX))
                 .map(CallsiteReport::from)
                 .collect(),
+            inuse: Inuse::default(),
             probes: ProbeSummary {
                 attached,
                 hits: s.hits,
@@ -344,6 +371,8 @@ mod tests {
                 p99: 32,
                 max: 32,
             },
+            inuse_objects: Some(1),
+            inuse_bytes: Some(32),
             inlined_into: user.iter().cloned().collect(),
             user,
             via: None,
@@ -363,6 +392,14 @@ mod tests {
                 allocations: 4,
                 bytes: 128,
                 dropped: 1,
+            },
+            inuse: Inuse {
+                available: true,
+                note: "in-use".to_owned(),
+                objects: 2,
+                bytes: 64,
+                tracked_samples: 2,
+                probes: None,
             },
             callsites: vec![callsite(Kind::ConvT, Some(position)), callsite(Kind::New, None)],
             probes: ProbeSummary {

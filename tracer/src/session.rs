@@ -96,6 +96,7 @@ pub fn trace_for(pid: u32, duration: Duration) -> anyhow::Result<Report> {
         stack_depth: tracer_common::MAX_STACK_DEPTH,
         span_duty_cycle: None,
         time_probes: false,
+        inuse: false,
     };
     let prepared = tracee.attach(Mode::Exact, None, options)?;
     let mut collector = Collector::new(

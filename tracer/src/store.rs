@@ -121,6 +121,27 @@ impl Store {
         Ok(())
     }
 
+    /// The key a probe's key is stored under (its stack cut, or the overflow key), as
+    /// [`Self::collect`] would store it, without counting anything: for the keys of in-use
+    /// objects, which were counted when they were sampled. Keeps the key's stack.
+    pub fn resolve(&mut self, probes: &mut Probes, mut key: AllocKey) -> AllocKey {
+        if key.stack != NO_STACK {
+            match self.cut_stack(probes, key.stack) {
+                Some((id, frames)) => {
+                    key.stack = id;
+                    if self.counts.contains_key(&key) || self.counts.len() < self.max_keys {
+                        self.stacks.entry(id).or_insert(frames);
+                    }
+                }
+                None => key.stack = NO_STACK,
+            }
+        }
+        if !self.counts.contains_key(&key) && self.counts.len() >= self.max_keys {
+            return other_key(key.size);
+        }
+        key
+    }
+
     /// The probes' stack `id`, cut to `max_frames`, and its key in this store.
     fn cut_stack(&mut self, probes: &mut Probes, id: u64) -> Option<(u64, Arc<[u64]>)> {
         if let Some((cut_id, frames)) = self.cut.get(&id) {

@@ -1,6 +1,8 @@
 //! `--format jsonl`: one JSON document per `--interval`, each holding what happened in that
 //! interval only (deltas), for piping into other tools. Every line is a complete report, with
-//! an `interval` key; the last one covers the time from the last interval to the end.
+//! an `interval` key; the last one covers the time from the last interval to the end. In-use
+//! figures (`inuse_objects`, `inuse_bytes`, `inuse`) are levels at the interval's end, not
+//! deltas: a callsite is listed when it allocated in the interval or its in-use changed.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -51,6 +53,7 @@ impl JsonlStream {
             elapsed - self.previous_end,
             top,
         );
+        report.set_inuse(profile.inuse.clone());
         report.interval = Some(Interval {
             start_secs: self.previous_end,
             end_secs: elapsed,
@@ -78,7 +81,9 @@ fn delta(now: &Callsite, before: Option<&Callsite>) -> Option<Callsite> {
         return Some(now.clone());
     };
     let allocations = now.allocations.saturating_sub(before.allocations);
-    if allocations == 0 {
+    // In-use is a level: a callsite whose allocations stopped is still news when what it
+    // holds changed (freed, say).
+    if allocations == 0 && now.inuse_bytes == before.inuse_bytes {
         return None;
     }
     let mut sizes = now.sizes.clone();
@@ -101,5 +106,7 @@ fn delta(now: &Callsite, before: Option<&Callsite>) -> Option<Callsite> {
         user: now.user.clone(),
         via: now.via.clone(),
         also_counts: HashMap::new(),
+        inuse_objects: now.inuse_objects,
+        inuse_bytes: now.inuse_bytes,
     })
 }

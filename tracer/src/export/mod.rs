@@ -93,35 +93,55 @@ impl TableExporter {
         if let Some(run_time) = report.probes.run_time {
             writeln!(out, "{}", run_time_line(run_time))?;
         }
+        let inuse = report.inuse.available;
+        if inuse {
+            writeln!(
+                out,
+                "in use now: {} objects, {} ({})",
+                thousands(report.inuse.objects),
+                human_bytes(report.inuse.bytes),
+                report.inuse.note.trim_start_matches("in-use: ")
+            )?;
+        }
         // The other frame of --callsite gets a column when any row has one.
         let other = report
             .callsites
             .iter()
             .find_map(|c| c.user.as_ref().map(|_| "YOUR CODE").or(c.via.as_ref().map(|_| "VIA")));
-        let mut rows = vec![vec![
-            "BYTES".to_owned(),
-            "ALLOCS".to_owned(),
+        let mut header = vec!["BYTES".to_owned(), "ALLOCS".to_owned()];
+        if inuse {
+            header.extend(["IN USE".to_owned(), "LIVE OBJS".to_owned()]);
+        }
+        header.extend([
             "P50".to_owned(),
             "P99".to_owned(),
             "MAX".to_owned(),
             "KIND".to_owned(),
             "TYPE".to_owned(),
             "CALLSITE".to_owned(),
-        ]];
+        ]);
+        // Right-aligned numbers: the byte and count columns, then the three sizes.
+        let numeric = header.len() - 3;
+        let mut rows = vec![header];
         if let Some(title) = other {
             rows[0].push(title.to_owned());
         }
         for c in &report.callsites {
-            let mut row = vec![
-                human_bytes(c.bytes),
-                thousands(c.allocations),
+            let mut row = vec![human_bytes(c.bytes), thousands(c.allocations)];
+            if inuse {
+                row.extend([
+                    human_bytes(c.inuse_bytes.unwrap_or(0)),
+                    thousands(c.inuse_objects.unwrap_or(0)),
+                ]);
+            }
+            row.extend([
                 c.size.p50.to_string(),
                 c.size.p99.to_string(),
                 c.size.max.to_string(),
                 c.kind.as_str().to_owned(),
                 c.type_name.clone().unwrap_or_else(|| "-".to_owned()),
                 format!("{} {}:{}", c.function, short_path(&c.file), c.line),
-            ];
+            ]);
             if other.is_some() {
                 row.push(
                     c.user
@@ -146,7 +166,7 @@ impl TableExporter {
                 let sep = if i == 0 { "" } else { "  " };
                 let w = *w;
                 let cell = match i {
-                    0..=4 => format!("{sep}{cell:>w$}"),
+                    _ if i < numeric => format!("{sep}{cell:>w$}"),
                     _ if i + 1 == columns => format!("{sep}{cell}"),
                     _ => format!("{sep}{cell:<w$}"),
                 };

@@ -1,8 +1,10 @@
 //! pprof: a gzip-compressed `perftools.profiles.Profile`, as `go tool pprof`, Parca and
 //! Pyroscope read it.
 //!
-//! Shaped like the allocation half of Go's own heap profiles (`runtime/pprof`'s
-//! `writeHeapProto`): sample types `alloc_objects/count` and `alloc_space/bytes`, stacks that
+//! Shaped like Go's own heap profiles (`runtime/pprof`'s `writeHeapProto`): sample types
+//! `alloc_objects/count` and `alloc_space/bytes`, then, where in-use heap is tracked,
+//! `inuse_objects/count` and `inuse_space/bytes`, which `go tool pprof` then opens on (the
+//! profile's default sample type, as the last type is in Go's own); stacks that
 //! start at the first frame outside the runtime, a `bytes` label with the object size. Each
 //! location is one pc with its inlined frames as several lines, innermost first. Types and
 //! kinds are labels too (`-tagfocus`, `-tags`).
@@ -106,9 +108,9 @@ impl Tables {
     }
 }
 
-fn build(trace: &Trace<'_>) -> Profile {
-    let mut t = Tables::new();
-    let sample_type = vec![
+/// Go's heap-profile sample types: the allocations, then what is in use when it is known.
+fn sample_types(t: &mut Tables, inuse: bool) -> Vec<ValueType> {
+    let mut sample_type = vec![
         ValueType {
             r#type: t.string("alloc_objects"),
             unit: t.string("count"),
@@ -118,6 +120,23 @@ fn build(trace: &Trace<'_>) -> Profile {
             unit: t.string("bytes"),
         },
     ];
+    if inuse {
+        sample_type.push(ValueType {
+            r#type: t.string("inuse_objects"),
+            unit: t.string("count"),
+        });
+        sample_type.push(ValueType {
+            r#type: t.string("inuse_space"),
+            unit: t.string("bytes"),
+        });
+    }
+    sample_type
+}
+
+fn build(trace: &Trace<'_>) -> Profile {
+    let mut t = Tables::new();
+    let inuse = trace.profile.inuse.available;
+    let sample_type = sample_types(&mut t, inuse);
     let (bytes_key, bytes_unit) = (t.string("bytes"), t.string("bytes"));
     let (type_key, kind_key) = (t.string("type"), t.string("kind"));
     let mut samples = Vec::with_capacity(trace.profile.samples.len());
@@ -150,13 +169,16 @@ fn build(trace: &Trace<'_>) -> Profile {
             str: t.string(sample.kind.as_str()),
             ..Label::default()
         });
+        let size = i64::try_from(sample.size).unwrap_or(i64::MAX);
         let count = i64::try_from(sample.count).unwrap_or(i64::MAX);
+        let mut value = vec![count, count.saturating_mul(size)];
+        if inuse {
+            let alive = i64::try_from(sample.inuse).unwrap_or(i64::MAX);
+            value.extend([alive, alive.saturating_mul(size)]);
+        }
         samples.push(Sample {
             location_id,
-            value: vec![
-                count,
-                count.saturating_mul(i64::try_from(sample.size).unwrap_or(i64::MAX)),
-            ],
+            value,
             label,
         });
     }
@@ -174,15 +196,18 @@ fn build(trace: &Trace<'_>) -> Profile {
         has_inline_frames: true,
     }];
     let report = trace.report;
-    let comment = vec![t.string(&format!(
-        "gotrace {} mode ({}); pid {} ({}, {})",
-        report.mode, report.method, report.target.pid, report.target.exe, report.target.go_version
-    ))];
+    let comment = vec![
+        t.string(&format!(
+            "gotrace {} mode ({}); pid {} ({}, {})",
+            report.mode, report.method, report.target.pid, report.target.exe, report.target.go_version
+        )),
+        t.string(&trace.profile.inuse.note),
+    ];
     let period_type = Some(ValueType {
         r#type: t.string("space"),
         unit: t.string("bytes"),
     });
-    let default_sample_type = t.string("alloc_space");
+    let default_sample_type = t.string(if inuse { "inuse_space" } else { "alloc_space" });
     #[expect(clippy::cast_possible_truncation, reason = "a trace lasts less than 292 years")]
     let duration_nanos = (report.duration_secs * 1e9) as i64;
     Profile {

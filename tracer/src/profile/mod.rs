@@ -112,14 +112,42 @@ pub struct Callsite {
     pub via: Option<Position>,
     /// Allocations per candidate of [`Self::user`] or [`Self::via`] while the profile is built.
     pub(crate) also_counts: HashMap<Position, u64>,
+    /// Objects of this callsite alive now (estimated; 0 where in-use is not tracked, see
+    /// [`Profile::inuse`]).
+    pub inuse_objects: u64,
+    /// Their bytes.
+    pub inuse_bytes: u64,
 }
 
 /// How many inlining positions a callsite keeps.
 pub const MAX_INLINED_INTO: usize = 4;
 
 impl Callsite {
+    /// A row with nothing counted yet, its size histogram to `size_sigfigs` figures.
+    fn empty(key: CallsiteKey, size_sigfigs: u8) -> Self {
+        Self {
+            key,
+            allocations: 0,
+            bytes: 0,
+            sizes: Histogram::new(size_sigfigs.clamp(1, 5))
+                .unwrap_or_else(|_| unreachable!("1 to 5 significant figures is valid")),
+            min_size: u64::MAX,
+            max_size: 0,
+            inlined_into: Vec::new(),
+            user: None,
+            via: None,
+            also_counts: HashMap::new(),
+            inuse_objects: 0,
+            inuse_bytes: 0,
+        }
+    }
+
     /// Sets [`Self::user`] or [`Self::via`] (by `grouping`) to the most frequent candidate.
     fn with_other_frame(mut self, grouping: Grouping) -> Self {
+        // A row with only in-use objects (their allocations were not counted) has no sizes.
+        if self.min_size > self.max_size {
+            self.min_size = 0;
+        }
         let most = std::mem::take(&mut self.also_counts)
             .into_iter()
             .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
@@ -157,6 +185,8 @@ pub struct Sample {
     pub size: u64,
     /// Allocations.
     pub count: u64,
+    /// Of those, and of earlier ones, the objects alive now (0 where in-use is not tracked).
+    pub inuse: u64,
 }
 
 /// Allocations and bytes recorded, and allocations the probes saw but could not record.
@@ -168,6 +198,59 @@ pub struct Totals {
     pub bytes: u64,
     /// Allocations seen but not recorded (map full, stack unreadable, …).
     pub dropped: u64,
+}
+
+/// In-use heap: the objects alive now, as go-sampler's tracked samples tell it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inuse {
+    /// Whether in-use figures are known; when not, every in-use figure is 0 and `note` says
+    /// why.
+    pub available: bool,
+    /// What the figures cover, or why there are none, in one sentence.
+    pub note: String,
+    /// Estimated objects alive now, over all callsites.
+    pub objects: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Go heap-profile samples alive now, as tracked: what the estimates are scaled from.
+    pub tracked_samples: u64,
+    /// What the in-use probes did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<InuseCounters>,
+}
+
+/// [`tracer_common::InuseStats`], for reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InuseCounters {
+    /// Sampled objects that started being tracked.
+    pub tracked: u64,
+    /// Tracked objects the runtime freed.
+    pub freed: u64,
+    /// Profile specials freed whose object was not tracked (sampled before attach, or not
+    /// tracked because the map was full).
+    pub freed_untracked: u64,
+    /// Sampled objects not tracked because gotrace's map of live objects was full.
+    pub dropped_full: u64,
+    /// Samples whose special could not be paired with go-sampler's hit on the same thread.
+    pub unpaired: u64,
+    /// Tracked objects replaced by a new one at the same address (their free was missed).
+    pub replaced: u64,
+    /// Frees of other specials (finalizers, cleanups, weak handles), ignored.
+    pub other_specials: u64,
+}
+
+impl From<tracer_common::InuseStats> for InuseCounters {
+    fn from(s: tracer_common::InuseStats) -> Self {
+        Self {
+            tracked: s.tracked,
+            freed: s.freed,
+            freed_untracked: s.freed_untracked,
+            dropped_full: s.dropped_full,
+            unpaired: s.unpaired,
+            replaced: s.replaced,
+            other_specials: s.other_specials,
+        }
+    }
 }
 
 /// The allocation profile of a traced process so far.
@@ -185,6 +268,8 @@ pub struct Profile {
     pub samples: Vec<Sample>,
     /// Which frame names the rows.
     pub grouping: Grouping,
+    /// In-use heap; its totals are the callsites' sums.
+    pub inuse: Inuse,
 }
 
 /// Builds the profile from cumulative counts. `stack_of` gives the user stack of a stack key
@@ -193,10 +278,15 @@ pub struct Profile {
 /// `size_sigfigs` is the precision of each callsite's size histogram (1 to 5 significant
 /// figures): 3 for reports; a sidecar that shows no quantiles keeps it at 1, since a
 /// 3-figure histogram takes tens of KiB per callsite.
+///
+/// `inuse` holds the estimated objects alive now per key (empty where in-use is not tracked);
+/// a key may be in either or both.
+#[expect(clippy::too_many_arguments, reason = "the inputs of a profile, each different")]
 pub fn build(
     mode: Mode,
     stats: ProbeStats,
     counts: &[(AllocKey, u64)],
+    inuse: &[(AllocKey, u64)],
     mut stack_of: impl FnMut(u64) -> Option<Vec<u64>>,
     symbols: &mut dyn Symbols,
     size_sigfigs: u8,
@@ -208,7 +298,8 @@ pub fn build(
         dropped: stats.dropped(),
         ..Totals::default()
     };
-    for &(key, count) in counts {
+    let mut inuse_totals = Inuse::default();
+    for (key, count, alive) in with_inuse(counts, inuse) {
         let stack = if key.stack == NO_STACK {
             Vec::new()
         } else {
@@ -242,19 +333,14 @@ pub fn build(
         let bytes = key.size.saturating_mul(count);
         totals.allocations = totals.allocations.saturating_add(count);
         totals.bytes = totals.bytes.saturating_add(bytes);
-        let entry = by_callsite.entry(callsite_key.clone()).or_insert_with(|| Callsite {
-            key: callsite_key,
-            allocations: 0,
-            bytes: 0,
-            sizes: Histogram::new(size_sigfigs.clamp(1, 5))
-                .unwrap_or_else(|_| unreachable!("1 to 5 significant figures is valid")),
-            min_size: u64::MAX,
-            max_size: 0,
-            inlined_into: Vec::new(),
-            user: None,
-            via: None,
-            also_counts: HashMap::new(),
-        });
+        let entry = by_callsite
+            .entry(callsite_key.clone())
+            .or_insert_with(|| Callsite::empty(callsite_key, size_sigfigs));
+        let alive_bytes = key.size.saturating_mul(alive);
+        entry.inuse_objects = entry.inuse_objects.saturating_add(alive);
+        entry.inuse_bytes = entry.inuse_bytes.saturating_add(alive_bytes);
+        inuse_totals.objects = inuse_totals.objects.saturating_add(alive);
+        inuse_totals.bytes = inuse_totals.bytes.saturating_add(alive_bytes);
         if let Some(also) = also {
             let at = (also.function.as_str().into(), also.file.as_str().into(), also.line);
             *entry.also_counts.entry(at).or_default() += count;
@@ -267,10 +353,12 @@ pub fn build(
         }
         entry.allocations = entry.allocations.saturating_add(count);
         entry.bytes = entry.bytes.saturating_add(bytes);
-        entry.min_size = entry.min_size.min(key.size);
-        entry.max_size = entry.max_size.max(key.size);
-        // Auto-resizing histograms accept any value; a failure would only lose the sizes.
-        let _ = entry.sizes.record_n(key.size, count);
+        if count > 0 {
+            entry.min_size = entry.min_size.min(key.size);
+            entry.max_size = entry.max_size.max(key.size);
+            // Auto-resizing histograms accept any value; a failure would only lose the sizes.
+            let _ = entry.sizes.record_n(key.size, count);
+        }
         samples.push(Sample {
             locations,
             runtime_frames,
@@ -278,6 +366,7 @@ pub fn build(
             kind,
             size: key.size,
             count,
+            inuse: alive,
         });
     }
     symbols.build_done();
@@ -298,7 +387,23 @@ pub fn build(
         callsites,
         samples,
         grouping,
+        inuse: inuse_totals,
     }
+}
+
+/// Each key with its count and its objects alive now: the counted keys, then the keys only
+/// alive (their allocations were counted under a key since folded away, or not at all).
+fn with_inuse(counts: &[(AllocKey, u64)], inuse: &[(AllocKey, u64)]) -> Vec<(AllocKey, u64, u64)> {
+    if inuse.is_empty() {
+        return counts.iter().map(|&(key, count)| (key, count, 0)).collect();
+    }
+    let mut alive: HashMap<AllocKey, u64> = inuse.iter().copied().collect();
+    let mut out: Vec<(AllocKey, u64, u64)> = counts
+        .iter()
+        .map(|&(key, count)| (key, count, alive.remove(&key).unwrap_or(0)))
+        .collect();
+    out.extend(alive.into_iter().map(|(key, n)| (key, 0, n)));
+    out
 }
 
 impl Profile {
@@ -327,7 +432,7 @@ impl Profile {
         for s in &self.samples {
             let then = before.get(&key(s)).copied().unwrap_or(0);
             let count = s.count.saturating_sub(then);
-            if count == 0 {
+            if count == 0 && s.inuse == 0 {
                 continue;
             }
             totals.allocations = totals.allocations.saturating_add(count);
@@ -341,6 +446,8 @@ impl Profile {
             callsites: Vec::new(),
             samples,
             grouping: self.grouping,
+            // In-use is a level, not a flow: the later profile's stands.
+            inuse: self.inuse.clone(),
         }
     }
 }

@@ -244,6 +244,8 @@ mod tests {
                 user: None,
                 via: None,
                 also_counts: HashMap::new(),
+                inuse_objects: 0,
+                inuse_bytes: 0,
             })
             .collect();
         Profile {
@@ -258,6 +260,7 @@ mod tests {
             callsites,
             samples: Vec::new(),
             grouping: profile::Grouping::First,
+            inuse: profile::Inuse::default(),
         }
     }
 

@@ -1,0 +1,227 @@
+//! In-use heap against the program's own heap profile (issue 24), on Go 1.21 and 1.27.
+//!
+//! `workloads inuse` (`fixtures/go/workloads/inuse.go`) keeps some of what it allocates, drops
+//! far more, and grows a map; after two GCs it writes Go's own heap profile with
+//! `runtime/pprof`, then holds everything. `gotrace attach --mode go-sampler`, attached before
+//! the work, must give the same `inuse_space` per line within 15%, and next to nothing on the
+//! garbage-only line. Both count the same samples (gotrace follows the runtime's own), so they
+//! agree far closer than that in practice.
+//!
+//! `workloads leak` leaks 1 KiB a millisecond at one line while another allocates ten times
+//! the bytes and keeps only its latest 256 KiB: `--growth` must rank the leak first.
+//!
+//! Root only: without root the tests say why and pass (CI runs as root).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pprof_proto::Message as _;
+use serde_json::Value;
+use testkit::{host_goarch, lines_of, repo_root, root_only, wait_output};
+
+use crate::common::{gotrace, scratch, signal};
+
+/// What gotrace's in-use per line may differ from the program's own.
+const TOLERANCE: f64 = 0.15;
+
+fn workloads(minor: &str) -> PathBuf {
+    let path = repo_root().join(format!("target/fixtures/go{minor}/{}/workloads", host_goarch()));
+    assert!(path.exists(), "{} is missing: run cargo xtask fixtures", path.display());
+    path
+}
+
+/// The line of the fixture's `// gotrace:site NAME` marker in `inuse.go`.
+fn site_line(name: &str) -> u32 {
+    let text = std::fs::read_to_string(repo_root().join("fixtures/go/workloads/inuse.go")).expect("fixture source");
+    text.lines()
+        .zip(1..)
+        .find_map(|(l, n)| l.trim_end().ends_with(&format!("// gotrace:site {name}")).then_some(n))
+        .unwrap_or_else(|| panic!("no site {name} in inuse.go"))
+}
+
+/// `inuse_space` per `function:line` of the first frame outside the runtime, from a Go heap
+/// profile as `runtime/pprof` wrote it.
+fn own_inuse_by_line(profile: &Path) -> BTreeMap<String, f64> {
+    let mut gz = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(profile).expect("heap profile"))
+        .read_to_end(&mut gz)
+        .expect("gunzip");
+    let p = pprof_proto::Profile::decode(gz.as_slice()).expect("pprof");
+    let string = |i: i64| {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| p.string_table.get(i))
+            .map_or("", String::as_str)
+    };
+    let space = p
+        .sample_type
+        .iter()
+        .position(|t| string(t.r#type) == "inuse_space")
+        .expect("inuse_space");
+    let functions: BTreeMap<u64, &str> = p.function.iter().map(|f| (f.id, string(f.name))).collect();
+    let lines: BTreeMap<u64, Vec<(&str, i64)>> = p
+        .location
+        .iter()
+        .map(|l| {
+            (
+                l.id,
+                l.line
+                    .iter()
+                    .map(|line| (functions[&line.function_id], line.line))
+                    .collect(),
+            )
+        })
+        .collect();
+    let mut out = BTreeMap::new();
+    for s in &p.sample {
+        let site = s
+            .location_id
+            .iter()
+            .flat_map(|id| lines[id].iter().copied())
+            .find(|(f, _)| !gobin::is_runtime_function(f));
+        if let Some((function, line)) = site {
+            #[expect(clippy::cast_precision_loss, reason = "bytes, compared within 15%")]
+            let bytes = s.value[space] as f64;
+            *out.entry(format!("{function}:{line}")).or_insert(0.0) += bytes;
+        }
+    }
+    out
+}
+
+/// gotrace's `inuse_bytes` per `function:line`.
+fn traced_inuse_by_line(report: &Value) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for c in report["callsites"].as_array().expect("callsites") {
+        let key = format!("{}:{}", c["function"].as_str().expect("function"), c["line"]);
+        *out.entry(key).or_insert(0.0) += c["inuse_bytes"].as_f64().expect("inuse_bytes");
+    }
+    out
+}
+
+/// Starts `gotrace attach PID ARGS` and waits until it says it attached.
+#[expect(clippy::zombie_processes, reason = "the caller waits for it")]
+fn attach(pid: u32, args: &[&str]) -> Child {
+    let mut child = gotrace()
+        .args(["attach", &pid.to_string()])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start gotrace");
+    let stderr = lines_of(child.stderr.take().expect("stderr"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = stderr
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("gotrace never attached");
+        if line.contains("attached") {
+            return child;
+        }
+    }
+}
+
+fn check_against_own_profile(minor: &str) {
+    let heap = scratch(&format!("heap-{minor}.pb.gz"));
+    let out = scratch(&format!("inuse-{minor}.json"));
+    let mut target = Command::new(workloads(minor))
+        .args(["inuse", "--wait", "--heapprofile"])
+        .arg(&heap)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the workload");
+    let stdout = lines_of(target.stdout.take().expect("stdout"));
+    assert_eq!(stdout.recv_timeout(Duration::from_secs(20)).expect("ready"), "ready");
+    let tracer = attach(
+        target.id(),
+        &["--mode", "go-sampler", "-f", "json", "-o", out.to_str().expect("utf-8")],
+    );
+    let mut stdin = target.stdin.take().expect("stdin");
+    stdin.write_all(b"\n").expect("start the work");
+    assert_eq!(stdout.recv_timeout(Duration::from_mins(1)).expect("done"), "done");
+    // The program now holds what it kept, allocates nothing, and has written its profile.
+    signal(tracer.id(), libc::SIGINT);
+    let finished = wait_output(tracer);
+    assert!(finished.status.success(), "gotrace: {finished:?}");
+    drop(stdin);
+    let _ = target.wait();
+
+    let report: Value = serde_json::from_slice(&std::fs::read(&out).expect("report")).expect("json");
+    assert_eq!(report["inuse"]["available"], true, "{}", report["inuse"]);
+    assert_eq!(report["inuse"]["probes"]["dropped_full"], 0, "{}", report["inuse"]);
+    let own = own_inuse_by_line(&heap);
+    let by_gotrace = traced_inuse_by_line(&report);
+    let total: f64 = own
+        .iter()
+        .filter(|(line, _)| line.starts_with("main."))
+        .map(|(_, b)| b)
+        .sum();
+    let mut table = format!("go{minor}: line, Go's own inuse_space, gotrace's, error\n");
+    let mut failures = Vec::new();
+    for site in ["retainBytes", "retainNodes", "retainLarge", "retainSome", "growMap"] {
+        let line = format!("main.{site}:{}", site_line(site));
+        let expected = own.get(&line).copied().unwrap_or(0.0);
+        let got = by_gotrace.get(&line).copied().unwrap_or(0.0);
+        let error = (got - expected) / expected;
+        let _ = writeln!(
+            table,
+            "{line:>28} {expected:>10.0} {got:>10.0} {:>+6.1}%",
+            error * 100.0
+        );
+        // Every retained site keeps at least 1% of the total (the smallest, retainNodes, ~3.7%).
+        assert!(
+            expected > total * 0.01,
+            "{line}: the program's own profile has {expected} of {total}\n{table}"
+        );
+        if error.abs() > TOLERANCE || error.is_nan() {
+            failures.push(line);
+        }
+    }
+    let garbage = format!("main.garbage:{}", site_line("garbage"));
+    let (own_garbage, traced_garbage) = (
+        own.get(&garbage).copied().unwrap_or(0.0),
+        by_gotrace.get(&garbage).copied().unwrap_or(0.0),
+    );
+    let _ = writeln!(table, "{garbage:>28} {own_garbage:>10.0} {traced_garbage:>10.0}");
+    eprintln!("{table}");
+    assert!(
+        failures.is_empty(),
+        "in-use beyond ±{:.0}% at {failures:?}\n{table}",
+        TOLERANCE * 100.0
+    );
+    // 600,000 objects that die at once: at most the last one, still referenced, is alive.
+    assert!(
+        traced_garbage < total * 0.01,
+        "garbage-only line holds {traced_garbage} of {total}\n{table}"
+    );
+    assert!(
+        report["callsites"]
+            .as_array()
+            .expect("callsites")
+            .iter()
+            .any(|c| c["bytes"].as_f64() > Some(30e6) && c["function"] == "main.garbage"),
+        "the garbage line must still show its allocations: {report}"
+    );
+}
+
+#[test]
+fn inuse_matches_the_programs_own_heap_profile_go1_21() {
+    let Some(_root) = root_only("inuse_matches_the_programs_own_heap_profile_go1_21") else {
+        return;
+    };
+    check_against_own_profile("1.21");
+}
+
+#[test]
+fn inuse_matches_the_programs_own_heap_profile_go1_27() {
+    let Some(_root) = root_only("inuse_matches_the_programs_own_heap_profile_go1_27") else {
+        return;
+    };
+    check_against_own_profile("1.27");
+}
