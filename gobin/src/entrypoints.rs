@@ -95,6 +95,10 @@ pub enum ProbeRole {
     /// Hits free one special record of a dying object (`runtime.freeSpecial`, from the sweep):
     /// for a profile special, a sampled object is gone.
     SpecialFree,
+    /// Hits mark the end of a GC cycle's marking (`runtime.gcMarkTermination`, once per
+    /// cycle, the world stopped): in-use growth counts only objects older than the cycles
+    /// whose sweeps are complete.
+    GcCycle,
 }
 
 impl ProbeRole {
@@ -110,6 +114,7 @@ impl ProbeRole {
             Self::SpanRelease => "span_release",
             Self::ProfileBucket => "profile_bucket",
             Self::SpecialFree => "special_free",
+            Self::GcCycle => "gc_cycle",
         }
     }
 
@@ -124,6 +129,7 @@ impl ProbeRole {
                 | Self::SpanRelease
                 | Self::ProfileBucket
                 | Self::SpecialFree
+                | Self::GcCycle
         )
     }
 }
@@ -426,6 +432,16 @@ const SPECS: &[Spec] = &[
         kind: "malloc",
         since_minor: 21,
         params: &[p("s", ArgRole::Special), p("p", ArgRole::Object), skip("size")],
+    },
+    // func gcMarkTermination()   (Go 1.21–1.22; gcMarkTermination(stw worldStop) from 1.23,
+    // src/runtime/mgc.go). Its arguments are not read: a hit is the time of a cycle's mark
+    // termination.
+    Spec {
+        name: NameMatch::Exact("runtime.gcMarkTermination"),
+        role: ProbeRole::GcCycle,
+        kind: "malloc",
+        since_minor: 21,
+        params: &[],
     },
     // func (c *mcache) refill(spc spanClass)   (src/runtime/mcache.go)
     //

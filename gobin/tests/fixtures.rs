@@ -290,12 +290,15 @@ fn sampling_probe_points_are_found_in_every_fixture() {
         let bin = parse(&data, &f);
         let name = f.name();
         let probes = bin.probe_points().expect("probe points");
-        let sampling: Vec<_> = probes.iter().filter(|p| p.role.is_sampling()).collect();
+        let mut sampling: Vec<_> = probes.iter().filter(|p| p.role.is_sampling()).collect();
         let found: Vec<(&str, ProbeRole)> = sampling.iter().map(|p| (p.function.as_str(), p.role)).collect();
         assert_eq!(
             found,
             [
                 ("runtime.profilealloc", ProbeRole::GoSample),
+                ("runtime.setprofilebucket", ProbeRole::ProfileBucket),
+                ("runtime.freeSpecial", ProbeRole::SpecialFree),
+                ("runtime.gcMarkTermination", ProbeRole::GcCycle),
                 ("runtime.(*mcache).refill", ProbeRole::SpanRefill),
                 ("runtime.(*mcache).allocLarge", ProbeRole::LargeAlloc),
                 ("runtime.(*mcache).releaseAll", ProbeRole::SpanRelease),
@@ -309,7 +312,32 @@ fn sampling_probe_points_are_found_in_every_fixture() {
         let regs = |p: &gobin::ProbePoint| -> Vec<(ArgRole, Register)> {
             p.args.iter().map(|a| (a.role, a.register)).collect()
         };
-        assert_eq!(regs(sampling[0]), [(ArgRole::Size, r2)], "{name}: profilealloc");
+        // The in-use probes: the object's address in the same register at all three, and the
+        // kind of a special where the version table says (DWARF, when the binary has it,
+        // must agree).
+        let (bucket, free, gc) = (sampling.remove(1), sampling.remove(1), sampling.remove(1));
+        assert!(gc.args.is_empty(), "{name}: gcMarkTermination");
+        assert_eq!(
+            regs(bucket),
+            [(ArgRole::Object, r0), (ArgRole::Bucket, r1)],
+            "{name}: setprofilebucket"
+        );
+        assert_eq!(
+            regs(free),
+            [(ArgRole::Special, r0), (ArgRole::Object, r1)],
+            "{name}: freeSpecial"
+        );
+        let layout = bin.special_layout().expect("dwarf").expect("a release in the table");
+        let table = gobin::SpecialLayout::from_version_table(bin.go_version()).expect("table");
+        assert_eq!(layout.kind_offset, table.kind_offset, "{name}: special.kind");
+        if f.has_dwarf() {
+            assert_eq!(layout.source, gobin::LayoutSource::Dwarf, "{name}");
+        }
+        assert_eq!(
+            regs(sampling[0]),
+            [(ArgRole::Object, r1), (ArgRole::Size, r2)],
+            "{name}: profilealloc"
+        );
         assert_eq!(
             regs(sampling[1]),
             [(ArgRole::Mcache, r0), (ArgRole::SpanClass, r1)],
@@ -492,9 +520,12 @@ fn check_probes_against_objdump(
     assert!(!probes.is_empty(), "{name}: no probes");
     let names: Vec<&str> = probes.iter().map(|p| p.function.as_str()).collect();
     let listing = objdump(go, reference, &names);
-    let (guard, branch, frame_setup) = match goarch {
-        "amd64" => ("0x10(R14)", "JBE ", "PUSHQ BP"),
-        _ => ("16(R28)", "BLS ", "MOVD.W R30, "),
+    // arm64 sets up a frame of more than a few hundred bytes (gcMarkTermination's) by
+    // computing the new stack pointer in R20 first (`SUB $size, RSP, R20`, then `STP (R29,
+    // R30), -8(R20)`; `cmd/internal/obj/arm64/obj7.go`).
+    let (guard, branch, frame_setup): (&str, &str, &[&str]) = match goarch {
+        "amd64" => ("0x10(R14)", "JBE ", &["PUSHQ BP"]),
+        _ => ("16(R28)", "BLS ", &["MOVD.W R30, ", "SUB $"]),
     };
     for p in &probes {
         let insns = listing
@@ -514,7 +545,7 @@ fn check_probes_against_objdump(
         let after = &insns[j + 1];
         assert_eq!(p.probe_address, after.address, "{name}: {} probe address", p.function);
         assert!(
-            after.text.starts_with(frame_setup),
+            frame_setup.iter().any(|f| after.text.starts_with(f)),
             "{name}: {} probe is on {:?}, not the frame set-up",
             p.function,
             after.text

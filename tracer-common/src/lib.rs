@@ -49,6 +49,14 @@ pub const INUSE_BUCKET_PROGRAM: &str = "inuse_bucket";
 /// Name of the in-use program on `runtime.freeSpecial(s, p, size)` (`inuse_free`): a profile
 /// special's object died, and leaves [`LIVE_MAP`].
 pub const INUSE_FREE_PROGRAM: &str = "inuse_free";
+/// Name of the in-use program on `runtime.gcMarkTermination` (`inuse_gc`): the time of each
+/// GC cycle's mark termination goes into [`GC_TIMES_MAP`].
+pub const INUSE_GC_PROGRAM: &str = "inuse_gc";
+/// Name of the GC-cycle map: an `ARRAY` of [`GC_TIMES_SLOTS`] `u64`s: slot 0 counts the
+/// cycles seen, slot `1 + n % (GC_TIMES_SLOTS - 1)` holds the `bpf_ktime_get_ns` of cycle `n`.
+pub const GC_TIMES_MAP: &str = "GC_TIMES";
+/// Slots of [`GC_TIMES_MAP`]: the count and the latest seven cycles.
+pub const GC_TIMES_SLOTS: u32 = 8;
 /// Name of the live-object map: a `HASH` from a sampled object's address to its [`LiveObject`].
 pub const LIVE_MAP: &str = "LIVE";
 /// Capacity of [`LIVE_MAP`]: sampled objects tracked at once. At Go's default rate (one

@@ -17,10 +17,10 @@
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user};
 use aya_ebpf::programs::ProbeContext;
-use tracer_common::{AllocKey, InuseStats, LiveObject, PendingSample};
+use tracer_common::{AllocKey, GC_TIMES_SLOTS, InuseStats, LiveObject, PendingSample};
 
 use crate::{
-    maps::{CONFIG, INUSE_STATS, LIVE, PENDING},
+    maps::{CONFIG, GC_TIMES, INUSE_STATS, LIVE, PENDING},
     regs::go_int_arg,
     stats::bump,
 };
@@ -135,6 +135,23 @@ pub fn try_inuse_free(ctx: &ProbeContext) -> Result<u32, u32> {
         count(Event::Freed);
     } else {
         count(Event::FreedUntracked);
+    }
+    Ok(0)
+}
+
+/// `runtime.gcMarkTermination`: one GC cycle's marking ends (the world is stopped, so no two
+/// runs overlap). Its time goes into the next slot of `GC_TIMES`, then the count.
+pub fn try_inuse_gc(_ctx: &ProbeContext) -> Result<u32, u32> {
+    let count = GC_TIMES.get_ptr_mut(0).ok_or(0_u32)?;
+    // SAFETY: slot 0 of the array, valid for the run of the program.
+    let n = unsafe { *count };
+    let slot = 1 + (n % u64::from(GC_TIMES_SLOTS - 1));
+    #[expect(clippy::cast_possible_truncation, reason = "below GC_TIMES_SLOTS")]
+    let time = GC_TIMES.get_ptr_mut(slot as u32).ok_or(0_u32)?;
+    // SAFETY: both are slots of the array, valid for the run of the program.
+    unsafe {
+        *time = bpf_ktime_get_ns();
+        *count = n + 1;
     }
     Ok(0)
 }

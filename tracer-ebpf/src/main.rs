@@ -104,6 +104,10 @@ uprobe_programs! {
     /// Entry uprobe on `runtime.freeSpecial(s *special, p unsafe.Pointer, size uintptr)`: the
     /// sweep frees a dead object's special; a profile special's object stops being tracked.
     inuse_free(ctx) => inuse::try_inuse_free(ctx);
+
+    /// Entry uprobe on `runtime.gcMarkTermination`: a GC cycle's marking ended; its time tells
+    /// which tracked objects have outlived a complete sweep (`inuse`).
+    inuse_gc(ctx) => inuse::try_inuse_gc(ctx);
 }
 
 /// Entry uprobe that does nothing: the cost of a probe at an address, with no work of its own

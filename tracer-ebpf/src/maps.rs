@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use tracer_common::{
-    AllocKey, COUNTS_MAP_ENTRIES, CacheClass, InuseStats, LAST_REFILL_MAP_ENTRIES, LIVE_MAP_ENTRIES, LiveObject,
-    PENDING_MAP_ENTRIES, PendingSample, ProbeConfig, ProbeStats, STACKS_MAP_ENTRIES, UserStack,
+    AllocKey, COUNTS_MAP_ENTRIES, CacheClass, GC_TIMES_SLOTS, InuseStats, LAST_REFILL_MAP_ENTRIES, LIVE_MAP_ENTRIES,
+    LiveObject, PENDING_MAP_ENTRIES, PendingSample, ProbeConfig, ProbeStats, STACKS_MAP_ENTRIES, UserStack,
 };
 use tracer_ebpf::{
     mspan::CachedSpans,
@@ -109,3 +109,7 @@ pub static PENDING: LruHashMap<u32, PendingSample> = LruHashMap::with_max_entrie
 /// [`tracer_common::INUSE_STATS_MAP`]: what the in-use programs did, per CPU (one slot).
 #[map]
 pub static INUSE_STATS: PerCpuArray<InuseStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// [`tracer_common::GC_TIMES_MAP`]: the count of GC cycles seen and the latest ones' times.
+#[map]
+pub static GC_TIMES: Array<u64> = Array::with_max_entries(GC_TIMES_SLOTS, 0);

@@ -172,7 +172,7 @@ fn symbolize(pid: u32, stacks: usize, timeout: Duration) -> anyhow::Result<()> {
             Mode::Exact,
             stats,
             &counts,
-            &[],
+            &tracer::profile::InuseInput::default(),
             |id| store.stack(id),
             symbols,
             3,

@@ -310,6 +310,15 @@ pub struct TraceArgs {
     #[arg(long, short = 'd', value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
+    /// Leak hunting: rank callsites by how much their in-use bytes grew over WINDOW (e.g.
+    /// 60s). gotrace traces for WINDOW, takes a baseline of what each callsite holds, traces
+    /// another WINDOW and reports the growth (JSON: inuse_growth_bytes), largest first, so a
+    /// steady working set cancels out and what keeps growing comes first. go-sampler mode
+    /// only; with a pprof output it also writes the baseline next to it (FILE.base), for
+    /// `go tool pprof -base FILE.base FILE`.
+    #[arg(long, value_name = "WINDOW", value_parser = parse_duration, conflicts_with = "duration")]
+    pub growth: Option<Duration>,
+
     /// How often the table refreshes (or a jsonl document is written; or, when stdout is taken,
     /// a progress line is printed to stderr).
     #[arg(long, short = 'i', value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
@@ -348,8 +357,9 @@ pub struct SamplingArgs {
     /// allocation-heavy programs several times; the sampled modes cost the target almost
     /// nothing, report estimates (scaled, marked as such in every output) and cannot know
     /// types ("unknown").
-    #[arg(long, value_enum, default_value_t = ModeArg::Exact)]
-    pub mode: ModeArg,
+    /// Default: exact, or go-sampler with --growth.
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
 
     /// For go-sampler: set the target's runtime.MemProfileRate to BYTES while tracing (put
     /// back on exit), e.g. 524288 when the target's memory profiling is off. Risk: it writes
@@ -505,13 +515,23 @@ impl TraceArgs {
                 _ => LiveMode::Status,
             }
         };
+        if self.growth.is_some_and(|w| w < Duration::from_millis(100)) {
+            bail!("--growth must be at least 100ms");
+        }
+        let mode = match (self.sampling.mode, self.growth) {
+            (Some(mode), None) => mode,
+            (None, None) => ModeArg::Exact,
+            (None | Some(ModeArg::GoSampler | ModeArg::Auto), Some(_)) => ModeArg::GoSampler,
+            (Some(_), Some(_)) => bail!("--growth needs in-use heap, which only --mode go-sampler tracks"),
+        };
         Ok(TraceConfig {
-            duration: self.duration,
+            duration: self.growth.map_or(self.duration, |w| Some(w.saturating_mul(2))),
+            growth: self.growth,
             interval: self.interval,
             top,
             outputs,
             live,
-            mode: self.sampling.mode.into(),
+            mode: mode.into(),
             set_mem_profile_rate: self.sampling.set_mem_profile_rate,
             probe_options: ProbeOptions {
                 stack_depth: usize::from(self.sampling.stack_depth),

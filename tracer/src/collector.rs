@@ -4,14 +4,16 @@
 //! way.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::time::Duration;
 
-use tracer_common::AllocKey;
+use tracer_common::{AllocKey, LiveObject};
 
 use crate::memprofile::{self, MemProfileRate, PreparedProbes, RateOverride};
 use crate::mode::go_sampler_scale;
+use crate::mprof::RecordsAccess;
 use crate::probes::{InuseTracking, Probes};
-use crate::profile::{self, Grouping, Inuse, Profile};
+use crate::profile::{self, Grouping, Inuse, InuseInput, Profile, UntrackedInuse};
 use crate::store::Store;
 use crate::tracee::ProcessSymbols;
 
@@ -26,8 +28,12 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_millis(250);
 
 /// What in-use figures cover, for every output.
 pub const INUSE_COVERAGE: &str = "in-use: objects Go's heap profiler sampled since gotrace attached and the \
-     runtime has not freed yet (swept), scaled as pprof scales them; objects allocated before attach are \
-     not included";
+     runtime has not freed yet (swept), scaled as pprof scales them";
+
+/// What in-use figures cover when the runtime's own records add what was sampled before attach.
+pub const INUSE_WITH_RECORDS: &str = "in-use: objects Go's heap profiler sampled and the runtime has not freed \
+     yet (swept), scaled as pprof scales them: since attach as gotrace tracked them, before attach from the \
+     runtime's own records (runtime.mbuckets; stacks only, types unknown)";
 
 /// Attached probes and what has been collected from them.
 #[derive(Debug)]
@@ -38,6 +44,8 @@ pub struct Collector {
     rate: Option<MemProfileRate>,
     /// The last rate read that was not 0.
     last_rate: u64,
+    /// The runtime's records of what was sampled before attach (go-sampler).
+    records: RecordsAccess,
     /// `--set-mem-profile-rate`'s change, put back when the collector is dropped (after the
     /// probes are gone: fields drop in order).
     _rate_override: Option<RateOverride>,
@@ -54,6 +62,7 @@ impl Collector {
         Self {
             probes: prepared.probes,
             store,
+            records: prepared.records,
             rate: prepared.rate,
             last_rate: memprofile::DEFAULT_RATE,
             _rate_override: prepared.rate_override,
@@ -98,12 +107,15 @@ impl Collector {
     pub fn profile(&mut self, symbols: &mut ProcessSymbols<'_>) -> anyhow::Result<Profile> {
         self.drain()?;
         let stats = self.probes.stats()?;
-        let (alive, inuse) = self.inuse();
+        let (alive, untracked, inuse) = self.inuse(symbols);
         let mut profile = profile::build(
             self.probes.mode,
             stats,
             &self.store.counts(),
-            &alive,
+            &InuseInput {
+                by_key: &alive,
+                untracked: &untracked,
+            },
             |id| self.store.stack(id),
             symbols,
             self.size_sigfigs,
@@ -117,12 +129,13 @@ impl Collector {
         Ok(profile)
     }
 
-    /// The estimated objects alive now per stored key, and what in-use covers.
+    /// The estimated objects alive now per stored key, those alive but not tracked (from the
+    /// runtime's own records), and what in-use covers.
     ///
     /// Each tracked sample stands for `1/(1-exp(-size/rate))` objects at the rate it was
     /// sampled at, as its allocation did: Go's heap profile scales in-use the same way
     /// (`scaleHeapSample` in `src/runtime/pprof/protomem.go`).
-    fn inuse(&mut self) -> (Vec<(AllocKey, u64)>, Inuse) {
+    fn inuse(&mut self, symbols: &mut ProcessSymbols<'_>) -> (Vec<(AllocKey, u64, u64)>, Vec<UntrackedInuse>, Inuse) {
         let why_not = match &self.probes.inuse {
             InuseTracking::On => None,
             InuseTracking::Off(why) => Some(why.clone()),
@@ -132,37 +145,105 @@ impl Collector {
             let note = why_not.unwrap_or_else(|| "in-use heap not tracked".to_owned());
             return (
                 Vec::new(),
+                Vec::new(),
                 Inuse {
                     note,
                     ..Inuse::default()
                 },
             );
         };
-        let mut objects: HashMap<AllocKey, f64> = HashMap::new();
+        // Objects sampled before the mark termination two cycles back have outlived a complete
+        // sweep if they are still here: a dead one allocated before cycle n-1 began is freed by
+        // that cycle's sweep, which ends before cycle n begins (`finishsweep_m`, mgc.go).
+        let (gc_cycles, gc_times) = self.probes.gc_cycles().unwrap_or_default();
+        let settled_before = gc_times.len().checked_sub(3).map_or(0, |i| gc_times[i]);
+        let mut objects: HashMap<AllocKey, (f64, f64)> = HashMap::new();
         for object in &live {
             let key = self.store.resolve(&mut self.probes, object.key);
             let rate = if object.rate > 0 { object.rate } else { self.last_rate };
-            *objects.entry(key).or_insert(0.0) += go_sampler_scale(object.key.size, rate);
+            let n = go_sampler_scale(object.key.size, rate);
+            let entry = objects.entry(key).or_insert((0.0, 0.0));
+            entry.0 += n;
+            if object.sampled_ns < settled_before {
+                entry.1 += n;
+            }
         }
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a positive estimate, far below 2^64"
+        )]
+        let whole = |n: f64| n.round() as u64;
         let alive = objects
             .into_iter()
-            .filter_map(|(key, n)| {
-                #[expect(
-                    clippy::cast_possible_truncation,
-                    clippy::cast_sign_loss,
-                    reason = "a positive estimate, far below 2^64"
-                )]
-                let n = n.round() as u64;
-                (n > 0).then_some((key, n))
-            })
+            .map(|(key, (n, settled))| (key, whole(n), whole(settled)))
+            .filter(|&(_, n, _)| n > 0)
             .collect();
+        let (untracked, note) = self.before_attach(&live, symbols);
         let inuse = Inuse {
             available: true,
-            note: INUSE_COVERAGE.to_owned(),
+            note,
             tracked_samples: live.len() as u64,
+            gc_cycles,
             probes: self.probes.inuse_stats().map(Into::into),
             ..Inuse::default()
         };
-        (alive, inuse)
+        (alive, untracked, inuse)
+    }
+
+    /// The objects alive now that the probes do not track: per bucket of the runtime's own
+    /// records, its sampled objects alive minus those tracked (sampled before attach), and
+    /// what in-use covers.
+    fn before_attach(&self, live: &[LiveObject], symbols: &mut ProcessSymbols<'_>) -> (Vec<UntrackedInuse>, String) {
+        let records = match &self.records {
+            RecordsAccess::Readable(records) => records,
+            RecordsAccess::Unknown(why) => return (Vec::new(), format!("{INUSE_COVERAGE}; {why}")),
+        };
+        let buckets = match records.read() {
+            Ok(buckets) => buckets,
+            Err(e) => {
+                return (
+                    Vec::new(),
+                    format!(
+                        "{INUSE_COVERAGE}; objects allocated before attach are not included (cannot read the runtime's records: {e})"
+                    ),
+                );
+            }
+        };
+        let mut tracked: HashMap<u64, u64> = HashMap::new();
+        for object in live {
+            *tracked.entry(object.bucket).or_insert(0) += 1;
+        }
+        let mut untracked = Vec::new();
+        for bucket in &buckets {
+            let residual = bucket
+                .live
+                .saturating_sub(tracked.get(&bucket.address).copied().unwrap_or(0));
+            if residual == 0 {
+                continue;
+            }
+            #[expect(clippy::cast_precision_loss, reason = "sampled objects, far below 2^53")]
+            let estimate = residual as f64 * go_sampler_scale(bucket.size, self.last_rate);
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "a positive estimate, far below 2^64"
+            )]
+            let objects = estimate.round() as u64;
+            untracked.push(UntrackedInuse {
+                locations: profile::logical_frames(&bucket.stack, symbols),
+                size: bucket.size,
+                objects,
+            });
+        }
+        let mut note = INUSE_WITH_RECORDS.to_owned();
+        if buckets.len() >= crate::mprof::MAX_BUCKETS {
+            let _ = write!(
+                note,
+                "; the runtime's records were read up to {} buckets, the rest left out",
+                crate::mprof::MAX_BUCKETS
+            );
+        }
+        (untracked, note)
     }
 }

@@ -80,6 +80,9 @@ pub struct TraceConfig {
     pub probe_options: ProbeOptions,
     /// `--callsite`.
     pub grouping: Grouping,
+    /// `--growth`: the window whose in-use growth ranks the callsites (the trace then lasts
+    /// twice as long: a baseline at the end of the first window).
+    pub growth: Option<Duration>,
 }
 
 /// Which process `serve` follows.

@@ -37,6 +37,7 @@ pub mod live;
 pub mod memprofile;
 pub mod messages;
 pub mod mode;
+pub mod mprof;
 pub mod privileges;
 pub mod probes;
 pub mod process;

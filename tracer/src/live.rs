@@ -379,6 +379,8 @@ mod tests {
             },
             inuse_objects: None,
             inuse_bytes: None,
+            inuse_settled_bytes: None,
+            inuse_growth_bytes: None,
             inlined_into: Vec::new(),
             user: None,
             via: None,
@@ -423,6 +425,7 @@ mod tests {
                 },
                 ended: None,
                 interval: None,
+                growth: None,
             }),
         }
     }

@@ -222,6 +222,8 @@ pub struct PreparedProbes {
     pub mode: crate::mode::Mode,
     pub rate: Option<MemProfileRate>,
     pub rate_override: Option<RateOverride>,
+    /// Go-sampler: the runtime's records of objects sampled before attach, or why not.
+    pub records: crate::mprof::RecordsAccess,
 }
 
 /// Prepares the target (see [`prepare`]) and attaches the probes to `binary` (read from
@@ -233,13 +235,42 @@ pub fn prepare_and_attach(
     options: crate::probes::ProbeOptions,
 ) -> anyhow::Result<PreparedProbes> {
     let (mode, rate, rate_override) = prepare(requested, set_rate, target.binary, target.pid, target.addresses)?;
+    let records = records_access(mode, rate_override.as_ref(), target);
     let probes = crate::probes::Probes::attach(target, mode, options, rate.as_ref().map(MemProfileRate::address))?;
     Ok(PreparedProbes {
         probes,
         mode,
         rate,
         rate_override,
+        records,
     })
+}
+
+/// Whether the runtime's records can add what was sampled before attach to in-use heap.
+fn records_access(
+    mode: crate::mode::Mode,
+    rate_override: Option<&RateOverride>,
+    target: &crate::probes::AttachTarget<'_, '_>,
+) -> crate::mprof::RecordsAccess {
+    use crate::mprof::RecordsAccess::{Readable, Unknown};
+    if mode != crate::mode::Mode::GoSampler {
+        return Unknown("not go-sampler".to_owned());
+    }
+    if rate_override.is_some_and(|o| o.original == 0) {
+        return Unknown(
+            "nothing was sampled before attach (memory profiling was off until --set-mem-profile-rate turned it \
+             on)"
+            .to_owned(),
+        );
+    }
+    match crate::mprof::RuntimeRecords::locate(target.binary, target.pid, target.addresses) {
+        Some(records) => Readable(records),
+        None => Unknown(
+            "objects allocated before attach are not included (the runtime's records, runtime.mbuckets, need a \
+             symbol table and Go 1.21 to 1.27)"
+                .to_owned(),
+        ),
+    }
 }
 
 /// A rate written into the target, put back as it was when dropped (not after SIGKILL: then

@@ -17,9 +17,10 @@ use gobin::sizeclasses::{MAX_SMALL_SIZE, large_object_bytes};
 use gobin::{ArgRole, GoBinary, ProbePoint, ProbeRole};
 use tracer_common::{
     ALLOC_COUNT_PROGRAM, AddressRange, AllocKey, CONFIG_MAP, COUNTS_ALT_MAP, COUNTS_MAP, EMPTY_PROGRAM, EPOCH_MAP,
-    FLAG_SKIP_ZERO_SIZE, GO_SAMPLE_PROGRAM, INUSE_BUCKET_PROGRAM, INUSE_FREE_PROGRAM, INUSE_STATS_MAP, InuseStats,
-    LARGE_ALLOC_PROGRAM, LIVE_MAP, LiveObject, MAX_NESTED_RANGES, MAX_STACK_DEPTH, PAUSED_MAP, ProbeConfig, ProbeStats,
-    SAMPLER_RATE_MAP, SPAN_REFILL_PROGRAM, SPAN_RELEASE_PROGRAM, STACKS_MAP, STATS_MAP, UserStack,
+    FLAG_SKIP_ZERO_SIZE, GC_TIMES_MAP, GC_TIMES_SLOTS, GO_SAMPLE_PROGRAM, INUSE_BUCKET_PROGRAM, INUSE_FREE_PROGRAM,
+    INUSE_GC_PROGRAM, INUSE_STATS_MAP, InuseStats, LARGE_ALLOC_PROGRAM, LIVE_MAP, LiveObject, MAX_NESTED_RANGES,
+    MAX_STACK_DEPTH, PAUSED_MAP, ProbeConfig, ProbeStats, SAMPLER_RATE_MAP, SPAN_REFILL_PROGRAM, SPAN_RELEASE_PROGRAM,
+    STACKS_MAP, STATS_MAP, UserStack,
 };
 
 use crate::duty::{DutyCycle, DutyCycleOptions, HeapReader, Scale, Switch};
@@ -66,6 +67,7 @@ pub enum InuseTracking {
 struct InuseMaps {
     live: BpfHashMap<MapData, u64, LiveObject>,
     stats: PerCpuArray<MapData, InuseStats>,
+    gc_times: Array<MapData, u64>,
 }
 
 impl InuseMaps {
@@ -75,6 +77,7 @@ impl InuseMaps {
             InuseTracking::On => Some(Self {
                 live: BpfHashMap::try_from(take(ebpf, LIVE_MAP)?)?,
                 stats: PerCpuArray::try_from(take(ebpf, INUSE_STATS_MAP)?)?,
+                gc_times: Array::try_from(take(ebpf, GC_TIMES_MAP)?)?,
             }),
             InuseTracking::Off(_) => None,
         })
@@ -359,6 +362,23 @@ impl Probes {
                 .map(|(_, object)| object)
                 .collect(),
         )
+    }
+
+    /// The GC cycles the in-use probe saw end their marking since attach, and the times
+    /// (`CLOCK_MONOTONIC` nanoseconds) of the latest ones, oldest first; `None` when in-use
+    /// heap is not tracked.
+    #[must_use]
+    pub fn gc_cycles(&self) -> Option<(u64, Vec<u64>)> {
+        let maps = self.inuse_maps.as_ref()?;
+        let count = maps.gc_times.get(&0, 0).ok()?;
+        let ring = u64::from(GC_TIMES_SLOTS - 1);
+        let times = (count.saturating_sub(ring)..count)
+            .filter_map(|n| {
+                let slot = u32::try_from(1 + n % ring).ok()?;
+                maps.gc_times.get(&slot, 0).ok()
+            })
+            .collect();
+        Some((count, times))
     }
 
     /// What the in-use programs did so far, summed over CPUs; `None` when not tracked.
@@ -769,7 +789,17 @@ fn inuse_plan<'p>(binary: &GoBinary<'_>, points: &'p [ProbePoint]) -> Result<(Pl
             ));
         }
     }
-    Ok((vec![(INUSE_FREE_PROGRAM, free), (INUSE_BUCKET_PROGRAM, bucket)], layout))
+    // The GC-cycle probe is the only one on runtime.gcMarkTermination; without it in-use
+    // still works, and growth says its objects are not known to have outlived a sweep.
+    let gc = with_role(ProbeRole::GcCycle);
+    Ok((
+        vec![
+            (INUSE_GC_PROGRAM, gc),
+            (INUSE_FREE_PROGRAM, free),
+            (INUSE_BUCKET_PROGRAM, bucket),
+        ],
+        layout,
+    ))
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {

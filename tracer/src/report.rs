@@ -61,6 +61,14 @@ pub struct CallsiteReport {
     /// Their bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inuse_bytes: Option<u64>,
+    /// Of `inuse_bytes`, those of objects known to have outlived a complete GC cycle: what
+    /// `--growth` compares (absent where in-use is not tracked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inuse_settled_bytes: Option<u64>,
+    /// With `--growth`: how much `inuse_settled_bytes` grew since the baseline (negative:
+    /// shrank).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inuse_growth_bytes: Option<i64>,
     /// Where the line's code was inlined (absent when it was not): the compiler reports its
     /// escape decisions for inlined code at these positions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -100,6 +108,8 @@ impl From<&Callsite> for CallsiteReport {
             },
             inuse_objects: Some(c.inuse_objects),
             inuse_bytes: Some(c.inuse_bytes),
+            inuse_settled_bytes: Some(c.inuse_settled_bytes),
+            inuse_growth_bytes: None,
             inlined_into: c
                 .inlined_into
                 .iter()
@@ -179,6 +189,10 @@ pub struct Report {
     pub callsites: Vec<CallsiteReport>,
     /// What the probes did.
     pub probes: ProbeSummary,
+    /// With `--growth`: the baseline's time and the end, in seconds since the trace started;
+    /// the callsites are ranked by `inuse_growth_bytes` between them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub growth: Option<Interval>,
     /// Why the trace ended early, if it did (`target exited`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<String>,
@@ -215,6 +229,49 @@ impl Report {
         report
     }
 
+    /// Ranks the callsites by the growth of their settled in-use bytes (objects known to have
+    /// outlived a complete GC cycle, so that unswept garbage cannot pass for growth) since
+    /// `baseline` (taken at `baseline_secs`), keeping the `top` ones.
+    pub fn rank_by_growth(&mut self, baseline: &Profile, baseline_secs: f64, top: Option<usize>) {
+        let then: std::collections::HashMap<_, u64> = baseline
+            .callsites
+            .iter()
+            .map(|c| {
+                (
+                    (
+                        c.key.function.as_ref(),
+                        c.key.file.as_ref(),
+                        c.key.line,
+                        c.key.type_name.as_deref(),
+                        c.key.kind,
+                    ),
+                    c.inuse_bytes,
+                )
+            })
+            .collect();
+        for c in &mut self.callsites {
+            let before = then
+                .get(&(
+                    c.function.as_str(),
+                    c.file.as_str(),
+                    c.line,
+                    c.type_name.as_deref(),
+                    c.kind,
+                ))
+                .copied()
+                .unwrap_or(0);
+            let now = c.inuse_settled_bytes.unwrap_or(0);
+            c.inuse_growth_bytes = Some(i64::try_from(i128::from(now) - i128::from(before)).unwrap_or(i64::MAX));
+        }
+        self.callsites
+            .sort_by_key(|c| std::cmp::Reverse((c.inuse_growth_bytes, c.inuse_bytes)));
+        self.callsites.truncate(top.unwrap_or(usize::MAX));
+        self.growth = Some(Interval {
+            start_secs: baseline_secs,
+            end_secs: self.duration_secs,
+        });
+    }
+
     /// Sets what is known of the in-use heap; the rows lose their in-use figures when
     /// nothing is known.
     pub fn set_inuse(&mut self, inuse: Inuse) {
@@ -222,6 +279,7 @@ impl Report {
             for c in &mut self.callsites {
                 c.inuse_objects = None;
                 c.inuse_bytes = None;
+                c.inuse_settled_bytes = None;
             }
         }
         self.inuse = inuse;
@@ -254,6 +312,7 @@ impl Report {
                 .map(CallsiteReport::from)
                 .collect(),
             inuse: Inuse::default(),
+            growth: None,
             probes: ProbeSummary {
                 attached,
                 hits: s.hits,
@@ -373,6 +432,8 @@ mod tests {
             },
             inuse_objects: Some(1),
             inuse_bytes: Some(32),
+            inuse_settled_bytes: Some(32),
+            inuse_growth_bytes: Some(-32),
             inlined_into: user.iter().cloned().collect(),
             user,
             via: None,
@@ -399,6 +460,7 @@ mod tests {
                 objects: 2,
                 bytes: 64,
                 tracked_samples: 2,
+                gc_cycles: 3,
                 probes: None,
             },
             callsites: vec![callsite(Kind::ConvT, Some(position)), callsite(Kind::New, None)],
@@ -414,6 +476,7 @@ mod tests {
             },
             ended: None,
             interval: None,
+            growth: None,
         };
         let text = serde_json::to_string(&report).unwrap();
         assert!(

@@ -18,7 +18,7 @@ use crate::export::{
 };
 use crate::live::{self, LiveView};
 use crate::mode::Mode;
-use crate::probes::ProbeOptions;
+use crate::probes::{InuseTracking, ProbeOptions};
 use crate::process::{self, Child, ExitWatch, ProcessId};
 use crate::profile::{Grouping, Profile};
 use crate::progress;
@@ -75,6 +75,7 @@ pub fn run(target: Target, config: &TraceConfig) -> anyhow::Result<ExitCode> {
             REPORT_SIZE_SIGFIGS,
         )),
         mapping: tracee.mapping(),
+        baseline: RefCell::new(None),
         target: tracee.info(),
         config,
     };
@@ -137,6 +138,8 @@ struct Session<'a> {
     target: TargetInfo,
     mapping: MappingInfo,
     config: &'a TraceConfig,
+    /// `--growth`'s baseline once taken, and when (seconds since the trace started).
+    baseline: RefCell<Option<(Profile, f64)>>,
 }
 
 /// Why collection stopped.
@@ -193,6 +196,10 @@ impl Session<'_> {
             self.announce();
             let deadline = tokio::time::sleep(self.config.duration.unwrap_or(Duration::MAX / 4));
             tokio::pin!(deadline);
+            self.check_growth()?;
+            let growth_baseline = tokio::time::sleep(self.config.growth.unwrap_or(Duration::MAX / 4));
+            tokio::pin!(growth_baseline);
+            let mut baseline_pending = self.config.growth.is_some();
             // The live view draws at once; tables, lines and documents come once there is an
             // interval's worth to show.
             let first = match self.config.live {
@@ -214,6 +221,10 @@ impl Session<'_> {
                     _ = interrupt.recv() => break libc::SIGINT,
                     _ = terminate.recv() => break libc::SIGTERM,
                     () = &mut deadline => return Ok(Stop::Asked),
+                    () = &mut growth_baseline, if baseline_pending => {
+                        baseline_pending = false;
+                        self.take_baseline(&mut symbols, started)?;
+                    }
                     Some(key) = next_key(view.as_mut()) => {
                         if let Some(v) = view.as_mut()
                             && v.handle(key)? == live::Action::Quit
@@ -304,6 +315,28 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// `--growth` needs in-use heap, which the probes may not track.
+    fn check_growth(&self) -> anyhow::Result<()> {
+        if self.config.growth.is_some()
+            && let InuseTracking::Off(why) = &self.collector.borrow().probes().inuse
+        {
+            anyhow::bail!("--growth needs in-use heap: {why}");
+        }
+        Ok(())
+    }
+
+    /// `--growth`'s baseline: what each callsite holds at the end of the first window.
+    fn take_baseline(&self, symbols: &mut ProcessSymbols<'_>, started: Instant) -> anyhow::Result<()> {
+        let profile = self.profile(symbols)?;
+        progress!(
+            "in-use baseline taken ({} held); measuring its growth for another {:.1} s",
+            human_bytes(profile.inuse.bytes),
+            self.config.growth.unwrap_or_default().as_secs_f64()
+        );
+        *self.baseline.borrow_mut() = Some((profile, started.elapsed().as_secs_f64()));
+        Ok(())
+    }
+
     fn profile(&self, symbols: &mut ProcessSymbols<'_>) -> anyhow::Result<Profile> {
         self.collector.borrow_mut().profile(symbols)
     }
@@ -320,7 +353,17 @@ impl Session<'_> {
     fn report(&self, profile: &Profile, elapsed: f64, top: Option<usize>) -> Report {
         let collector = self.collector.borrow();
         let probes = collector.probes();
-        let mut report = Report::new(self.target.clone(), profile, probes.attached, elapsed, top);
+        let baseline = self.baseline.borrow();
+        let mut report = Report::new(
+            self.target.clone(),
+            profile,
+            probes.attached,
+            elapsed,
+            if baseline.is_some() { None } else { top },
+        );
+        if let Some((baseline, at)) = baseline.as_ref() {
+            report.rank_by_growth(baseline, *at, top);
+        }
         report.probes.run_time = probes.run_time();
         report
     }
@@ -375,7 +418,40 @@ impl Session<'_> {
                 )
             })?;
             sink.done();
+            if let (OutputFormat::Pprof, Some(path), Some((baseline, at))) =
+                (format, path, self.baseline.borrow().as_ref())
+            {
+                self.write_baseline(trace, baseline, *at, path)?;
+            }
         }
+        Ok(())
+    }
+
+    /// `--growth`'s baseline as a pprof file next to `path` (`PATH.base`), for `go tool pprof
+    /// -base`.
+    fn write_baseline(&self, trace: &Trace<'_>, baseline: &Profile, at: f64, path: &Path) -> anyhow::Result<()> {
+        let mut base_path = path.as_os_str().to_owned();
+        base_path.push(".base");
+        let base_path = PathBuf::from(base_path);
+        let report = self.report(baseline, at, Some(0));
+        let mut sink = Sink::open(Some(&base_path))?;
+        PprofExporter
+            .export(
+                &Trace {
+                    report: &report,
+                    profile: baseline,
+                    ..*trace
+                },
+                sink.writer(),
+            )
+            .with_context(|| format!("cannot write {}", base_path.display()))?;
+        sink.done();
+        progress!(
+            "wrote the in-use baseline to {} (go tool pprof -base {} {})",
+            base_path.display(),
+            base_path.display(),
+            path.display()
+        );
         Ok(())
     }
 }

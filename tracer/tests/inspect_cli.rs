@@ -242,7 +242,8 @@ fn bad_input_gives_one_line_and_exit_status_1() {
 
 /// Where each probed function takes the arguments gotrace reads, on arm64: its integer
 /// arguments in R0, R1, … in order (`src/cmd/compile/abi-internal.md`), from the signatures in
-/// the runtime's source (`malloc.go`, `slice.go`, `map.go`, `chan.go`, `mprof.go`, `mcache.go`).
+/// the runtime's source (`malloc.go`, `slice.go`, `map.go`, `chan.go`, `mprof.go`, `mcache.go`,
+/// `mheap.go`, `mgc.go`).
 fn arm64_argument_registers(function: &str, role: &str) -> &'static [(&'static str, &'static str)] {
     match function {
         "runtime.newobject" => &[("type", "x0")],
@@ -252,7 +253,11 @@ fn arm64_argument_registers(function: &str, role: &str) -> &'static [(&'static s
         "runtime.growslice" => &[("len", "x1"), ("old_cap", "x2"), ("num", "x3"), ("type", "x4")],
         "runtime.makemap" | "runtime.makechan" => &[("type", "x0"), ("hint", "x1")],
         // profilealloc(mp, x, size).
-        "runtime.profilealloc" => &[("size", "x2")],
+        "runtime.profilealloc" => &[("object", "x1"), ("size", "x2")],
+        // setprofilebucket(p, b); freeSpecial(s, p, size); gcMarkTermination reads nothing.
+        "runtime.setprofilebucket" => &[("object", "x0"), ("bucket", "x1")],
+        "runtime.freeSpecial" => &[("special", "x0"), ("object", "x1")],
+        "runtime.gcMarkTermination" => &[],
         "runtime.(*mcache).refill" => &[("mcache", "x0"), ("span_class", "x1")],
         "runtime.(*mcache).allocLarge" => &[("mcache", "x0"), ("size", "x1")],
         "runtime.(*mcache).releaseAll" => &[("mcache", "x0")],

@@ -3,7 +3,8 @@
 //! `workloads inuse` (`fixtures/go/workloads/inuse.go`) keeps some of what it allocates, drops
 //! far more, and grows a map; after two GCs it writes Go's own heap profile with
 //! `runtime/pprof`, then holds everything. `gotrace attach --mode go-sampler`, attached before
-//! the work, must give the same `inuse_space` per line within 15%, and next to nothing on the
+//! the work (it follows each sample) and attached after it (the runtime's own records tell
+//! it), must give the same `inuse_space` per line within 15%, and next to nothing on the
 //! garbage-only line. Both count the same samples (gotrace follows the runtime's own), so they
 //! agree far closer than that in practice.
 //!
@@ -126,11 +127,27 @@ fn attach(pid: u32, args: &[&str]) -> Child {
     }
 }
 
-fn check_against_own_profile(minor: &str) {
-    let heap = scratch(&format!("heap-{minor}.pb.gz"));
-    let out = scratch(&format!("inuse-{minor}.json"));
+/// When gotrace attaches to `workloads inuse`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attach {
+    /// Before the work: every retained object is sampled while traced.
+    Before,
+    /// After it: every retained object was sampled before gotrace came; only the runtime's
+    /// own records (runtime.mbuckets) know them.
+    After,
+}
+
+fn check_against_own_profile(minor: &str, when: Attach) {
+    let heap = scratch(&format!("heap-{minor}-{when:?}.pb.gz"));
+    let out = scratch(&format!("inuse-{minor}-{when:?}.json"));
     let mut target = Command::new(workloads(minor))
-        .args(["inuse", "--wait", "--heapprofile"])
+        .arg("inuse")
+        .args(if when == Attach::Before {
+            &["--wait"][..]
+        } else {
+            &[][..]
+        })
+        .arg("--heapprofile")
         .arg(&heap)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -138,13 +155,17 @@ fn check_against_own_profile(minor: &str) {
         .expect("start the workload");
     let stdout = lines_of(target.stdout.take().expect("stdout"));
     assert_eq!(stdout.recv_timeout(Duration::from_secs(20)).expect("ready"), "ready");
-    let tracer = attach(
-        target.id(),
-        &["--mode", "go-sampler", "-f", "json", "-o", out.to_str().expect("utf-8")],
-    );
+    let args = ["--mode", "go-sampler", "-f", "json", "-o", out.to_str().expect("utf-8")];
     let mut stdin = target.stdin.take().expect("stdin");
-    stdin.write_all(b"\n").expect("start the work");
-    assert_eq!(stdout.recv_timeout(Duration::from_mins(1)).expect("done"), "done");
+    let tracer = if when == Attach::Before {
+        let tracer = attach(target.id(), &args);
+        stdin.write_all(b"\n").expect("start the work");
+        assert_eq!(stdout.recv_timeout(Duration::from_mins(1)).expect("done"), "done");
+        tracer
+    } else {
+        assert_eq!(stdout.recv_timeout(Duration::from_mins(1)).expect("done"), "done");
+        attach(target.id(), &args)
+    };
     // The program now holds what it kept, allocates nothing, and has written its profile.
     signal(tracer.id(), libc::SIGINT);
     let finished = wait_output(tracer);
@@ -154,6 +175,14 @@ fn check_against_own_profile(minor: &str) {
 
     let report: Value = serde_json::from_slice(&std::fs::read(&out).expect("report")).expect("json");
     assert_eq!(report["inuse"]["available"], true, "{}", report["inuse"]);
+    assert!(
+        report["inuse"]["note"]
+            .as_str()
+            .expect("note")
+            .contains("before attach from the runtime's own records"),
+        "{}",
+        report["inuse"]
+    );
     assert_eq!(report["inuse"]["probes"]["dropped_full"], 0, "{}", report["inuse"]);
     let own = own_inuse_by_line(&heap);
     let by_gotrace = traced_inuse_by_line(&report);
@@ -162,7 +191,7 @@ fn check_against_own_profile(minor: &str) {
         .filter(|(line, _)| line.starts_with("main."))
         .map(|(_, b)| b)
         .sum();
-    let mut table = format!("go{minor}: line, Go's own inuse_space, gotrace's, error\n");
+    let mut table = format!("go{minor}, attached {when:?} the work: line, Go's own inuse_space, gotrace's, error\n");
     let mut failures = Vec::new();
     for site in ["retainBytes", "retainNodes", "retainLarge", "retainSome", "growMap"] {
         let line = format!("main.{site}:{}", site_line(site));
@@ -200,28 +229,91 @@ fn check_against_own_profile(minor: &str) {
         traced_garbage < total * 0.01,
         "garbage-only line holds {traced_garbage} of {total}\n{table}"
     );
-    assert!(
-        report["callsites"]
-            .as_array()
-            .expect("callsites")
-            .iter()
-            .any(|c| c["bytes"].as_f64() > Some(30e6) && c["function"] == "main.garbage"),
-        "the garbage line must still show its allocations: {report}"
-    );
+    if when == Attach::Before {
+        assert!(
+            report["callsites"]
+                .as_array()
+                .expect("callsites")
+                .iter()
+                .any(|c| c["bytes"].as_f64() > Some(30e6) && c["function"] == "main.garbage"),
+            "the garbage line must still show its allocations: {report}"
+        );
+    }
+}
+
+/// Both ways of attaching, on one release.
+fn check_release(test: &str, minor: &str) {
+    let Some(_root) = root_only(test) else {
+        return;
+    };
+    check_against_own_profile(minor, Attach::Before);
+    check_against_own_profile(minor, Attach::After);
 }
 
 #[test]
 fn inuse_matches_the_programs_own_heap_profile_go1_21() {
-    let Some(_root) = root_only("inuse_matches_the_programs_own_heap_profile_go1_21") else {
-        return;
-    };
-    check_against_own_profile("1.21");
+    check_release("inuse_matches_the_programs_own_heap_profile_go1_21", "1.21");
 }
 
 #[test]
 fn inuse_matches_the_programs_own_heap_profile_go1_27() {
-    let Some(_root) = root_only("inuse_matches_the_programs_own_heap_profile_go1_27") else {
+    check_release("inuse_matches_the_programs_own_heap_profile_go1_27", "1.27");
+}
+
+/// `--growth`: the leaking line ranks first by in-use growth although the churning line
+/// allocates ten times the bytes; the baseline goes next to the pprof output for `-base`.
+#[test]
+fn growth_ranks_the_leak_first() {
+    let Some(_root) = root_only("growth_ranks_the_leak_first") else {
         return;
     };
-    check_against_own_profile("1.27");
+    let out = scratch("leak.json");
+    let pprof = scratch("leak.pb.gz");
+    let mut target = Command::new(workloads("1.27"))
+        .arg("leak")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the workload");
+    let stdout = lines_of(target.stdout.take().expect("stdout"));
+    assert_eq!(stdout.recv_timeout(Duration::from_secs(20)).expect("ready"), "ready");
+    // Windows of several GC cycles: what died since the last sweep still counts as held.
+    let traced = testkit::output(
+        gotrace()
+            .args(["attach", &target.id().to_string(), "--growth", "3s", "-o"])
+            .arg(&out)
+            .arg("-o")
+            .arg(&pprof),
+    );
+    drop(target.stdin.take());
+    let _ = target.wait();
+    assert!(traced.status.success(), "{traced:?}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&out).expect("report")).expect("json");
+    assert_eq!(report["mode"], "go-sampler");
+    assert!(
+        report["growth"]["start_secs"].as_f64().is_some(),
+        "{}",
+        report["growth"]
+    );
+    let callsites = report["callsites"].as_array().expect("callsites");
+    // A line's allocated bytes and growth over its rows (objects sampled before attach come
+    // from the runtime's records, whose stacks may name another kind).
+    let line = |function: &str, field: &str| -> f64 {
+        callsites
+            .iter()
+            .filter(|c| c["function"] == function && c["line"] == site_line(&function["main.".len()..]))
+            .filter_map(|c| c[field].as_f64())
+            .sum()
+    };
+    assert_eq!(callsites[0]["function"], "main.leakSlowly", "{report}");
+    assert!(
+        line("main.churnFast", "bytes") > 5.0 * line("main.leakSlowly", "bytes"),
+        "{report}"
+    );
+    // 1 KiB a millisecond for 3 s, less the ticker's slack: over a megabyte.
+    let grown = line("main.leakSlowly", "inuse_growth_bytes");
+    assert!(grown > 1e6, "{report}");
+    assert!(line("main.churnFast", "inuse_growth_bytes") < grown / 4.0, "{report}");
+    let base = scratch("leak.pb.gz.base");
+    assert!(base.exists(), "no baseline next to the pprof output");
 }

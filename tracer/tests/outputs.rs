@@ -432,7 +432,7 @@ fn live_view_sorts_filters_pauses_and_quits_in_a_real_terminal() {
         );
         let screen = tmux.wait_for("main.runSites");
         assert!(screen.contains("sort: bytes"), "{screen}");
-        assert!(screen.contains("b bytes · a allocations · s size · / filter · p pause · q quit"));
+        assert!(screen.contains("b bytes · a allocations · s size · i in use · g growth from now · / filter"));
         // The header is cyan unless NO_COLOR (tmux writes the colour as SGR 38;5;6 or 36).
         let escapes = tmux.screen(true);
         assert_eq!(

@@ -261,7 +261,9 @@ fn serve_follows_its_target_through_kill_and_restart() {
     // Only GET: nothing can be changed over HTTP; unknown paths are not found.
     assert_eq!(http(port, "POST", "/metrics").0, 405);
     assert_eq!(http(port, "DELETE", "/debug/pprof/allocs").0, 405);
-    assert_eq!(http(port, "GET", "/debug/pprof/heap").0, 404);
+    assert_eq!(http(port, "GET", "/debug/pprof/nothing").0, 404);
+    // go-sampler tracks in-use heap: the heap profile is there.
+    assert_eq!(http(port, "GET", "/debug/pprof/heap").0, 200);
     assert_eq!(http(port, "GET", "/debug/pprof/allocs?seconds=999999").0, 400);
 
     // kill -9 of gotrace: the target runs on.
@@ -475,22 +477,7 @@ fn memory_profiling_off_is_reported_and_can_be_turned_on() {
     let Some(_lock) = root_only("memory_profiling_off_is_reported_and_can_be_turned_on") else {
         return;
     };
-    let noprof = |minor: &str| repo_root().join(format!("target/fixtures/go{minor}/{}/noprof", testkit::host_goarch()));
-    let start = |minor: &str| {
-        let mut child = Command::new(noprof(minor))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start noprof");
-        let lines = lines_of(child.stdout.take().expect("stdout"));
-        assert!(
-            lines
-                .recv_timeout(Duration::from_secs(20))
-                .expect("ready")
-                .starts_with("ready")
-        );
-        Guard(child)
-    };
+    let start = start_noprof;
     let target = start("1.27");
     let pid = target.0.id().to_string();
     let refused = output(gotrace().args(["attach", &pid, "--mode", "go-sampler", "-d", "1s", "-f", "json"]));
@@ -555,6 +542,63 @@ fn memory_profiling_off_is_reported_and_can_be_turned_on() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success());
     assert!(stderr.contains("before Go 1.24"), "{stderr}");
+}
+
+/// The `noprof` fixture (no net/http/pprof, memory profiling off by the linker), running.
+fn start_noprof(minor: &str) -> Guard {
+    let binary = repo_root().join(format!("target/fixtures/go{minor}/{}/noprof", testkit::host_goarch()));
+    let mut child = Command::new(binary)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start noprof");
+    let lines = lines_of(child.stdout.take().expect("stdout"));
+    assert!(
+        lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("ready")
+            .starts_with("ready")
+    );
+    Guard(child)
+}
+
+/// `go tool pprof http://…/debug/pprof/heap` opens on in-use heap for a program with no
+/// net/http/pprof and its memory profiling off (turned on by `--set-mem-profile-rate`), and
+/// `/metrics` has per-callsite in-use gauges.
+#[test]
+fn heap_endpoint_opens_on_in_use_for_a_program_without_net_http_pprof() {
+    let Some(_lock) = root_only("heap_endpoint_opens_on_in_use_for_a_program_without_net_http_pprof") else {
+        return;
+    };
+    let target = start_noprof("1.27");
+    let pid = target.0.id().to_string();
+    let server = start_serve(serve_command(&[
+        "--pid",
+        &pid,
+        "--mode",
+        "go-sampler",
+        "--set-mem-profile-rate",
+        "4096",
+    ]));
+    let port = server.port;
+    wait_for(port, Duration::from_secs(20), "in-use series", |t| {
+        t.contains("# TYPE gotrace_inuse_bytes gauge") && t.contains("gotrace_inuse_bytes{function=\"main.")
+    });
+    let text = metrics(port);
+    assert!(text.contains("gotrace_inuse_objects{function=\"main."), "{text}");
+    let url = format!("http://127.0.0.1:{port}/debug/pprof/heap");
+    let out = output(
+        Command::new(go_tool("1.27"))
+            .args(["tool", "pprof", "-top", &url])
+            .env("PPROF_TMPDIR", scratch("pprof-heap"))
+            .env("GOTOOLCHAIN", "local"),
+    );
+    let top = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(top.contains("Type: inuse_space"), "{top}");
+    assert!(top.contains("main."), "{top}");
+    drop(server);
+    drop(target);
 }
 
 /// SIGTERM ends gotrace promptly even while a `?seconds=N` request waits (that request gets

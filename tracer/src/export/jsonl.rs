@@ -108,5 +108,6 @@ fn delta(now: &Callsite, before: Option<&Callsite>) -> Option<Callsite> {
         also_counts: HashMap::new(),
         inuse_objects: now.inuse_objects,
         inuse_bytes: now.inuse_bytes,
+        inuse_settled_bytes: now.inuse_settled_bytes,
     })
 }

@@ -84,16 +84,20 @@ fn run_time_line(run_time: ProbeRunTime) -> String {
 pub struct TableExporter;
 
 impl TableExporter {
-    /// Writes the table of a report.
-    ///
-    /// # Errors
-    /// When writing fails.
-    pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
+    /// The lines above the table: the summary, the probes' run time, in-use and growth.
+    fn write_preamble(report: &Report, out: &mut dyn Write) -> io::Result<()> {
         writeln!(out, "{}", summary_line(report))?;
         if let Some(run_time) = report.probes.run_time {
             writeln!(out, "{}", run_time_line(run_time))?;
         }
         let inuse = report.inuse.available;
+        if let Some(window) = report.growth {
+            writeln!(
+                out,
+                "ranked by in-use growth from {:.1} s to {:.1} s (what each callsite held more at the end)",
+                window.start_secs, window.end_secs
+            )?;
+        }
         if inuse {
             writeln!(
                 out,
@@ -103,6 +107,17 @@ impl TableExporter {
                 report.inuse.note.trim_start_matches("in-use: ")
             )?;
         }
+        Ok(())
+    }
+
+    /// Writes the table of a report.
+    ///
+    /// # Errors
+    /// When writing fails.
+    pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
+        Self::write_preamble(report, out)?;
+        let inuse = report.inuse.available;
+        let growth = report.growth.is_some();
         // The other frame of --callsite gets a column when any row has one.
         let other = report
             .callsites
@@ -111,6 +126,9 @@ impl TableExporter {
         let mut header = vec!["BYTES".to_owned(), "ALLOCS".to_owned()];
         if inuse {
             header.extend(["IN USE".to_owned(), "LIVE OBJS".to_owned()]);
+        }
+        if growth {
+            header.push("GROWTH".to_owned());
         }
         header.extend([
             "P50".to_owned(),
@@ -133,6 +151,11 @@ impl TableExporter {
                     human_bytes(c.inuse_bytes.unwrap_or(0)),
                     thousands(c.inuse_objects.unwrap_or(0)),
                 ]);
+            }
+            if growth {
+                let grown = c.inuse_growth_bytes.unwrap_or(0);
+                let sign = if grown < 0 { "-" } else { "+" };
+                row.push(format!("{sign}{}", human_bytes(grown.unsigned_abs())));
             }
             row.extend([
                 c.size.p50.to_string(),

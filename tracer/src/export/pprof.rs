@@ -43,9 +43,11 @@ struct Tables {
     functions: Vec<Function>,
     function_ids: HashMap<(i64, i64), u64>,
     locations: Vec<Location>,
-    /// By pc and by how many of its innermost lines were left out (runtime frames above the
-    /// callsite, when the callsite is inlined at that pc).
-    location_ids: HashMap<(u64, usize), u64>,
+    /// By pc, by how many of its innermost lines were left out (runtime frames above the
+    /// callsite, when the callsite is inlined at that pc), and by how many it has: a stack
+    /// from the runtime's own records has one line per pc where gotrace's has the inlined
+    /// ones too.
+    location_ids: HashMap<(u64, usize, usize), u64>,
 }
 
 impl Tables {
@@ -84,7 +86,8 @@ impl Tables {
     }
 
     fn location(&mut self, pc: u64, skipped: usize, frames: &[gobin::Frame]) -> u64 {
-        if let Some(&id) = self.location_ids.get(&(pc, skipped)) {
+        let key = (pc, skipped, frames.len());
+        if let Some(&id) = self.location_ids.get(&key) {
             return id;
         }
         let line = frames
@@ -103,7 +106,7 @@ impl Tables {
             line,
             ..Location::default()
         });
-        self.location_ids.insert((pc, skipped), id);
+        self.location_ids.insert(key, id);
         id
     }
 }

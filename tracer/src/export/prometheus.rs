@@ -1,5 +1,6 @@
 //! The Prometheus text format (version 0.0.4): one counter series per callsite of the report,
-//! and one `other` series for what the report's callsites leave out of its totals.
+//! and one `other` series for what the report's callsites leave out of its totals; where
+//! in-use heap is tracked, gauges of what each callsite holds now.
 //!
 //! The report decides which callsites get series (`gotrace serve` keeps them to a bounded,
 //! sticky set: see `serve::snapshot`), so the exporter only renders.
@@ -78,6 +79,36 @@ impl Exporter for PrometheusExporter {
                 out,
                 "{name}{{function=\"other\",file=\"\",line=\"0\",type=\"\",kind=\"other\"}} {other_value}"
             )?;
+        }
+        if report.inuse.available {
+            let held = |value_of: fn(&CallsiteReport) -> Option<u64>| {
+                series.iter().filter_map(value_of).fold(0u64, u64::saturating_add)
+            };
+            for (name, help, value_of, total) in [
+                (
+                    "gotrace_inuse_bytes",
+                    "Heap bytes in use now, per callsite: objects sampled since gotrace attached and not yet freed.",
+                    (|c: &CallsiteReport| c.inuse_bytes) as fn(&CallsiteReport) -> Option<u64>,
+                    report.inuse.bytes,
+                ),
+                (
+                    "gotrace_inuse_objects",
+                    "Heap objects in use now, per callsite: objects sampled since gotrace attached and not yet freed.",
+                    |c: &CallsiteReport| c.inuse_objects,
+                    report.inuse.objects,
+                ),
+            ] {
+                writeln!(out, "# HELP {name} {help}{estimated}")?;
+                writeln!(out, "# TYPE {name} gauge")?;
+                for c in series {
+                    writeln!(out, "{name}{{{}}} {}", callsite_labels(c), value_of(c).unwrap_or(0))?;
+                }
+                writeln!(
+                    out,
+                    "{name}{{function=\"other\",file=\"\",line=\"0\",type=\"\",kind=\"other\"}} {}",
+                    total.saturating_sub(held(value_of))
+                )?;
+            }
         }
         // The other frame of --callsite, in a metric of its own: as labels of the counters it
         // would change their identity whenever the most frequent one changes.

@@ -117,6 +117,9 @@ pub struct Callsite {
     pub inuse_objects: u64,
     /// Their bytes.
     pub inuse_bytes: u64,
+    /// Of those, the bytes of objects known to have outlived a complete GC cycle (sampled
+    /// before the mark termination two cycles back): no unswept garbage among them.
+    pub inuse_settled_bytes: u64,
 }
 
 /// How many inlining positions a callsite keeps.
@@ -139,6 +142,7 @@ impl Callsite {
             also_counts: HashMap::new(),
             inuse_objects: 0,
             inuse_bytes: 0,
+            inuse_settled_bytes: 0,
         }
     }
 
@@ -214,6 +218,9 @@ pub struct Inuse {
     pub bytes: u64,
     /// Go heap-profile samples alive now, as tracked: what the estimates are scaled from.
     pub tracked_samples: u64,
+    /// GC cycles that ended their marking since attach.
+    #[serde(default)]
+    pub gc_cycles: u64,
     /// What the in-use probes did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probes: Option<InuseCounters>,
@@ -286,20 +293,24 @@ pub fn build(
     mode: Mode,
     stats: ProbeStats,
     counts: &[(AllocKey, u64)],
-    inuse: &[(AllocKey, u64)],
+    inuse: &InuseInput<'_>,
     mut stack_of: impl FnMut(u64) -> Option<Vec<u64>>,
     symbols: &mut dyn Symbols,
     size_sigfigs: u8,
     grouping: Grouping,
 ) -> Profile {
-    let mut by_callsite: HashMap<CallsiteKey, Callsite> = HashMap::new();
-    let mut samples = Vec::with_capacity(counts.len());
-    let mut totals = Totals {
-        dropped: stats.dropped(),
-        ..Totals::default()
+    let mut rows = Rows {
+        by_callsite: HashMap::new(),
+        samples: Vec::with_capacity(counts.len() + inuse.untracked.len()),
+        totals: Totals {
+            dropped: stats.dropped(),
+            ..Totals::default()
+        },
+        inuse: Inuse::default(),
+        grouping,
+        size_sigfigs,
     };
-    let mut inuse_totals = Inuse::default();
-    for (key, count, alive) in with_inuse(counts, inuse) {
+    for (key, count, alive) in with_inuse(counts, inuse.by_key) {
         let stack = if key.stack == NO_STACK {
             Vec::new()
         } else {
@@ -317,9 +328,105 @@ pub fn build(
                     .unwrap_or_else(|| format!("<unknown type at {:#x}>", key.type_address).into())
             })
         };
+        rows.add(locations, type_name, key.size, count, alive, symbols);
+    }
+    for untracked in inuse.untracked {
+        let type_name = Some(Arc::from(UNKNOWN_TYPE));
+        rows.add(
+            untracked.locations.clone(),
+            type_name,
+            untracked.size,
+            0,
+            // Objects from before attach are known only as the runtime counts them: as alive
+            // until swept, like the tracked ones; they count as settled.
+            (untracked.objects, untracked.objects),
+            symbols,
+        );
+    }
+    symbols.build_done();
+    let mut callsites: Vec<Callsite> = rows
+        .by_callsite
+        .into_values()
+        .map(|c| c.with_other_frame(grouping))
+        .collect();
+    callsites.sort_by(|a, b| {
+        b.bytes
+            .cmp(&a.bytes)
+            .then(b.allocations.cmp(&a.allocations))
+            .then_with(|| a.key.cmp(&b.key))
+    });
+    Profile {
+        mode,
+        stats,
+        totals: rows.totals,
+        callsites,
+        samples: rows.samples,
+        grouping,
+        inuse: rows.inuse,
+    }
+}
+
+/// The locations of a stack as the runtime's own records keep it: one logical frame per pc
+/// (inlined calls already expanded, each as its call pc + 1), so each pc is symbolized to its
+/// innermost frame only.
+pub fn logical_frames(stack: &[u64], symbols: &mut dyn Symbols) -> Locations {
+    stack
+        .iter()
+        .map(|&pc| {
+            let frames = symbols.frames(pc, true);
+            let innermost: Arc<[Frame]> = frames.iter().take(1).cloned().collect();
+            (pc, innermost)
+        })
+        .collect()
+}
+
+/// What in-use heap adds to a profile: per key of the counts, the estimated objects alive now
+/// (tracked by the probes), and the objects alive that the probes did not track.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct InuseInput<'a> {
+    /// Per key (which may or may not be among the counts), the estimated objects alive now
+    /// and, of them, those known to have outlived a complete GC cycle.
+    pub by_key: &'a [(AllocKey, u64, u64)],
+    /// Alive but not tracked: sampled before gotrace attached, from the runtime's records.
+    pub untracked: &'a [UntrackedInuse],
+}
+
+/// Objects alive now that the probes did not track (see [`InuseInput::untracked`]).
+#[derive(Debug, Clone)]
+pub struct UntrackedInuse {
+    /// Their stack, one logical frame per pc (the runtime's own records expand inlining).
+    pub locations: Locations,
+    /// Bytes per object.
+    pub size: u64,
+    /// Estimated objects.
+    pub objects: u64,
+}
+
+/// The rows of a profile while it is built.
+struct Rows {
+    by_callsite: HashMap<CallsiteKey, Callsite>,
+    samples: Vec<Sample>,
+    totals: Totals,
+    inuse: Inuse,
+    grouping: Grouping,
+    size_sigfigs: u8,
+}
+
+impl Rows {
+    /// Adds `count` allocations and `alive` objects alive now (and, of them, settled: known to
+    /// have outlived a complete GC cycle), of `object_size` bytes, with this stack.
+    fn add(
+        &mut self,
+        locations: Locations,
+        type_name: Option<Arc<str>>,
+        object_size: u64,
+        count: u64,
+        (alive, settled): (u64, u64),
+        symbols: &dyn Symbols,
+    ) {
         let (callsite, kind, runtime_frames) = callsite_and_kind(&locations);
         let user = first_main_module_frame(&locations, runtime_frames, symbols);
-        let (site, also) = match (grouping, user) {
+        let (site, also) = match (self.grouping, user) {
             (Grouping::User, Some(user)) => (user, Some(callsite)),
             (_, user) => (callsite, user),
         };
@@ -330,17 +437,22 @@ pub fn build(
             type_name: type_name.clone(),
             kind,
         };
-        let bytes = key.size.saturating_mul(count);
-        totals.allocations = totals.allocations.saturating_add(count);
-        totals.bytes = totals.bytes.saturating_add(bytes);
-        let entry = by_callsite
+        let bytes = object_size.saturating_mul(count);
+        self.totals.allocations = self.totals.allocations.saturating_add(count);
+        self.totals.bytes = self.totals.bytes.saturating_add(bytes);
+        let size_sigfigs = self.size_sigfigs;
+        let entry = self
+            .by_callsite
             .entry(callsite_key.clone())
             .or_insert_with(|| Callsite::empty(callsite_key, size_sigfigs));
-        let alive_bytes = key.size.saturating_mul(alive);
+        let alive_bytes = object_size.saturating_mul(alive);
         entry.inuse_objects = entry.inuse_objects.saturating_add(alive);
         entry.inuse_bytes = entry.inuse_bytes.saturating_add(alive_bytes);
-        inuse_totals.objects = inuse_totals.objects.saturating_add(alive);
-        inuse_totals.bytes = inuse_totals.bytes.saturating_add(alive_bytes);
+        entry.inuse_settled_bytes = entry
+            .inuse_settled_bytes
+            .saturating_add(object_size.saturating_mul(settled));
+        self.inuse.objects = self.inuse.objects.saturating_add(alive);
+        self.inuse.bytes = self.inuse.bytes.saturating_add(alive_bytes);
         if let Some(also) = also {
             let at = (also.function.as_str().into(), also.file.as_str().into(), also.line);
             *entry.also_counts.entry(at).or_default() += count;
@@ -354,53 +466,33 @@ pub fn build(
         entry.allocations = entry.allocations.saturating_add(count);
         entry.bytes = entry.bytes.saturating_add(bytes);
         if count > 0 {
-            entry.min_size = entry.min_size.min(key.size);
-            entry.max_size = entry.max_size.max(key.size);
+            entry.min_size = entry.min_size.min(object_size);
+            entry.max_size = entry.max_size.max(object_size);
             // Auto-resizing histograms accept any value; a failure would only lose the sizes.
-            let _ = entry.sizes.record_n(key.size, count);
+            let _ = entry.sizes.record_n(object_size, count);
         }
-        samples.push(Sample {
+        self.samples.push(Sample {
             locations,
             runtime_frames,
             type_name,
             kind,
-            size: key.size,
+            size: object_size,
             count,
             inuse: alive,
         });
-    }
-    symbols.build_done();
-    let mut callsites: Vec<Callsite> = by_callsite
-        .into_values()
-        .map(|c| c.with_other_frame(grouping))
-        .collect();
-    callsites.sort_by(|a, b| {
-        b.bytes
-            .cmp(&a.bytes)
-            .then(b.allocations.cmp(&a.allocations))
-            .then_with(|| a.key.cmp(&b.key))
-    });
-    Profile {
-        mode,
-        stats,
-        totals,
-        callsites,
-        samples,
-        grouping,
-        inuse: inuse_totals,
     }
 }
 
 /// Each key with its count and its objects alive now: the counted keys, then the keys only
 /// alive (their allocations were counted under a key since folded away, or not at all).
-fn with_inuse(counts: &[(AllocKey, u64)], inuse: &[(AllocKey, u64)]) -> Vec<(AllocKey, u64, u64)> {
+fn with_inuse(counts: &[(AllocKey, u64)], inuse: &[(AllocKey, u64, u64)]) -> Vec<(AllocKey, u64, (u64, u64))> {
     if inuse.is_empty() {
-        return counts.iter().map(|&(key, count)| (key, count, 0)).collect();
+        return counts.iter().map(|&(key, count)| (key, count, (0, 0))).collect();
     }
-    let mut alive: HashMap<AllocKey, u64> = inuse.iter().copied().collect();
-    let mut out: Vec<(AllocKey, u64, u64)> = counts
+    let mut alive: HashMap<AllocKey, (u64, u64)> = inuse.iter().map(|&(key, n, settled)| (key, (n, settled))).collect();
+    let mut out: Vec<(AllocKey, u64, (u64, u64))> = counts
         .iter()
-        .map(|&(key, count)| (key, count, alive.remove(&key).unwrap_or(0)))
+        .map(|&(key, count)| (key, count, alive.remove(&key).unwrap_or((0, 0))))
         .collect();
     out.extend(alive.into_iter().map(|(key, n)| (key, 0, n)));
     out

@@ -134,6 +134,28 @@ pub(super) async fn pprof_allocs(State(app): State<AppState>, Query(query): Quer
     pprof_response(shared, &profile, query.seconds.filter(|&n| n > 0))
 }
 
+/// `/debug/pprof/heap`: as Go's `net/http/pprof` serves it, a gzipped pprof profile whose
+/// default sample type is `inuse_space` (allocations since attach included); 404 with the
+/// reason when in-use heap is not tracked for the target (exact and span modes).
+pub(super) async fn pprof_heap(State(app): State<AppState>) -> Response {
+    let shared = &app.shared;
+    let Some(profile) = lock(shared).profile.clone() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no profile yet: no target traced so far\n",
+        )
+            .into_response();
+    };
+    if !profile.inuse.available {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("{}\n(/debug/pprof/allocs has the allocations)\n", profile.inuse.note),
+        )
+            .into_response();
+    }
+    pprof_response(shared, &profile, None)
+}
+
 /// The profile as a gzipped pprof file, with the metadata of the current target; `window`:
 /// the delta's length in seconds.
 fn pprof_response(shared: &Shared, profile: &Profile, window: Option<u64>) -> Response {

@@ -246,6 +246,7 @@ mod tests {
                 also_counts: HashMap::new(),
                 inuse_objects: 0,
                 inuse_bytes: 0,
+                inuse_settled_bytes: 0,
             })
             .collect();
         Profile {

@@ -48,7 +48,7 @@ pub fn run(config: &ServeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr().context("cannot read the listening address")?;
     // Tests and scripts read this line to find the port of --listen 127.0.0.1:0.
-    progress!("serving http://{local}/metrics, /debug/pprof/allocs and /healthz");
+    progress!("serving http://{local}/metrics, /debug/pprof/allocs, /debug/pprof/heap and /healthz");
     let collector = {
         let (config, shared, stop) = (config.clone(), shared.clone(), stop.clone());
         std::thread::Builder::new()
@@ -70,6 +70,7 @@ pub fn run(config: &ServeConfig) -> anyhow::Result<()> {
     let app = axum::Router::new()
         .route("/metrics", get(http::metrics))
         .route("/debug/pprof/allocs", get(http::pprof_allocs))
+        .route("/debug/pprof/heap", get(http::pprof_heap))
         .route("/healthz", get(http::healthz))
         .with_state(http::AppState {
             shared,

@@ -10,7 +10,7 @@ use tracer_common::ProbeStats;
 use crate::export::MappingInfo;
 use crate::mode::Mode;
 use crate::probes::ProbeRunTime;
-use crate::profile::{CallsiteKey, Profile};
+use crate::profile::{Callsite, CallsiteKey, Profile};
 use crate::report::{CallsiteReport, Report, TargetInfo};
 
 /// What the collector publishes, read by every request.
@@ -95,6 +95,16 @@ impl SeriesSelection {
             self.exported.insert(callsite.key.clone());
             smallest = Some(smallest.map_or(callsite.bytes, |m| m.min(callsite.bytes)));
         }
+        // What holds the most memory now gets a series too, though it may allocate little
+        // (a slow leak): the top `top_k` by in-use bytes, within three times `top_k` series.
+        let mut holding: Vec<&Callsite> = profile.callsites.iter().filter(|c| c.inuse_bytes > 0).collect();
+        holding.sort_by_key(|c| std::cmp::Reverse(c.inuse_bytes));
+        for callsite in holding.into_iter().take(top_k) {
+            if self.exported.len() >= top_k.saturating_mul(3) {
+                break;
+            }
+            self.exported.insert(callsite.key.clone());
+        }
         let mut report = Report::new(target, profile, attached, 0.0, Some(0));
         report.callsites = profile
             .callsites
@@ -102,6 +112,8 @@ impl SeriesSelection {
             .filter(|c| self.exported.contains(&c.key))
             .map(CallsiteReport::from)
             .collect();
+        let inuse = std::mem::take(&mut report.inuse);
+        report.set_inuse(inuse);
         report
     }
 
