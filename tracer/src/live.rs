@@ -272,11 +272,21 @@ impl LiveView {
                 "YOUR CODE"
             };
             let right = |title: &'static str| Cell::from(Line::from(title).right_aligned());
-            let header = Row::new([
-                right("BYTES"),
-                right("ALLOCS"),
-                right("IN USE"),
-                right("GROWTH"),
+            // In-use columns only where there is something to show: go-sampler's in-use, and
+            // growth once `g` has set a baseline.
+            let inuse = state.report.as_ref().is_some_and(|r| r.inuse.available);
+            let growth = state.baseline.is_some();
+            let mut titles = vec![right("BYTES"), right("ALLOCS")];
+            let mut widths = vec![Constraint::Length(10), Constraint::Length(11)];
+            if inuse {
+                titles.push(right("IN USE"));
+                widths.push(Constraint::Length(10));
+            }
+            if growth {
+                titles.push(right("GROWTH"));
+                widths.push(Constraint::Length(11));
+            }
+            titles.extend([
                 right("P50"),
                 right("P99"),
                 right("MAX"),
@@ -284,19 +294,30 @@ impl LiveView {
                 Cell::from("TYPE"),
                 Cell::from("CALLSITE"),
                 Cell::from(other_title),
-            ])
-            .style(style(Style::new().add_modifier(Modifier::BOLD).cyan()));
+            ]);
+            widths.extend([
+                Constraint::Length(7),
+                Constraint::Length(7),
+                Constraint::Length(8),
+                Constraint::Length(9),
+                Constraint::Percentage(20),
+                Constraint::Fill(1),
+                Constraint::Fill(1),
+            ]);
+            let header = Row::new(titles).style(style(Style::new().add_modifier(Modifier::BOLD).cyan()));
+            let number = |text: String| Cell::from(Line::from(text).right_aligned());
             let body = rows.iter().map(|c| {
-                Row::new([
-                    Cell::from(Line::from(human_bytes(c.bytes)).right_aligned()),
-                    Cell::from(Line::from(thousands(c.allocations)).right_aligned()),
-                    Cell::from(Line::from(c.inuse_bytes.map_or_else(|| "-".to_owned(), human_bytes)).right_aligned()),
-                    Cell::from(
-                        Line::from(state.growth(c).map_or_else(|| "-".to_owned(), signed_bytes)).right_aligned(),
-                    ),
-                    Cell::from(Line::from(c.size.p50.to_string()).right_aligned()),
-                    Cell::from(Line::from(c.size.p99.to_string()).right_aligned()),
-                    Cell::from(Line::from(c.size.max.to_string()).right_aligned()),
+                let mut cells = vec![number(human_bytes(c.bytes)), number(thousands(c.allocations))];
+                if inuse {
+                    cells.push(number(c.inuse_bytes.map_or_else(|| "-".to_owned(), human_bytes)));
+                }
+                if growth {
+                    cells.push(number(state.growth(c).map_or_else(|| "-".to_owned(), signed_bytes)));
+                }
+                cells.extend([
+                    number(c.size.p50.to_string()),
+                    number(c.size.p99.to_string()),
+                    number(c.size.max.to_string()),
                     Cell::from(c.kind.as_str()),
                     Cell::from(c.type_name.clone().unwrap_or_else(|| "-".to_owned())),
                     Cell::from(format!("{} {}:{}", c.function, short_path(&c.file), c.line)),
@@ -306,21 +327,9 @@ impl LiveView {
                             .or(c.via.as_ref())
                             .map_or_else(String::new, Position::short),
                     ),
-                ])
+                ]);
+                Row::new(cells)
             });
-            let widths = [
-                Constraint::Length(10),
-                Constraint::Length(11),
-                Constraint::Length(10),
-                Constraint::Length(11),
-                Constraint::Length(7),
-                Constraint::Length(7),
-                Constraint::Length(8),
-                Constraint::Length(9),
-                Constraint::Percentage(20),
-                Constraint::Fill(1),
-                Constraint::Fill(1),
-            ];
             frame.render_widget(Table::new(body, widths).header(header), table_area);
 
             let help = match &state.editing {
