@@ -317,3 +317,55 @@ fn growth_ranks_the_leak_first() {
     let base = scratch("leak.pb.gz.base");
     assert!(base.exists(), "no baseline next to the pprof output");
 }
+
+/// Exact mode says it cannot tell in-use heap; a stripped binary (no symbol table, so no
+/// `runtime.mbuckets`) gets in-use of what was sampled since attach, and says so.
+#[test]
+fn what_in_use_covers_is_said() {
+    let Some(_root) = root_only("what_in_use_covers_is_said") else {
+        return;
+    };
+    let f = testkit::fixture("1.27", "stripped");
+    let trace = |mode: &str| -> Value {
+        let out = scratch(&format!("covers-{mode}.json"));
+        let run = testkit::output(
+            gotrace()
+                .args(["run", "--mode", mode, "-f", "json", "-o"])
+                .arg(&out)
+                .arg("--")
+                .arg(&f.path)
+                .args(["loop", "200"]),
+        );
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        serde_json::from_slice(&std::fs::read(&out).expect("report")).expect("json")
+    };
+    let exact = trace("exact");
+    assert_eq!(exact["inuse"]["available"], false, "{}", exact["inuse"]);
+    assert!(
+        exact["inuse"]["note"]
+            .as_str()
+            .expect("note")
+            .contains("exact mode cannot tell in-use heap"),
+        "{}",
+        exact["inuse"]
+    );
+    assert!(exact["callsites"][0].get("inuse_bytes").is_none(), "{exact}");
+    let sampled = trace("go-sampler");
+    assert_eq!(sampled["inuse"]["available"], true, "{}", sampled["inuse"]);
+    assert!(
+        sampled["inuse"]["note"]
+            .as_str()
+            .expect("note")
+            .contains("objects allocated before attach are not included"),
+        "{}",
+        sampled["inuse"]
+    );
+    assert!(
+        sampled["callsites"]
+            .as_array()
+            .expect("callsites")
+            .iter()
+            .all(|c| c["inuse_bytes"].is_u64()),
+        "{sampled}"
+    );
+}
