@@ -9,7 +9,8 @@
 //! - **Tracing** — [`tracee`] opens a process (its executable, parsed, and address map),
 //!   [`probes`] loads and attaches the eBPF programs ([`ebpf`]) in a [`mode`], with span
 //!   mode's [`duty`] cycle and go-sampler's [`memprofile`] rate; [`collector`] drains them
-//!   into a [`store`] and builds a [`profile`]; [`report`] is the document every output shares,
+//!   into a [`store`] and builds a [`profile`], with in-use heap from the probes and the
+//!   runtime's own records ([`mprof`]); [`report`] is the document every output shares,
 //!   and [`export`] writes it in each format.
 //! - **Support** — [`process`] (processes, `/proc`), [`remote`] (the target's memory),
 //!   [`privileges`], [`messages`] (stderr).
