@@ -136,13 +136,22 @@ impl Collector {
     /// sampled at, as its allocation did: Go's heap profile scales in-use the same way
     /// (`scaleHeapSample` in `src/runtime/pprof/protomem.go`).
     fn inuse(&mut self, symbols: &mut ProcessSymbols<'_>) -> (Vec<(AllocKey, u64, u64)>, Vec<UntrackedInuse>, Inuse) {
-        let why_not = match &self.probes.inuse {
-            InuseTracking::On => None,
-            InuseTracking::Off(why) => Some(why.clone()),
+        let live = match &self.probes.inuse {
+            InuseTracking::On => self.probes.live_objects(),
+            InuseTracking::Off(why) => {
+                let note = why.clone();
+                return (
+                    Vec::new(),
+                    Vec::new(),
+                    Inuse {
+                        note,
+                        ..Inuse::default()
+                    },
+                );
+            }
         };
-        let live = self.probes.live_objects();
-        let (Some(live), None) = (live, why_not.clone()) else {
-            let note = why_not.unwrap_or_else(|| "in-use heap not tracked".to_owned());
+        let Some(live) = live else {
+            let note = "in-use heap not tracked".to_owned();
             return (
                 Vec::new(),
                 Vec::new(),

@@ -16,7 +16,7 @@ use ratatui::text::Line;
 use ratatui::widgets::{Cell, Paragraph, Row, Table};
 use tokio::sync::mpsc;
 
-use crate::report::{CallsiteReport, Position, Report, human_bytes, short_path, summary_line, thousands};
+use crate::report::{CallsiteReport, Position, Report, human_bytes, short_path, signed_bytes, summary_line, thousands};
 
 /// The order of the rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,15 +344,6 @@ impl LiveView {
         })?;
         Ok(())
     }
-}
-
-/// `+1.5 MiB`, `-512 B`.
-fn signed_bytes(n: i128) -> String {
-    let sign = if n < 0 { "-" } else { "+" };
-    format!(
-        "{sign}{}",
-        human_bytes(u64::try_from(n.unsigned_abs()).unwrap_or(u64::MAX))
-    )
 }
 
 impl Drop for LiveView {

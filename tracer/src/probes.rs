@@ -658,15 +658,8 @@ fn plan<'p>(binary: &GoBinary<'_>, points: &'p [ProbePoint], mode: Mode) -> anyh
     let check = |points: &[&ProbePoint], wanted: &[(ArgRole, usize)]| -> anyhow::Result<()> {
         for probe in points {
             for &(role, index) in wanted {
-                let found = probe.arg(role);
-                if found != regs.get(index).copied() {
-                    bail!(
-                        "{} takes its {} in {}, not in integer argument register {index} where \
-                         gotrace's probe reads it",
-                        probe.function,
-                        role.key(),
-                        found.map_or_else(|| "no register".to_owned(), gobin::Register::name),
-                    );
+                if let Some(mismatch) = arg_mismatch(regs, probe, role, index) {
+                    bail!("{mismatch}");
                 }
             }
         }
@@ -710,6 +703,20 @@ fn plan<'p>(binary: &GoBinary<'_>, points: &'p [ProbePoint], mode: Mode) -> anyh
         }
         Mode::Auto => bail!("internal error: --mode auto must be resolved before attaching"),
     }
+}
+
+/// Why `probe` does not take its `role` argument in integer argument register `index`, where
+/// gotrace's program reads it (the analysis of the binary must agree with the program).
+fn arg_mismatch(regs: &[gobin::Register], probe: &ProbePoint, role: ArgRole, index: usize) -> Option<String> {
+    let found = probe.arg(role);
+    (found != regs.get(index).copied()).then(|| {
+        format!(
+            "{} takes its {} in {}, not in integer argument register {index} where gotrace's probe reads it",
+            probe.function,
+            role.key(),
+            found.map_or_else(|| "no register".to_owned(), gobin::Register::name),
+        )
+    })
 }
 
 /// Each program with the entry points it goes on, in the order they are attached.
@@ -781,12 +788,8 @@ fn inuse_plan<'p>(binary: &GoBinary<'_>, points: &'p [ProbePoint]) -> Result<(Pl
         .iter()
         .flat_map(|p| [(*p, ArgRole::Special, 0), (*p, ArgRole::Object, 1)]);
     for (probe, role, index) in sampler_args.chain(bucket_args).chain(free_args) {
-        if probe.arg(role) != regs.get(index).copied() {
-            return Err(format!(
-                "in-use heap not tracked: {} does not take its {} where gotrace's probe reads it",
-                probe.function,
-                role.key()
-            ));
+        if let Some(mismatch) = arg_mismatch(regs, probe, role, index) {
+            return Err(format!("in-use heap not tracked: {mismatch}"));
         }
     }
     // The GC-cycle probe is the only one on runtime.gcMarkTermination; without it in-use

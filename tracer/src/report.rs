@@ -390,6 +390,16 @@ pub fn human_bytes(n: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// A change in bytes with its sign: `+1.5 MiB`, `-512 B`.
+#[must_use]
+pub fn signed_bytes(n: i128) -> String {
+    let sign = if n < 0 { "-" } else { "+" };
+    format!(
+        "{sign}{}",
+        human_bytes(u64::try_from(n.unsigned_abs()).unwrap_or(u64::MAX))
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,24 +81,10 @@ impl Store {
                 continue;
             };
             let objects = unscaled * scale.counts;
-            let mut frames = None;
-            if key.stack != NO_STACK {
-                match self.cut_stack(probes, key.stack) {
-                    Some((id, f)) => {
-                        key.stack = id;
-                        frames = Some(f);
-                    }
-                    // Gone from the kernel (emptied by a purge right after the probe used it):
-                    // the caller's return address still names the callsite.
-                    None => key.stack = NO_STACK,
-                }
-            }
-            if !self.counts.contains_key(&key) && self.counts.len() >= self.max_keys {
+            key = self.stored_key(probes, key).unwrap_or_else(|| {
                 self.overflowed = self.overflowed.saturating_add(1);
-                key = other_key(key.size);
-            } else if let Some(frames) = frames {
-                self.stacks.entry(key.stack).or_insert(frames);
-            }
+                other_key(key.size)
+            });
             *self.counts.entry(key).or_insert(0.0) += objects;
             if keep_interval {
                 self.last_interval.push((key, unscaled));
@@ -124,22 +110,32 @@ impl Store {
     /// The key a probe's key is stored under (its stack cut, or the overflow key), as
     /// [`Self::collect`] would store it, without counting anything: for the keys of in-use
     /// objects, which were counted when they were sampled. Keeps the key's stack.
-    pub fn resolve(&mut self, probes: &mut Probes, mut key: AllocKey) -> AllocKey {
+    pub fn resolve(&mut self, probes: &mut Probes, key: AllocKey) -> AllocKey {
+        self.stored_key(probes, key).unwrap_or_else(|| other_key(key.size))
+    }
+
+    /// The probe's key with its stack cut to `max_frames`, the stack kept; `None` when the key
+    /// is new and the store holds `max_keys` keys already (it belongs under [`other_key`]).
+    fn stored_key(&mut self, probes: &mut Probes, mut key: AllocKey) -> Option<AllocKey> {
+        let mut frames = None;
         if key.stack != NO_STACK {
             match self.cut_stack(probes, key.stack) {
-                Some((id, frames)) => {
+                Some((id, f)) => {
                     key.stack = id;
-                    if self.counts.contains_key(&key) || self.counts.len() < self.max_keys {
-                        self.stacks.entry(id).or_insert(frames);
-                    }
+                    frames = Some(f);
                 }
+                // Gone from the kernel (emptied by a purge right after the probe used it):
+                // the caller's return address still names the callsite.
                 None => key.stack = NO_STACK,
             }
         }
         if !self.counts.contains_key(&key) && self.counts.len() >= self.max_keys {
-            return other_key(key.size);
+            return None;
         }
-        key
+        if let Some(frames) = frames {
+            self.stacks.entry(key.stack).or_insert(frames);
+        }
+        Some(key)
     }
 
     /// The probes' stack `id`, cut to `max_frames`, and its key in this store.

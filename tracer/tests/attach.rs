@@ -17,7 +17,7 @@ use std::sync::mpsc::Receiver;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{gotrace, scratch, signal};
+use common::{attach, gotrace, scratch, signal};
 use serde_json::Value;
 use testkit::ground_truth::{self, ROUNDS};
 use testkit::{Fixture, TIMEOUT, allocs_fixtures, fixture, lines_of, output, root_only, wait_output};
@@ -216,29 +216,6 @@ fn start_rate(f: &Fixture) -> (Child, RateReader) {
         .expect("start allocs rate");
     let lines = lines_of(child.stdout.take().expect("stdout"));
     (child, RateReader { lines })
-}
-
-/// Starts `gotrace attach` and waits until its probes are live.
-fn attach(pid: u32, extra: &[&str]) -> Child {
-    let mut child = gotrace()
-        .arg("attach")
-        .arg(pid.to_string())
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("gotrace attach");
-    let lines = lines_of(child.stderr.take().expect("stderr"));
-    loop {
-        let Ok(line) = lines.recv_timeout(Duration::from_secs(30)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("gotrace did not attach within 30 s");
-        };
-        if line.contains("attached") {
-            return child;
-        }
-    }
 }
 
 #[test]

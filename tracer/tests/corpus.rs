@@ -21,14 +21,12 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::gotrace;
+use common::{Pprof, gotrace};
 use gobin::GoBinary;
-use pprof_proto::Message as _;
 use serde_json::Value;
 use testkit::{output, repo_root, root_only};
 
@@ -637,28 +635,9 @@ fn has_own_profile(p: &Program) -> bool {
 /// Allocations per callsite function in a Go heap profile (`alloc_objects`), the callsite
 /// being the first frame, inlined ones included, that is not runtime code.
 fn profile_by_function(profile: &Path, bin: &GoBinary<'_>) -> HashMap<String, u64> {
-    let mut gz = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(profile).expect("profile"))
-        .read_to_end(&mut gz)
-        .expect("gunzip");
-    let p = pprof_proto::Profile::decode(gz.as_slice()).expect("pprof");
-    let string = |i: i64| {
-        usize::try_from(i)
-            .ok()
-            .and_then(|i| p.string_table.get(i))
-            .map_or("", String::as_str)
-    };
-    let objects = p
-        .sample_type
-        .iter()
-        .position(|t| string(t.r#type) == "alloc_objects")
-        .expect("alloc_objects");
-    let functions: HashMap<u64, &str> = p.function.iter().map(|f| (f.id, string(f.name))).collect();
-    let locations: HashMap<u64, Vec<&str>> = p
-        .location
-        .iter()
-        .map(|l| (l.id, l.line.iter().map(|line| functions[&line.function_id]).collect()))
-        .collect();
+    let p = Pprof::read(profile);
+    let objects = p.sample_index("alloc_objects");
+    let locations = p.location_lines();
     let mut runtime_memo: HashMap<String, bool> = HashMap::new();
     let mut is_runtime = |name: &str| -> bool {
         *runtime_memo.entry(name.to_owned()).or_insert_with(|| {
@@ -670,8 +649,11 @@ fn profile_by_function(profile: &Path, bin: &GoBinary<'_>) -> HashMap<String, u6
         })
     };
     let mut out: HashMap<String, u64> = HashMap::new();
-    for s in &p.sample {
-        let frames = s.location_id.iter().flat_map(|id| locations[id].iter().copied());
+    for s in &p.0.sample {
+        let frames = s
+            .location_id
+            .iter()
+            .flat_map(|id| locations[id].iter().map(|&(function, _)| function));
         let mut site = None;
         for f in frames {
             if !is_runtime(f) {

@@ -17,16 +17,15 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use pprof_proto::Message as _;
 use serde_json::Value;
 use testkit::{host_goarch, lines_of, repo_root, root_only, wait_output};
 
-use crate::common::{gotrace, scratch, signal};
+use crate::common::{Pprof, attach, gotrace, scratch, signal};
 
 /// What gotrace's in-use per line may differ from the program's own.
 const TOLERANCE: f64 = 0.15;
@@ -49,38 +48,11 @@ fn site_line(name: &str) -> u32 {
 /// `inuse_space` per `function:line` of the first frame outside the runtime, from a Go heap
 /// profile as `runtime/pprof` wrote it.
 fn own_inuse_by_line(profile: &Path) -> BTreeMap<String, f64> {
-    let mut gz = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(profile).expect("heap profile"))
-        .read_to_end(&mut gz)
-        .expect("gunzip");
-    let p = pprof_proto::Profile::decode(gz.as_slice()).expect("pprof");
-    let string = |i: i64| {
-        usize::try_from(i)
-            .ok()
-            .and_then(|i| p.string_table.get(i))
-            .map_or("", String::as_str)
-    };
-    let space = p
-        .sample_type
-        .iter()
-        .position(|t| string(t.r#type) == "inuse_space")
-        .expect("inuse_space");
-    let functions: BTreeMap<u64, &str> = p.function.iter().map(|f| (f.id, string(f.name))).collect();
-    let lines: BTreeMap<u64, Vec<(&str, i64)>> = p
-        .location
-        .iter()
-        .map(|l| {
-            (
-                l.id,
-                l.line
-                    .iter()
-                    .map(|line| (functions[&line.function_id], line.line))
-                    .collect(),
-            )
-        })
-        .collect();
+    let p = Pprof::read(profile);
+    let space = p.sample_index("inuse_space");
+    let lines = p.location_lines();
     let mut out = BTreeMap::new();
-    for s in &p.sample {
+    for s in &p.0.sample {
         let site = s
             .location_id
             .iter()
@@ -103,28 +75,6 @@ fn traced_inuse_by_line(report: &Value) -> BTreeMap<String, f64> {
         *out.entry(key).or_insert(0.0) += c["inuse_bytes"].as_f64().expect("inuse_bytes");
     }
     out
-}
-
-/// Starts `gotrace attach PID ARGS` and waits until it says it attached.
-#[expect(clippy::zombie_processes, reason = "the caller waits for it")]
-fn attach(pid: u32, args: &[&str]) -> Child {
-    let mut child = gotrace()
-        .args(["attach", &pid.to_string()])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start gotrace");
-    let stderr = lines_of(child.stderr.take().expect("stderr"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let line = stderr
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("gotrace never attached");
-        if line.contains("attached") {
-            return child;
-        }
-    }
 }
 
 /// When gotrace attaches to `workloads inuse`.

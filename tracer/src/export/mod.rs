@@ -11,7 +11,7 @@ use std::io::{self, Write};
 
 use crate::probes::ProbeRunTime;
 use crate::profile::Profile;
-use crate::report::{Position, Report, human_bytes, short_path, summary_line, thousands};
+use crate::report::{Position, Report, human_bytes, short_path, signed_bytes, summary_line, thousands};
 
 pub use flame::{FoldedExporter, SvgExporter};
 pub use pprof::PprofExporter;
@@ -153,9 +153,7 @@ impl TableExporter {
                 ]);
             }
             if growth {
-                let grown = c.inuse_growth_bytes.unwrap_or(0);
-                let sign = if grown < 0 { "-" } else { "+" };
-                row.push(format!("{sign}{}", human_bytes(grown.unsigned_abs())));
+                row.push(signed_bytes(i128::from(c.inuse_growth_bytes.unwrap_or(0))));
             }
             row.extend([
                 c.size.p50.to_string(),

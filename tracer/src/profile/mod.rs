@@ -127,7 +127,7 @@ pub const MAX_INLINED_INTO: usize = 4;
 
 impl Callsite {
     /// A row with nothing counted yet, its size histogram to `size_sigfigs` figures.
-    fn empty(key: CallsiteKey, size_sigfigs: u8) -> Self {
+    pub(crate) fn empty(key: CallsiteKey, size_sigfigs: u8) -> Self {
         Self {
             key,
             allocations: 0,

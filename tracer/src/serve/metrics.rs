@@ -205,7 +205,6 @@ fn resident_bytes() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
 
     use super::*;
     use crate::profile::{self, CallsiteKey};
@@ -228,25 +227,20 @@ mod tests {
         let callsites: Vec<profile::Callsite> = callsites
             .iter()
             .map(|&(function, bytes)| profile::Callsite {
-                key: CallsiteKey {
-                    function: function.into(),
-                    file: "/app/main.go".into(),
-                    line: 7,
-                    type_name: Some("unknown".into()),
-                    kind: profile::Kind::New,
-                },
                 allocations: bytes / 8,
                 bytes,
-                sizes: hdrhistogram::Histogram::new(1).unwrap(),
                 min_size: 8,
                 max_size: 8,
-                inlined_into: Vec::new(),
-                user: None,
-                via: None,
-                also_counts: HashMap::new(),
-                inuse_objects: 0,
-                inuse_bytes: 0,
-                inuse_settled_bytes: 0,
+                ..profile::Callsite::empty(
+                    CallsiteKey {
+                        function: function.into(),
+                        file: "/app/main.go".into(),
+                        line: 7,
+                        type_name: Some("unknown".into()),
+                        kind: profile::Kind::New,
+                    },
+                    1,
+                )
             })
             .collect();
         Profile {
