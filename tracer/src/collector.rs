@@ -137,9 +137,15 @@ impl Collector {
     /// (`scaleHeapSample` in `src/runtime/pprof/protomem.go`).
     fn inuse(&mut self, symbols: &mut ProcessSymbols<'_>) -> (Vec<(AllocKey, u64, u64)>, Vec<UntrackedInuse>, Inuse) {
         let live = match &self.probes.inuse {
-            InuseTracking::On => self.probes.live_objects(),
-            InuseTracking::Off(why) => {
-                let note = why.clone();
+            InuseTracking::On => self
+                .probes
+                .live_objects()
+                .ok_or_else(|| "in-use heap not tracked".to_owned()),
+            InuseTracking::Off(why) => Err(why.clone()),
+        };
+        let live = match live {
+            Ok(live) => live,
+            Err(note) => {
                 return (
                     Vec::new(),
                     Vec::new(),
@@ -149,17 +155,6 @@ impl Collector {
                     },
                 );
             }
-        };
-        let Some(live) = live else {
-            let note = "in-use heap not tracked".to_owned();
-            return (
-                Vec::new(),
-                Vec::new(),
-                Inuse {
-                    note,
-                    ..Inuse::default()
-                },
-            );
         };
         // Objects sampled before the mark termination two cycles back have outlived a complete
         // sweep if they are still here: a dead one allocated before cycle n-1 began is freed by
