@@ -32,6 +32,7 @@ debian_packages=(
   wrk                                                 # load for the net/http workloads (serve tests, bench)
   libcap2-bin                                         # capsh: the least-privilege test of serve
   bpftrace                                            # the baseline one-liner of cargo xtask bench
+  skopeo                                              # cargo xtask dist --check reads the OCI image with it
 )
 # arm64 (cargo xtask arm64): Debian's arm64 std for its rustc, the cross linker with its arm64
 # glibc, and qemu to boot an arm64 kernel. The std is an arm64 package, hence the architecture.

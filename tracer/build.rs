@@ -20,7 +20,8 @@
 //!
 //! The nested cargo keeps its own fingerprints in `target/ebpf-<arch>`, so when nothing changed it only
 //! checks them (well under a second); `rerun-if-changed` keeps this script from running at all
-//! unless a probe input changed or `target/ebpf-<arch>` was deleted. The object is copied into
+//! unless a probe input changed, `target/ebpf-<arch>` was deleted, or git's HEAD moved (the commit
+//! `gotrace --version` prints, see `emit_build_info`). The object is copied into
 //! `OUT_DIR` and its path passed to the crate as `GOTRACE_EBPF_OBJECT`.
 //!
 //! `scripts/clippy-ebpf.sh` lints the probes for the bpf target the same way.
@@ -137,6 +138,8 @@ fn build() -> Result<()> {
     let out_dir = PathBuf::from(env_var("OUT_DIR")?);
     let tools_bin = workspace.join(".cache/tools/bin");
     let bpf_linker = tools_bin.join("bpf-linker");
+
+    emit_build_info(&workspace)?;
 
     check_toolchain(&bpf_linker)?;
     let bpf_target_arch = bpf_target_arch()?;
@@ -293,6 +296,76 @@ fn write_stamp(path: &Path) -> Result<()> {
     let file = fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     file.set_modified(SystemTime::UNIX_EPOCH)
         .with_context(|| format!("cannot set the mtime of {}", path.display()))
+}
+
+/// What `gotrace --version` says about this build: `GOTRACE_COMMIT` and `GOTRACE_COMMIT_DATE`
+/// from git (or from the environment when building outside a checkout, e.g. from a source
+/// tarball), `GOTRACE_BUILD_DATE` (today in UTC, or `SOURCE_DATE_EPOCH`'s day for a reproducible
+/// build) and `GOTRACE_TARGET`.
+///
+/// This script reruns when HEAD moves (the files watched below), so the commit stays current
+/// without rerunning on every build.
+fn emit_build_info(workspace: &Path) -> Result<()> {
+    for var in ["GOTRACE_COMMIT", "GOTRACE_COMMIT_DATE", "SOURCE_DATE_EPOCH"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git").current_dir(workspace).args(args).output().ok()?;
+        let text = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+        (out.status.success() && !text.is_empty()).then_some(text)
+    };
+    let commit = env::var("GOTRACE_COMMIT")
+        .ok()
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".to_owned());
+    let commit_date = env::var("GOTRACE_COMMIT_DATE")
+        .ok()
+        .or_else(|| git(&["log", "-1", "--format=%cs", "HEAD"]))
+        .unwrap_or_else(|| "unknown".to_owned());
+    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]).map(PathBuf::from) {
+        // Only paths that exist: a missing one would rerun this script (and relink gotrace) on
+        // every build. A checkout rewrites HEAD (the worktree's own, in a linked worktree); a
+        // commit writes the branch's loose ref, under the common dir's `refs/heads` (a watched
+        // directory counts any file in it), even when the ref was packed before.
+        let common = git(&["rev-parse", "--path-format=absolute", "--git-common-dir"])
+            .map_or_else(|| git_dir.clone(), PathBuf::from);
+        let watched = [
+            git_dir.join("HEAD"),
+            common.join("packed-refs"),
+            common.join("refs/heads"),
+        ];
+        for path in watched.into_iter().filter(|p| p.exists()) {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+    }
+    let now = env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        });
+    println!("cargo:rustc-env=GOTRACE_COMMIT={commit}");
+    println!("cargo:rustc-env=GOTRACE_COMMIT_DATE={commit_date}");
+    println!("cargo:rustc-env=GOTRACE_BUILD_DATE={}", civil_date(now / 86_400));
+    println!("cargo:rustc-env=GOTRACE_TARGET={}", env_var("TARGET")?);
+    Ok(())
+}
+
+/// `YYYY-MM-DD` of a day counted from 1970-01-01 (the proleptic Gregorian calendar, by Howard
+/// Hinnant's `civil_from_days`).
+fn civil_date(days: u64) -> String {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z - era * 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
 }
 
 fn env_var(name: &str) -> Result<String> {

@@ -195,6 +195,22 @@ impl std::fmt::Debug for GoBinary<'_> {
     }
 }
 
+/// Whether `data` is a Go binary gotrace could trace, from its ELF headers and sections alone
+/// (no Go table is parsed): what a node agent asks of every executable on a host. A 32-bit,
+/// big-endian or foreign-architecture file, or a file that is not ELF at all (a script run
+/// through its interpreter is the interpreter's process), is not.
+///
+/// # Errors
+/// When the ELF headers are corrupt.
+pub fn is_go(data: &[u8]) -> Result<bool> {
+    let elf = match Elf::parse(data) {
+        Ok(elf) => elf,
+        Err(Error::NotElf(_) | Error::UnsupportedArch(_)) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    Ok(pclntab::locate(&elf).is_some() || buildinfo::read(&elf)?.is_some())
+}
+
 impl<'data> GoBinary<'data> {
     /// Parses a Go binary from its bytes.
     ///
@@ -278,6 +294,17 @@ impl<'data> GoBinary<'data> {
             dwarf_types: OnceLock::new(),
             runtime_units: OnceLock::new(),
         })
+    }
+
+    /// Drops the DWARF sections, decompressed and held since parsing (a few MiB for a small
+    /// program, tens for a big one), once what only DWARF gives has been read: the probes'
+    /// argument registers and the runtime's struct layouts. A process traced for hours keeps
+    /// only `.gopclntab`, which gives the same frames, inlined calls included
+    /// ([`Self::symbolize_from`]; the golden tests compare the two); type names then come
+    /// from the runtime's type data alone.
+    pub fn forget_debug_info(&mut self) {
+        self.dwarf = None;
+        self.dwarf_types = OnceLock::new();
     }
 
     /// The architecture.

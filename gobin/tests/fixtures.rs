@@ -1022,3 +1022,42 @@ fn linknamed_runtime_code_is_runtime_code() {
         assert_eq!(bin.unwind_at(1), gobin::Unwind::NotGo, "{name}");
     }
 }
+
+/// What a node agent asks of every executable on a host: every fixture is Go, the system's
+/// own programs and this test are not, and neither is a file that is not ELF at all.
+#[test]
+fn go_binaries_are_told_from_others_by_their_sections() {
+    for f in allocs_fixtures() {
+        assert_eq!(gobin::is_go(&f.bytes()).ok(), Some(true), "{}", f.name());
+    }
+    for path in ["/bin/sh", "/usr/bin/env"] {
+        let data = std::fs::read(path).expect(path);
+        assert_eq!(gobin::is_go(&data).ok(), Some(false), "{path}");
+    }
+    let own = std::fs::read(std::env::current_exe().expect("own path")).expect("own binary");
+    assert_eq!(gobin::is_go(&own).ok(), Some(false));
+    assert_eq!(gobin::is_go(b"#!/bin/sh\necho hi\n").ok(), Some(false));
+}
+
+/// Once a long-running tracer has dropped the DWARF, symbolizing gives `.gopclntab`'s frames.
+#[test]
+fn forgetting_debug_info_leaves_pclntab_symbolization() {
+    for f in allocs_fixtures()
+        .iter()
+        .filter(|f| f.has_dwarf() && f.variant == "default")
+    {
+        let data = f.bytes();
+        let mut bin = parse(&data, f);
+        let main = bin.functions().by_name("main.main").expect("main.main").clone();
+        bin.forget_debug_info();
+        assert!(!bin.debug_sections().dwarf, "{}", f.name());
+        let step = if f.goarch == "arm64" { 4 } else { 1 };
+        let mut pc = main.start;
+        while pc < main.end {
+            let pcln = bin.symbolize_from(pc, SymbolSource::Pclntab).expect("pclntab");
+            assert_eq!(Some(bin.symbolize(pc)), pcln, "{}: pc {pc:#x}", f.name());
+            assert!(bin.symbolize_from(pc, SymbolSource::Dwarf).expect("no DWARF").is_none());
+            pc += step;
+        }
+    }
+}

@@ -1,11 +1,13 @@
 //! The example Kubernetes manifests in `deploy/kubernetes/`: every YAML document in them parses,
-//! and each Deployment runs `gotrace serve` as a sidecar with exactly the privileges it needs
-//! (`CAP_BPF`, `CAP_PERFMON`, `CAP_SYS_PTRACE`, and `CAP_SYS_ADMIN` for kernels whose uprobe PMU
-//! does not honour `CAP_PERFMON`; nothing privileged) and with a listening port, probes and scrape
-//! annotations that agree. No cluster, no kubectl, no network.
+//! each Deployment runs `gotrace serve` as a sidecar and each `DaemonSet` runs `gotrace serve
+//! --all` as a node agent, with exactly the privileges they need (`CAP_BPF`, `CAP_PERFMON`,
+//! `CAP_SYS_PTRACE`, and `CAP_SYS_ADMIN` for kernels whose uprobe PMU does not honour
+//! `CAP_PERFMON`; nothing privileged, no host path; the agent alone has `hostPID`) and with a
+//! listening port, probes, memory limit and scrape annotations that agree. No cluster, no
+//! kubectl, no network.
 //!
 //! `broken_manifests_are_rejected` checks the checks: each of a list of mistakes, made in a copy
-//! of `sidecar.yaml`, must be caught, and by the check meant for it.
+//! of `sidecar.yaml` (or `daemonset.yaml`), must be caught, and by the check meant for it.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -21,6 +23,10 @@ const CAPABILITIES: [&str; 4] = ["BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"];
 
 /// gotrace's documented memory bound at the default `--max-keys`: a lower limit OOM-kills it.
 const TRACER_MEMORY: u64 = 64 << 20;
+/// The node agent's bound per traced process (docs/serve.md), on top of [`TRACER_MEMORY`].
+const AGENT_MEMORY_PER_TARGET: u64 = 8 << 20;
+/// `serve --all`'s default `--max-targets`.
+const DEFAULT_MAX_TARGETS: u64 = 64;
 
 /// Pod settings that no manifest here may turn on.
 const FORBIDDEN_TRUE: [&str; 4] = ["privileged", "hostPID", "hostNetwork", "hostIPC"];
@@ -76,19 +82,68 @@ fn expect(value: &Value, pointer: &str, expected: &Value) -> Result<(), String> 
     }
 }
 
-/// Checks one document; returns whether it was a Deployment.
+/// The one setting of [`FORBIDDEN_TRUE`] a `DaemonSet` needs: the node agent must see every
+/// process on the node.
+const AGENT_HOST_PID: &str = "/spec/template/spec/hostPID";
+
+/// Checks one document; returns whether it was a Deployment or a `DaemonSet`.
 fn check_document(document: &Value) -> Result<bool, String> {
+    let kind = get_str(document, "/kind")?;
     let mut forbidden = Vec::new();
     find_forbidden(document, "", &mut forbidden);
+    forbidden.retain(|path| !(kind == "DaemonSet" && path == AGENT_HOST_PID));
     if !forbidden.is_empty() {
         return Err(format!("forbidden settings: {}", forbidden.join(", ")));
     }
     get_str(document, "/apiVersion")?;
-    if get_str(document, "/kind")? != "Deployment" {
-        return Ok(false);
+    match kind {
+        "Deployment" => check_deployment(document)?,
+        "DaemonSet" => check_daemonset(document)?,
+        _ => return Ok(false),
     }
-    check_deployment(document)?;
     Ok(true)
+}
+
+/// A node agent: `serve --all`, the host's PID namespace, and a memory limit that holds the
+/// agent at its `--max-targets`.
+fn check_daemonset(daemonset: &Value) -> Result<(), String> {
+    expect(daemonset, "/apiVersion", &json!("apps/v1"))?;
+    expect(daemonset, AGENT_HOST_PID, &json!(true)).map_err(|e| format!("{e} (the agent must see every process)"))?;
+    check_selector(daemonset)?;
+    check_gotrace_pod(daemonset, check_agent_args, check_agent_resources)
+}
+
+/// `--all` and no single target; returns the `--listen` port.
+fn check_agent_args(agent: &Value) -> Result<u16, String> {
+    let args = args(agent);
+    if !args.contains(&"--all") {
+        return Err("no --all: a DaemonSet's gotrace follows every Go process on its node".to_owned());
+    }
+    if let Some(flag) = ["--pid", "--exe", "--name"].into_iter().find(|f| args.contains(f)) {
+        return Err(format!("{flag} with --all: the agent follows every process"));
+    }
+    listen_port(&args)
+}
+
+/// The memory limit holds the agent's bound at its `--max-targets`.
+fn check_agent_resources(agent: &Value) -> Result<(), String> {
+    let args = args(agent);
+    let max_targets = match flag_value(&args, "--max-targets") {
+        Some(n) => n
+            .parse::<u64>()
+            .map_err(|e| format!("--max-targets {n} is not a number: {e}"))?,
+        None => DEFAULT_MAX_TARGETS,
+    };
+    let needed = TRACER_MEMORY + AGENT_MEMORY_PER_TARGET * max_targets;
+    let limit = get(agent, "/resources/limits/memory")?;
+    let bytes = parse_quantity(limit).ok_or_else(|| format!("memory limit {limit} is not a quantity"))?;
+    if bytes < needed {
+        return Err(format!(
+            "memory limit {limit} is below the agent's bound of {} MiB for --max-targets {max_targets}",
+            needed >> 20
+        ));
+    }
+    Ok(())
 }
 
 /// Collects the paths of `privileged: true` and the like, and of `hostPath` volumes, anywhere.
@@ -114,29 +169,55 @@ fn find_forbidden(value: &Value, path: &str, found: &mut Vec<String>) {
 
 fn check_deployment(deployment: &Value) -> Result<(), String> {
     expect(deployment, "/apiVersion", &json!("apps/v1"))?;
-    let template = get(deployment, "/spec/template")?;
-    let pod = get(template, "/spec")?;
-    expect(pod, "/shareProcessNamespace", &json!(true))
+    expect(deployment, "/spec/template/spec/shareProcessNamespace", &json!(true))
         .map_err(|e| format!("{e} (the sidecar must see the app's process)"))?;
     check_selector(deployment)?;
+    check_gotrace_pod(deployment, check_args, check_resources)
+}
+
+/// The pod template's one `gotrace serve` container: its arguments (by `check_args`, which
+/// returns the listening port), privileges, memory (by `check_memory`), probes and ports, and
+/// the pod's scrape annotations.
+fn check_gotrace_pod(
+    workload: &Value,
+    check_args: fn(&Value) -> Result<u16, String>,
+    check_memory: fn(&Value) -> Result<(), String>,
+) -> Result<(), String> {
+    let template = get(workload, "/spec/template")?;
+    let pod = get(template, "/spec")?;
     let containers = get(pod, "/containers")?
         .as_array()
         .ok_or("/spec/template/spec/containers is not a list")?;
-    let sidecars: Vec<&Value> = containers.iter().filter(|c| is_gotrace_serve(c)).collect();
-    let [sidecar] = sidecars.as_slice() else {
+    let gotraces: Vec<&Value> = containers.iter().filter(|c| is_gotrace_serve(c)).collect();
+    let [gotrace] = gotraces.as_slice() else {
         return Err(format!(
             "expected one container whose args start with `serve`, found {}",
-            sidecars.len()
+            gotraces.len()
         ));
     };
-    let name = get_str(sidecar, "/name")?;
+    let name = get_str(gotrace, "/name")?;
     let context = |e: String| format!("container {name}: {e}");
-    let port = check_args(sidecar).map_err(context)?;
-    check_security(pod, sidecar).map_err(context)?;
-    check_resources(sidecar).map_err(context)?;
-    check_probes(sidecar, port).map_err(context)?;
-    check_ports(containers, sidecar, port).map_err(context)?;
+    check_image(gotrace).map_err(context)?;
+    let port = check_args(gotrace).map_err(context)?;
+    check_security(pod, gotrace).map_err(context)?;
+    check_memory(gotrace).map_err(context)?;
+    check_probes(gotrace, port).map_err(context)?;
+    check_ports(containers, gotrace, port).map_err(context)?;
     check_annotations(template, port)
+}
+
+/// The image `cargo xtask dist` builds, by the name README tells users to push it as: this
+/// release's tag, so that the manifests never name an image of another release.
+fn check_image(gotrace: &Value) -> Result<(), String> {
+    let expected = format!("registry.example.com/gotrace:{}", env!("CARGO_PKG_VERSION"));
+    let image = get_str(gotrace, "/image")?;
+    if image == expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "image {image}: expected {expected}, the image cargo xtask dist builds, as README pushes it"
+        ))
+    }
 }
 
 /// The selector's labels must be on the pod template, or the API server rejects the Deployment.
@@ -188,7 +269,12 @@ fn check_args(sidecar: &Value) -> Result<u16, String> {
             "expected one of --pid, --exe or --name with a value, found {selectors:?}"
         ));
     }
-    let listen = flag_value(&args, "--listen")
+    listen_port(&args)
+}
+
+/// The port of `--listen`, which must not be loopback.
+fn listen_port(args: &[&str]) -> Result<u16, String> {
+    let listen = flag_value(args, "--listen")
         .ok_or("no --listen: the default, 127.0.0.1:9464, cannot be scraped from outside the pod")?;
     let address: SocketAddr = listen
         .parse()
@@ -442,6 +528,7 @@ const MISTAKES: &[(&str, &str, Option<&str>, &str)] = &[
     ("host network", "{pod}/hostNetwork", Some("true"), "hostNetwork"),
     ("host path", "{pod}/volumes", Some("[{name: d, hostPath: {path: /sys}}]"), "hostPath"),
     ("not serve", "{s}/args/0", Some("attach"), "found 0"),
+    ("another release's image", "{s}/image", Some("registry.example.com/gotrace:0.0.9"), "image"),
     ("no target", "{s}/args", Some("[serve, --listen, '0.0.0.0:9464']"), "--name"),
     ("two targets", "{s}/args", Some("[serve, --pid, '1', --name, x, --listen, '0.0.0.0:9464']"), "--name"),
     ("no --listen", "{s}/args", Some("[serve, --name, x]"), "no --listen"),
@@ -488,24 +575,127 @@ fn assert_rejected(broken: &Value, name: &str, expected: &str) {
     }
 }
 
-#[test]
-fn broken_manifests_are_rejected() {
-    let (example, sidecar) = example();
-    assert_eq!(check_document(&example), Ok(true), "the example itself must pass");
-    for (name, pointer, value, expected) in MISTAKES {
+/// Mistakes to make in `daemonset.yaml`, as [`MISTAKES`] (`{s}` is its gotrace container).
+#[rustfmt::skip]
+const AGENT_MISTAKES: &[(&str, &str, Option<&str>, &str)] = &[
+    ("host PID namespace missing", "{pod}/hostPID", None, "hostPID"),
+    ("host PID namespace off", "{pod}/hostPID", Some("false"), "hostPID"),
+    ("host network", "{pod}/hostNetwork", Some("true"), "hostNetwork"),
+    ("host path", "{pod}/volumes", Some("[{name: p, hostPath: {path: /proc}}]"), "hostPath"),
+    ("privileged agent", "{sc}/privileged", Some("true"), "privileged"),
+    ("no --all", "{s}/args", Some("[serve, --listen, '0.0.0.0:9464']"), "--all"),
+    ("one target only", "{s}/args", Some("[serve, --all, --name, x, --listen, '0.0.0.0:9464']"), "--name"),
+    ("loopback only", "{s}/args", Some("[serve, --all, --listen, '127.0.0.1:9464']"), "loopback"),
+    ("too little memory for the default", "{s}/args", Some("[serve, --all, --listen, '0.0.0.0:9464']"), "--max-targets 64"),
+    ("too little memory", "{s}/resources/limits/memory", Some("128Mi"), "memory limit"),
+    ("SYS_PTRACE missing", "{caps}/add", Some("[BPF, PERFMON, SYS_ADMIN]"), "capabilities.add"),
+    ("writable root", "{sc}/readOnlyRootFilesystem", None, "readOnlyRootFilesystem"),
+    ("no liveness probe", "{s}/livenessProbe", None, "livenessProbe"),
+    ("no scrape annotation", "{annotations}/prometheus.io~1scrape", None, "prometheus.io/scrape"),
+];
+
+/// The `DaemonSet` of `daemonset.yaml` and the JSON pointer of its gotrace container.
+fn agent_example() -> (Value, String) {
+    let path = manifest_dir().join("daemonset.yaml");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let daemonset = parse_documents(&text)
+        .expect("daemonset.yaml parses")
+        .into_iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("daemonset.yaml has a DaemonSet");
+    let index = daemonset["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .position(is_gotrace_serve)
+        .expect("a gotrace serve container");
+    (daemonset, format!("/spec/template/spec/containers/{index}"))
+}
+
+fn apply_mistakes(example: &Value, container: &str, mistakes: &[(&str, &str, Option<&str>, &str)]) {
+    for (name, pointer, value, expected) in mistakes {
         let pointer = SHORT_FORMS
             .iter()
             .fold((*pointer).to_owned(), |p, (short, long)| p.replace(short, long))
-            .replace("{s}", &sidecar);
+            .replace("{s}", container);
         let value = value.map(|yaml| serde_norway::from_str(yaml).expect("a mistake's value parses"));
         let mut broken = example.clone();
         edit(&mut broken, &pointer, value);
         assert_rejected(&broken, name, expected);
     }
+}
+
+#[test]
+fn broken_agent_manifests_are_rejected() {
+    let (example, agent) = agent_example();
+    assert_eq!(check_document(&example), Ok(true), "the example itself must pass");
+    apply_mistakes(&example, &agent, AGENT_MISTAKES);
+    // A Deployment may not take the host's PID namespace, though a DaemonSet may.
+    let (mut sidecar, _) = self::example();
+    edit(&mut sidecar, AGENT_HOST_PID, Some(json!(true)));
+    assert_rejected(&sidecar, "a sidecar in the host PID namespace", "hostPID");
+}
+
+#[test]
+fn broken_manifests_are_rejected() {
+    let (example, sidecar) = example();
+    assert_eq!(check_document(&example), Ok(true), "the example itself must pass");
+    apply_mistakes(&example, &sidecar, MISTAKES);
     let mut broken = example.clone();
     let copy = broken.pointer(&sidecar).expect("the sidecar").clone();
     if let Some(Value::Array(containers)) = broken.pointer_mut("/spec/template/spec/containers") {
         containers.push(copy);
     }
     assert_rejected(&broken, "two sidecars", "found 2");
+}
+
+/// The scrape configurations in `deploy/scrape/` parse, and point at what the agent serves: its
+/// pods by their label, port 9464, `/metrics` and `/debug/pprof/allocs` (no Prometheus, Alloy or
+/// Parca here runs them: Debian's Prometheus is built without Kubernetes discovery).
+#[test]
+fn scrape_examples_point_at_the_agent() {
+    let dir = manifest_dir().join("../scrape");
+    let read = |name: &str| {
+        fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("cannot read deploy/scrape/{name}: {e}"))
+    };
+    let (agent, _) = agent_example();
+    let label = get_str(&agent, "/spec/template/metadata/labels/app.kubernetes.io~1name").expect("the agent's label");
+    let port = check_agent_args(&agent["spec"]["template"]["spec"]["containers"][0]).expect("the agent's port");
+    for name in ["prometheus.yml", "parca.yaml"] {
+        let documents = parse_documents(&read(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let [config] = documents.as_slice() else {
+            panic!("{name}: expected one document");
+        };
+        let job = &config["scrape_configs"][0];
+        let keep = job["relabel_configs"]
+            .as_array()
+            .expect("relabel_configs")
+            .iter()
+            .find(|rule| rule["action"] == "keep")
+            .expect("a keep rule");
+        assert_eq!(keep["regex"], label, "{name}");
+        let text = read(name);
+        // The port as a number, or from the pod's annotation (which names it: check_annotations).
+        assert!(
+            text.contains("__meta_kubernetes_pod_ip")
+                && (text.contains(&format!("$1:{port}"))
+                    || text.contains("__meta_kubernetes_pod_annotation_prometheus_io_port")),
+            "{name}: the pod's address and port {port}"
+        );
+        if name == "parca.yaml" {
+            assert_eq!(
+                job["profiling_config"]["pprof_config"]["memory"]["path"], "/debug/pprof/allocs",
+                "{name}"
+            );
+        }
+    }
+    let alloy = read("alloy.alloy");
+    for needle in [
+        format!("label = \"app.kubernetes.io/name={label}\""),
+        format!("replacement   = \"$1:{port}\""),
+        "path    = \"/debug/pprof/allocs\"".to_owned(),
+        "forward_to = [pyroscope.write.default.receiver]".to_owned(),
+    ] {
+        assert!(alloy.contains(&needle), "alloy.alloy lacks {needle}");
+    }
 }

@@ -52,7 +52,17 @@ pub struct Collector {
     grouping: Grouping,
     /// Significant figures of the size histograms.
     size_sigfigs: u8,
+    /// The probes' hit count at the last drain.
+    hits_at_drain: u64,
 }
+
+/// Between reports, the maps are drained once the probes have fired this often since the last
+/// drain: each hit adds at most one key to `COUNTS` and one stack to `STACKS`, so neither can
+/// fill before then (an eighth of the smaller map), while a quiet target (go-sampler's few
+/// hundred samples a second) is not drained four times a second for nothing. Iterating a
+/// BPF hash map walks all of its buckets (`htab_map_get_next_key`), about a millisecond for
+/// `COUNTS`: twenty targets drained every [`DRAIN_INTERVAL`] cost a node agent 10% of a core.
+const DRAIN_AFTER_HITS: u64 = tracer_common::STACKS_MAP_ENTRIES as u64 / 8;
 
 impl Collector {
     /// Collects from `prepared` into `store`; profiles group rows by `grouping` and keep size
@@ -68,6 +78,7 @@ impl Collector {
             _rate_override: prepared.rate_override,
             grouping,
             size_sigfigs,
+            hits_at_drain: 0,
         }
     }
 
@@ -93,6 +104,7 @@ impl Collector {
     /// Moves what the probes counted into the store, and empties the kernel's stack map once
     /// the store holds a good part of it (see [`Store::collect`]).
     pub fn drain(&mut self) -> anyhow::Result<()> {
+        self.hits_at_drain = self.probes.stats()?.hits;
         let weighing = memprofile::weighing(
             self.probes.mode,
             self.probes.sampler_rate(),
@@ -100,6 +112,15 @@ impl Collector {
             &mut self.last_rate,
         );
         self.store.collect(&mut self.probes, weighing)
+    }
+
+    /// Drains if the probes fired [`DRAIN_AFTER_HITS`] times since the last drain: what to call
+    /// every [`DRAIN_INTERVAL`] between reports.
+    pub fn drain_if_filling(&mut self) -> anyhow::Result<()> {
+        if self.probes.stats()?.hits.saturating_sub(self.hits_at_drain) >= DRAIN_AFTER_HITS {
+            self.drain()?;
+        }
+        Ok(())
     }
 
     /// Drains, then builds a profile of everything collected so far, with the in-use heap

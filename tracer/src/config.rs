@@ -97,17 +97,44 @@ pub enum Selector {
     Name(String),
 }
 
+/// What `serve` follows: one program, or every Go process it can see (`--all`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    One(Selector),
+    All(AgentConfig),
+}
+
+/// `serve --all`: which processes the node agent leaves alone, and its bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// Process names (`comm`, as the kernel keeps it: 15 characters) never traced.
+    pub exclude_names: Vec<String>,
+    /// Executables (as the process sees them) never traced.
+    pub exclude_exes: Vec<PathBuf>,
+    /// Processes traced at once; more are skipped (and counted) until one exits.
+    pub max_targets: usize,
+    /// Callsite series in `/metrics` over all targets; beyond it, a target's smallest callsites
+    /// fold into its `other` series.
+    pub max_series: usize,
+}
+
 /// `serve`.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    pub selector: Selector,
+    pub scope: Scope,
     pub listen: SocketAddr,
     pub mode: Mode,
     pub set_mem_profile_rate: Option<u64>,
     /// Callsites with series of their own in `/metrics`.
     pub top_k: usize,
+    /// At most this many callsite series per target: `serve --all`'s equal share of
+    /// `--max-series` (`usize::MAX` for one target).
+    pub series_per_target: usize,
     /// How often the probes are drained and the snapshot renewed.
     pub interval: Duration,
+    /// How often a target's collector looks whether its process still runs (and whether
+    /// gotrace is stopping): a sidecar's one target often, a node agent's dozens less often.
+    pub poll: Duration,
     /// Distinct keys the store keeps per target.
     pub max_keys: usize,
     /// Frames walked and kept per stack, span mode's budget.

@@ -5,7 +5,8 @@
 //! Dependencies point one way, from the commands down to the crates below:
 //!
 //! - **Commands** — one module each, configured by [`config`]: [`session`] (`attach`,
-//!   `run`), [`serve`], [`explain`], [`inspect`]; [`live`] is the interactive view.
+//!   `run`), [`serve`], [`explain`], [`inspect`], [`doctor`] (and `--version`); [`live`] is
+//!   the interactive view.
 //! - **Tracing** — [`tracee`] opens a process (its executable, parsed, and address map),
 //!   [`probes`] loads and attaches the eBPF programs ([`ebpf`]) in a [`mode`], with span
 //!   mode's [`duty`] cycle and go-sampler's [`memprofile`] rate; [`collector`] drains them
@@ -13,7 +14,7 @@
 //!   runtime's own records ([`mprof`]); [`report`] is the document every output shares,
 //!   and [`export`] writes it in each format.
 //! - **Support** — [`process`] (processes, `/proc`), [`remote`] (the target's memory),
-//!   [`privileges`], [`messages`] (stderr).
+//!   [`privileges`], [`host`] (the kernel's features), [`messages`] (stderr).
 //! - **Below** — `gobin` (Go binary analysis, no root) and `tracer-common` (the types shared
 //!   with the probes).
 //!
@@ -29,12 +30,15 @@
 
 pub mod collector;
 pub mod config;
+pub mod doctor;
 pub mod duty;
 pub mod ebpf;
 pub mod explain;
 pub mod export;
+pub mod host;
 pub mod inspect;
 pub mod live;
+pub mod mapped;
 pub mod memprofile;
 pub mod messages;
 pub mod mode;

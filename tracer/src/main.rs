@@ -12,7 +12,33 @@ use clap::Parser as _;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     tracer::messages::set_quiet(cli.quiet);
-    let result = match cli.command {
+    let command = match (cli.version, cli.command) {
+        (true, _) => {
+            print!("{}", tracer::doctor::version_report());
+            return ExitCode::SUCCESS;
+        }
+        (false, Some(command)) => command,
+        (false, None) => {
+            eprintln!("gotrace: error: no command given; see gotrace --help");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match command {
+        cli::Command::Doctor => {
+            let (report, can_trace) = tracer::doctor::doctor_report();
+            print!("{report}");
+            Ok(if can_trace {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        cli::Command::Generate(args) => args.run().map(|written| {
+            for path in written {
+                println!("{}", path.display());
+            }
+            ExitCode::SUCCESS
+        }),
         cli::Command::Inspect(args) => args
             .resolve()
             .and_then(|config| tracer::inspect::run(&config))

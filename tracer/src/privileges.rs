@@ -4,11 +4,13 @@
 use anyhow::bail;
 
 /// `CAP_SYS_ADMIN`: covers everything below on any kernel.
-const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_SYS_ADMIN: u32 = 21;
+/// `CAP_SYS_PTRACE`: reading another user's process memory (`process_vm_readv`).
+pub const CAP_SYS_PTRACE: u32 = 19;
 /// `CAP_PERFMON` (Linux 5.8+): `perf_event_open`, which attaches uprobes.
-const CAP_PERFMON: u32 = 38;
+pub const CAP_PERFMON: u32 = 38;
 /// `CAP_BPF` (Linux 5.8+): loading programs and creating maps.
-const CAP_BPF: u32 = 39;
+pub const CAP_BPF: u32 = 39;
 
 /// What gotrace needs, in words, for error messages and `--help`.
 pub const REQUIRED: &str = "root, or the capabilities CAP_BPF and CAP_PERFMON (and CAP_SYS_ADMIN on kernels \
@@ -16,12 +18,11 @@ before 5.8 or whose uprobe PMU does not honour CAP_PERFMON), plus CAP_SYS_PTRACE
 
 /// Fails with a message naming the missing capabilities.
 pub fn check_tracing_privileges() -> anyhow::Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let effective = effective_capabilities(&status);
-    let has = |cap: u32| effective & (1u64 << cap) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+    let effective = own_capabilities();
+    if may_trace(effective) {
         return Ok(());
     }
+    let has = |cap: u32| effective & (1u64 << cap) != 0;
     let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
         .into_iter()
         .filter(|&(cap, _)| !has(cap))
@@ -31,6 +32,20 @@ pub fn check_tracing_privileges() -> anyhow::Result<()> {
         "tracing needs {REQUIRED}; this process lacks {} (run gotrace with sudo)",
         missing.join(" and ")
     )
+}
+
+/// This process's effective capability set, as a bitmask indexed by `CAP_*` number.
+#[must_use]
+pub fn own_capabilities() -> u64 {
+    effective_capabilities(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
+}
+
+/// Whether this process may load the probes and attach them (the test of
+/// [`check_tracing_privileges`]).
+#[must_use]
+pub fn may_trace(effective: u64) -> bool {
+    let has = |cap: u32| effective & (1u64 << cap) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
 }
 
 /// The `CapEff:` bitmask of a `/proc/PID/status` text (0 when absent).

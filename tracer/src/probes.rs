@@ -473,6 +473,35 @@ impl std::fmt::Debug for EmptyProbes {
     }
 }
 
+/// Loads every program of the embedded object into this kernel's verifier, then unloads them
+/// all (on return): the one check that the helpers, map types and program sizes the probes use
+/// all fit this kernel, for `gotrace doctor`. Returns how many programs passed.
+pub fn verify_all() -> anyhow::Result<usize> {
+    let mut ebpf = load_object()?;
+    let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_owned()).collect();
+    for name in &names {
+        load_program(&mut ebpf, name)?;
+    }
+    Ok(names.len())
+}
+
+/// Attaches the empty program as a uprobe at `file_offset` of `binary`, for this process
+/// only, and detaches it on return: proof that `perf_event_open` on the uprobe PMU works with
+/// this process's privileges (some kernels want `CAP_SYS_ADMIN` there, not `CAP_PERFMON`), for
+/// `gotrace doctor`. The offset should be one this process never runs again (its entry point).
+pub fn check_uprobe_attach(binary: &Path, file_offset: u64) -> anyhow::Result<()> {
+    let mut ebpf = load_object()?;
+    load_program(&mut ebpf, EMPTY_PROGRAM)?;
+    attach_at(
+        &mut ebpf,
+        EMPTY_PROGRAM,
+        ("its entry point", file_offset),
+        binary,
+        one_process(std::process::id())?,
+    )?;
+    Ok(())
+}
+
 /// Loads gotrace's eBPF object (maps created, programs not yet loaded).
 fn load_object() -> anyhow::Result<Ebpf> {
     raise_memlock_limit();

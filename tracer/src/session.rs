@@ -236,7 +236,7 @@ impl Session<'_> {
                         let profile = self.profile(&mut symbols)?;
                         self.show(&profile, started.elapsed().as_secs_f64(), view.as_mut(), stream.as_mut())?;
                     }
-                    _ = drain_ticker.tick(), if self.collector.borrow().drains_between_reports() => self.collector.borrow_mut().drain()?,
+                    _ = drain_ticker.tick(), if self.collector.borrow().drains_between_reports() => self.collector.borrow_mut().drain_if_filling()?,
                 }
             };
             drop(view);

@@ -15,6 +15,7 @@ use gobin::procmaps::{AddressMap, ProcessExe};
 use gobin::{Frame, GoBinary, Unwind};
 
 use crate::export::MappingInfo;
+use crate::mapped::FileBytes;
 use crate::memprofile::{self, PreparedProbes};
 use crate::mode::Mode;
 use crate::probes::{AttachTarget, ProbeOptions};
@@ -27,7 +28,7 @@ use crate::store::{OTHER_CALLSITES, OTHER_CALLSITES_NAME};
 pub struct Executable {
     pid: u32,
     exe: ProcessExe,
-    data: Vec<u8>,
+    data: FileBytes,
 }
 
 impl Executable {
@@ -36,7 +37,7 @@ impl Executable {
     pub fn read(pid: u32) -> anyhow::Result<Self> {
         let exe = gobin::procmaps::process_exe(pid)
             .with_context(|| format!("cannot find the executable of process {pid}"))?;
-        let data = std::fs::read(&exe.path).with_context(|| format!("cannot read {}", exe.path.display()))?;
+        let data = FileBytes::open(&exe.path).with_context(|| format!("cannot read {}", exe.path.display()))?;
         Ok(Self { pid, exe, data })
     }
 
@@ -49,14 +50,27 @@ impl Executable {
     /// The executable's bytes.
     #[must_use]
     pub fn data(&self) -> &[u8] {
-        &self.data
+        self.data.bytes()
+    }
+
+    /// Whether the file still has the size and modification time it had when read (a mapped
+    /// file that shrank must not be read: see [`crate::mapped`]).
+    #[must_use]
+    pub fn unchanged(&self) -> bool {
+        self.data.unchanged()
+    }
+
+    /// Gives back the memory the binary's pages take, after parsing touched them; pages are
+    /// read again from the page cache as symbolizing needs them.
+    pub fn release_pages(&self) {
+        self.data.release();
     }
 
     /// Parses the binary and maps its addresses into the process: fails for a binary gotrace
     /// cannot trace (not Go, too old, corrupt), with the reason.
     pub fn parse(&self) -> anyhow::Result<Tracee<'_>> {
         let pid = self.pid;
-        let binary = GoBinary::parse(&self.data).with_context(|| {
+        let binary = GoBinary::parse(self.data.bytes()).with_context(|| {
             format!(
                 "process {pid} ({}) cannot be traced",
                 self.exe.path_in_process.display()

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The command modules: nothing below them may use them.
-const COMMANDS: &[&str] = &["config", "explain", "inspect", "live", "serve", "session"];
+const COMMANDS: &[&str] = &["config", "doctor", "explain", "inspect", "live", "serve", "session"];
 
 /// Each top-level module of `src/` (a file or a directory) with the modules it names.
 fn module_graph() -> BTreeMap<String, BTreeSet<String>> {

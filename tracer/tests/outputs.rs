@@ -251,7 +251,14 @@ fn folded_stacks_follow_the_grammar_and_agree_with_json() {
     for c in o.json["callsites"].as_array().expect("callsites") {
         if c["function"] == "main.newPoint" {
             let leaf = format!("[{}]", c["type"].as_str().unwrap_or("untyped"));
-            assert_eq!(by_leaf[&("main.newPoint".to_owned(), leaf)], n(&c["bytes"]));
+            let key = ("main.newPoint".to_owned(), leaf);
+            let folded_bytes = by_leaf.get(&key).copied().unwrap_or_else(|| {
+                panic!(
+                    "no folded stack ends in {key:?}, though JSON has the callsite {c}; folded:\n{}",
+                    o.folded
+                )
+            });
+            assert_eq!(folded_bytes, n(&c["bytes"]), "{c}");
         }
     }
     assert!(

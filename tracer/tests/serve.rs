@@ -7,25 +7,13 @@
 
 mod common;
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::serving::{Guard, Prometheus, exit_within, http, metrics, sample, start_serve, wait_for};
 use common::{gotrace, scratch, signal as kill};
 use testkit::{fixture, lines_of, output, repo_root, root_only};
-
-/// A child that is killed when the test ends, however it ends.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The allocs fixture looping until killed.
 fn start_target(binary: &Path) -> Guard {
@@ -38,118 +26,11 @@ fn start_target(binary: &Path) -> Guard {
     )
 }
 
-/// A running `gotrace serve` and the port it listens on.
-struct Server {
-    child: Guard,
-    port: u16,
-}
-
-fn start_serve(mut command: Command) -> Server {
-    let mut child = Guard(
-        command
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start gotrace serve"),
-    );
-    // The reader thread drains the rest of stderr after the port line, so gotrace never
-    // blocks on a full pipe.
-    let stderr: Receiver<String> = lines_of(child.0.stderr.take().expect("stderr"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = stderr
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("gotrace serve says where it listens");
-        if let Some(rest) = line.split("serving http://").nth(1) {
-            let addr = rest.split('/').next().expect("address");
-            let port = addr.rsplit(':').next().expect("port").parse().expect("port number");
-            return Server { child, port };
-        }
-    }
-}
-
 fn serve_command(args: &[&str]) -> Command {
     let mut c = gotrace();
     c.args(["serve", "--listen", "127.0.0.1:0", "--interval", "300ms"])
         .args(args);
     c
-}
-
-/// A GET with HTTP/1.1 over a plain socket: status, headers (lowercased names) and body.
-fn http(port: u16, method: &str, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_mins(1))).expect("timeout");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("response");
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut body = raw[split + 4..].to_vec();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    if headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"))
-    {
-        body = dechunk(&body);
-    }
-    (status, headers, body)
-}
-
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body.windows(2).position(|w| w == b"\r\n").expect("chunk size");
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&body[..line_end]).expect("hex").trim(), 16).expect("chunk size");
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&body[line_end + 2..line_end + 2 + size]);
-        body = &body[line_end + 2 + size + 2..];
-    }
-}
-
-fn metrics(port: u16) -> String {
-    let (status, _, body) = http(port, "GET", "/metrics");
-    assert_eq!(status, 200);
-    String::from_utf8(body).expect("utf-8 metrics")
-}
-
-/// The value of the first sample line that starts with `prefix`.
-fn sample(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// Polls until `check` passes on the metrics text, or fails after `limit`.
-fn wait_for(port: u16, limit: Duration, what: &str, check: impl Fn(&str) -> bool) -> Duration {
-    let started = Instant::now();
-    loop {
-        let text = metrics(port);
-        if check(&text) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "no {what} within {limit:?}; metrics:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn has_fixture_series(text: &str) -> bool {
@@ -284,12 +165,6 @@ fn prometheus_scrapes_serve() {
     let Some(_lock) = root_only("prometheus_scrapes_serve") else {
         return;
     };
-    let prometheus = repo_root().join(".cache/prometheus/usr/bin/prometheus");
-    assert!(
-        prometheus.exists(),
-        "scripts/setup.sh unpacks Prometheus into {}",
-        prometheus.display()
-    );
     let f = fixture("1.24", "default");
     let _target = start_target(&f.path);
     let server = start_serve(serve_command(&[
@@ -305,46 +180,11 @@ fn prometheus_scrapes_serve() {
         has_fixture_series,
     );
 
-    let dir = scratch("prometheus");
-    std::fs::create_dir_all(&dir).expect("prometheus dir");
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: gotrace\n    static_configs:\n      \
-             - targets: ['127.0.0.1:{}']\n",
-            server.port
-        ),
-    )
-    .expect("config");
-    let web_port = free_port();
-    let _prom = Guard(
-        Command::new(&prometheus)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{web_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus"),
+    let prometheus = Prometheus::scraping(server.port, &scratch("prometheus"));
+    let result = prometheus.wait_for(
+        "gotrace_alloc_bytes_total%7Bfunction%3D%22main.runSites%22%7D",
+        |result| !result.is_empty(),
     );
-    let query = "/api/v1/query?query=gotrace_alloc_bytes_total%7Bfunction%3D%22main.runSites%22%7D";
-    let deadline = Instant::now() + Duration::from_mins(1);
-    let result = loop {
-        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", web_port)) {
-            drop(stream.write_all(b""));
-            let (status, _, body) = http(web_port, "GET", query);
-            if status == 200 {
-                let doc: serde_json::Value = serde_json::from_slice(&body).expect("json");
-                let result = doc["data"]["result"].as_array().cloned().unwrap_or_default();
-                if !result.is_empty() {
-                    break result;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "Prometheus never returned gotrace's series");
-        std::thread::sleep(Duration::from_millis(500));
-    };
     // The series carry every label, and name the fixture's allocating lines.
     let lines: Vec<&str> = result.iter().filter_map(|r| r["metric"]["line"].as_str()).collect();
     for r in &result {
@@ -357,13 +197,6 @@ fn prometheus_scrapes_serve() {
     }
     // allocs.go:191 is the map that grows (the most bytes in every version).
     assert!(lines.contains(&"191"), "{lines:?}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// A target in its own PID and mount namespaces, chrooted into a directory that holds only its
@@ -617,16 +450,7 @@ fn serve_stops_promptly_on_sigterm() {
     std::thread::sleep(Duration::from_millis(500));
     let asked = Instant::now();
     kill(server.child.0.id(), libc::SIGTERM);
-    let status = loop {
-        if let Some(status) = server.child.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            asked.elapsed() < Duration::from_secs(10),
-            "gotrace did not stop within 10 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_within(&mut server.child.0, Duration::from_secs(10), "SIGTERM");
     eprintln!("stopped {:?} after SIGTERM", asked.elapsed());
     assert!(status.success(), "{status}");
     assert_eq!(waiting.join().expect("request"), 503);

@@ -66,7 +66,17 @@ pub struct Args {
     /// Where the initramfs, the console log and the reports go
     #[arg(long, default_value = "target/arm64")]
     out: PathBuf,
+    /// Instead of cross-compiling, install this arm64 package (from `cargo xtask dist`) with
+    /// `dpkg -i` in the VM, against a dpkg database that has only the VM's own glibc, and run
+    /// every case with the gotrace it installed
+    #[arg(long)]
+    deb: Option<PathBuf>,
 }
+
+/// Where the VM's gotrace is: the cross-compiled one the initramfs carries, or the one
+/// `dpkg -i` installs from `--deb`.
+const VM_GOTRACE: &str = "/gotrace";
+const VM_PACKAGED_GOTRACE: &str = "/usr/bin/gotrace";
 
 /// One `gotrace run` in the VM.
 struct Case {
@@ -118,8 +128,19 @@ pub fn run(repo: &Path, args: &Args) -> Result<()> {
     let cases = cases(args)?;
     let lives = lives(args)?;
 
-    eprintln!("arm64: cross-compiling gotrace for {TARGET} (a few minutes the first time)");
-    let gotrace = cross_build(repo, &out)?;
+    let gotrace = if let Some(deb) = &args.deb {
+        let deb = repo.join(deb);
+        ensure!(
+            deb.is_file(),
+            "{} does not exist (cargo xtask dist builds it)",
+            deb.display()
+        );
+        eprintln!("arm64: the VM installs {} with dpkg -i", deb.display());
+        Gotrace::Package(deb)
+    } else {
+        eprintln!("arm64: cross-compiling gotrace for {TARGET} (a few minutes the first time)");
+        Gotrace::Binary(cross_build(repo, &out)?)
+    };
 
     let initramfs = out.join("initramfs.cpio");
     write_initramfs(&initramfs, &vm, &gotrace, &cases, &lives)?;
@@ -144,6 +165,18 @@ pub fn run(repo: &Path, args: &Args) -> Result<()> {
 
     let mut failed = Vec::new();
     let mut summary = String::new();
+    if let Gotrace::Package(deb) = &gotrace {
+        let problems = check_install(&outputs, &out);
+        let verdict = if problems.is_empty() { "ok" } else { "FAILED" };
+        let _ = writeln!(
+            summary,
+            "  {:<28} {verdict} (dpkg -i, then gotrace --version and doctor)",
+            "install"
+        );
+        if !problems.is_empty() {
+            failed.push(format!("dpkg -i {}:\n    {}", deb.display(), problems.join("\n    ")));
+        }
+    }
     for case in &cases {
         let name = case.name();
         let problems = check_case(case, &outputs, &out);
@@ -291,7 +324,7 @@ fn lives(args: &Args) -> Result<Vec<Live>> {
 
 /// Builds gotrace for arm64 and returns the path of a stripped copy (the initramfs is unpacked
 /// into the VM's memory; debug info would only take room there).
-fn cross_build(repo: &Path, out: &Path) -> Result<PathBuf> {
+pub fn cross_build(repo: &Path, out: &Path) -> Result<PathBuf> {
     let target_dir = repo.join("target/cross");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
@@ -335,7 +368,8 @@ fn cross_build(repo: &Path, out: &Path) -> Result<PathBuf> {
 /// PMU's type and the CPU count, a tmpfs for outputs), runs each case and prints its outputs
 /// between markers, then powers off. The kernel's own messages stay off the console
 /// (`loglevel=1`), so they cannot land inside a report.
-fn init_script(cases: &[Case], lives: &[Live]) -> String {
+fn init_script(cases: &[Case], lives: &[Live], packaged: bool) -> String {
+    let gotrace = if packaged { VM_PACKAGED_GOTRACE } else { VM_GOTRACE };
     let mut script = format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -352,7 +386,7 @@ show() {{
   echo "{MARK} end $1 $2"
 }}
 trace() {{
-  GODEBUG=memprofilerate=1 timeout 300 /gotrace run --mode "$2" --format json -o "/tmp/$1.json" -- "$3" profile {ROUNDS} "/tmp/$1.profile.json" >"/tmp/$1.log" 2>&1
+  GODEBUG=memprofilerate=1 timeout 300 {gotrace} run --mode "$2" --format json -o "/tmp/$1.json" -- "$3" profile {ROUNDS} "/tmp/$1.profile.json" >"/tmp/$1.log" 2>&1
   status=$?
   show "$1" stderr "/tmp/$1.log"
   show "$1" report "/tmp/$1.json"
@@ -375,11 +409,11 @@ live() {{
     [ "$(readlink /proc/$target/exe)" = "$2" ] && break
     sleep 0.1
   done
-  timeout 120 /gotrace attach $target -d 3s --format json -o "/tmp/$1.attach.json" >"/tmp/$1.attach.log" 2>&1
+  timeout 120 {gotrace} attach $target -d 3s --format json -o "/tmp/$1.attach.json" >"/tmp/$1.attach.log" 2>&1
   echo "{MARK} status $1-attach $?"
   show "$1" attach-stderr "/tmp/$1.attach.log"
   show "$1" attach-report "/tmp/$1.attach.json"
-  /gotrace serve --pid $target --listen 127.0.0.1:{SERVE_PORT} --interval 300ms >"/tmp/$1.serve.log" 2>&1 &
+  {gotrace} serve --pid $target --listen 127.0.0.1:{SERVE_PORT} --interval 300ms >"/tmp/$1.serve.log" 2>&1 &
   serve=$!
   url=http://127.0.0.1:{SERVE_PORT}
   fetch_until $url/metrics "/tmp/$1.metrics" 'function="main.runSites"'
@@ -407,6 +441,21 @@ live() {{
 ifconfig lo 127.0.0.1 up
 "#
     );
+    if packaged {
+        // busybox's dpkg checks Depends against the status file the initramfs carries.
+        let _ = writeln!(
+            script,
+            "dpkg -i /gotrace.deb >/tmp/dpkg.log 2>&1\n\
+             echo \"{MARK} status install $?\"\n\
+             show install dpkg /tmp/dpkg.log\n\
+             {gotrace} --version >/tmp/version.txt 2>&1\n\
+             echo \"{MARK} status version $?\"\n\
+             show install version /tmp/version.txt\n\
+             {gotrace} doctor >/tmp/doctor.txt 2>&1\n\
+             echo \"{MARK} status doctor $?\"\n\
+             show install doctor /tmp/doctor.txt"
+        );
+    }
     for case in cases {
         let _ = writeln!(script, "trace {} {} {}", case.name(), case.mode, case.fixture_in_vm());
     }
@@ -417,16 +466,66 @@ ifconfig lo 127.0.0.1 up
     script
 }
 
-fn write_initramfs(path: &Path, vm: &VmParts, gotrace: &Path, cases: &[Case], lives: &[Live]) -> Result<()> {
+/// The gotrace the VM runs.
+enum Gotrace {
+    /// Cross-compiled here, packed as `/gotrace`.
+    Binary(PathBuf),
+    /// A package for `dpkg -i`, packed as `/gotrace.deb`.
+    Package(PathBuf),
+}
+
+/// `/var/lib/dpkg/status` for the VM: the packages whose files the initramfs provides (the
+/// arm64 glibc and libgcc of `libc6-arm64-cross`, which are Debian's libc6 and libgcc-s1 of
+/// the same release), so that `dpkg -i` checks the package's `Depends` against them.
+fn dpkg_status() -> Result<String> {
+    let version = |package: &str| -> Result<String> {
+        let out = Command::new("dpkg-query")
+            .args(["-W", "-f=${Version}", package])
+            .output()
+            .context("cannot run dpkg-query")?;
+        ensure!(out.status.success(), "dpkg-query cannot find {package}");
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let mut status = String::new();
+    for (package, cross) in [("libc6", "libc6-arm64-cross"), ("libgcc-s1", "libgcc-s1-arm64-cross")] {
+        let _ = write!(
+            status,
+            "Package: {package}\nStatus: install ok installed\nPriority: optional\nSection: libs\n\
+             Architecture: arm64\nVersion: {}\nDescription: from {cross}\n\n",
+            version(cross)?
+        );
+    }
+    Ok(status)
+}
+
+fn write_initramfs(path: &Path, vm: &VmParts, gotrace: &Gotrace, cases: &[Case], lives: &[Live]) -> Result<()> {
     let read = |p: &Path| fs::read(p).with_context(|| format!("cannot read {}", p.display()));
     let file = fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut archive = cpio::Archive::new(std::io::BufWriter::new(file));
     for dir in ["bin", "lib", "fx", "proc", "sys", "tmp", "dev"] {
         archive.directory(dir)?;
     }
-    archive.file("init", 0o755, init_script(cases, lives).as_bytes())?;
+    let packaged = matches!(gotrace, Gotrace::Package(_));
+    archive.file("init", 0o755, init_script(cases, lives, packaged).as_bytes())?;
     archive.file("bin/busybox", 0o755, &read(&vm.busybox)?)?;
-    archive.file("gotrace", 0o755, &read(gotrace)?)?;
+    match gotrace {
+        Gotrace::Binary(binary) => archive.file("gotrace", 0o755, &read(binary)?)?,
+        Gotrace::Package(deb) => {
+            for dir in [
+                "var",
+                "var/lib",
+                "var/lib/dpkg",
+                "var/lib/dpkg/info",
+                "var/lib/dpkg/updates",
+                "usr",
+                "usr/bin",
+            ] {
+                archive.directory(dir)?;
+            }
+            archive.file("var/lib/dpkg/status", 0o644, dpkg_status()?.as_bytes())?;
+            archive.file("gotrace.deb", 0o644, &read(deb)?)?;
+        }
+    }
     for lib in RUNTIME_LIBS {
         // Symlinks in the cross sysroot: read follows them.
         archive.file(&format!("lib/{lib}"), 0o755, &read(&Path::new(ARM64_LIBS).join(lib))?)?;
@@ -544,6 +643,32 @@ fn parse_console(console: &str) -> Outputs {
         }
     }
     outputs
+}
+
+/// The problems of the package's installation: dpkg failed, or the installed gotrace does not
+/// run or is not an arm64 build.
+fn check_install(outputs: &Outputs, out: &Path) -> Vec<String> {
+    outputs.save("install", &["dpkg", "version", "doctor"], out);
+    let mut problems = Vec::new();
+    match outputs.statuses.get("install") {
+        Some(0) => {}
+        Some(status) => problems.push(format!(
+            "dpkg -i exited with {status}:\n{}",
+            outputs.part("install", "dpkg")
+        )),
+        None => problems.push("dpkg -i never ran".to_owned()),
+    }
+    let version = outputs.part("install", "version");
+    let first = version.lines().next().unwrap_or_default();
+    if outputs.statuses.get("version") != Some(&0) || !first.contains("aarch64-unknown-linux-gnu") {
+        problems.push(format!("{VM_PACKAGED_GOTRACE} --version: {version}"));
+    }
+    // As root on an arm64 kernel, doctor loads every probe into that kernel's verifier.
+    let doctor = outputs.part("install", "doctor");
+    if outputs.statuses.get("doctor") != Some(&0) || !doctor.contains("programs passed this kernel's verifier") {
+        problems.push(format!("{VM_PACKAGED_GOTRACE} doctor: {doctor}"));
+    }
+    problems
 }
 
 /// The problems of one case: a failed run, unreadable outputs, or disagreement with Go.

@@ -3,6 +3,8 @@
 //! Commands:
 //! - `demo`: README's main job: build gotrace and the demo Go program, run the demo, point
 //!   gotrace at it;
+//! - `dist`: the release artifacts (packages, tarballs, the container image) and, with
+//!   `--check`, their tests;
 //! - `fixtures`: build the Go fixture programs for every Go version and variant;
 //! - `bench`: overhead and accuracy against no tracing, an empty probe and bpftrace, in one
 //!   run (`--quick` for CI);
@@ -15,6 +17,7 @@
 mod arm64;
 mod bench;
 mod demo;
+mod dist;
 mod fixtures;
 mod go;
 
@@ -36,6 +39,9 @@ enum Command {
     /// Build gotrace and the bundled demo Go program, start the demo, inspect it and trace
     /// it for five seconds with gotrace
     Demo,
+    /// Build the release artifacts into target/dist: Debian packages and tarballs for amd64 and
+    /// arm64, a two-platform OCI image, and SHA256SUMS (--check then tests them)
+    Dist(dist::Args),
     /// Build the Go fixtures into target/fixtures and write target/fixtures/manifest.json
     Fixtures(fixtures::Args),
     /// Measure gotrace's overhead per allocation (against no tracing, an empty probe at the
@@ -47,11 +53,19 @@ enum Command {
     /// auto mode on Go 1.21, 1.24 and 1.27 (no root needed; parts from scripts/setup.sh)
     Arm64(arm64::Args),
     /// Soak `gotrace serve` against a target with churning stacks for --minutes (default 10)
-    /// and check its memory stays under the documented cap (needs root; builds in release)
+    /// and check its memory stays under the documented cap; with --all, soak the node agent
+    /// (`serve --all`) with --targets Go processes each asking for a million allocations a
+    /// second, and check its memory and CPU budgets (needs root; builds in release)
     Soak {
         /// How long
         #[arg(long, default_value_t = 10)]
         minutes: u64,
+        /// Soak the node agent instead of the sidecar
+        #[arg(long)]
+        all: bool,
+        /// With --all: how many Go processes
+        #[arg(long, default_value_t = 20, requires = "all")]
+        targets: u32,
     },
     /// Run a project Go toolchain (GOTOOLCHAIN=local, caches under .cache/), e.g.
     /// `cargo xtask go 1.27 -- version`
@@ -80,17 +94,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo => demo::run(&repo).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(&repo, &args).map(|()| ExitCode::SUCCESS),
         Command::Arm64(args) => arm64::run(&repo, &args).map(|()| ExitCode::SUCCESS),
+        Command::Dist(args) => dist::run(&repo, &args).map(|()| ExitCode::SUCCESS),
         Command::Fixtures(args) => fixtures::run(&repo, &args).map(|()| ExitCode::SUCCESS),
         Command::Go { minor, args } => run_go(&repo, &minor, &args),
-        Command::Soak { minutes } => soak(&repo, minutes),
+        Command::Soak { minutes, all, targets } => soak(&repo, minutes, all.then_some(targets)),
     }
 }
 
-/// `cargo xtask soak`: the soak test of `tracer/tests/soak.rs`, at full length, on a release
-/// build (what an operator would run), with the fixtures it needs.
-fn soak(repo: &Path, minutes: u64) -> Result<ExitCode> {
+/// `cargo xtask soak`: a soak test of `tracer/tests/soak.rs`, at full length, on a release
+/// build (what an operator would run), with the fixtures it needs: the sidecar's, or with
+/// `agent_targets` the node agent's.
+fn soak(repo: &Path, minutes: u64, agent_targets: Option<u32>) -> Result<ExitCode> {
     fixtures::run(repo, &fixtures::Args::all())?;
-    eprintln!("soak: {minutes} minutes; progress from the test follows");
+    let test = if let Some(n) = agent_targets {
+        eprintln!("soak --all: {n} targets, {minutes} minutes; progress from the test follows");
+        "agent_stays_within_its_memory_and_cpu_budget_with_many_targets"
+    } else {
+        eprintln!("soak: {minutes} minutes; progress from the test follows");
+        "serve_memory_stays_under_its_cap_against_churning_stacks"
+    };
     let status = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .current_dir(repo)
         .args([
@@ -101,9 +123,12 @@ fn soak(repo: &Path, minutes: u64) -> Result<ExitCode> {
             "--test",
             "soak",
             "--",
+            "--exact",
+            test,
             "--nocapture",
         ])
         .env("GOTRACE_SOAK_SECONDS", (minutes * 60).to_string())
+        .env("GOTRACE_SOAK_TARGETS", agent_targets.unwrap_or(20).to_string())
         .status()
         .context("cannot run cargo test")?;
     Ok(if status.success() {

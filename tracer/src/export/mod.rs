@@ -5,6 +5,7 @@
 mod flame;
 pub mod jsonl;
 mod pprof;
+pub mod pprof_merge;
 mod prometheus;
 
 use std::io::{self, Write};

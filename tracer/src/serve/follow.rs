@@ -86,7 +86,7 @@ pub(super) fn find_target(follow: &Follow, failed: &Failed) -> Option<ProcessId>
 
 /// The kernel keeps the first 15 bytes of a process's name (`TASK_COMM_LEN` is 16 with the
 /// terminating zero).
-fn comm_of(name: &str) -> &str {
+pub(super) fn comm_of(name: &str) -> &str {
     let mut end = name.len().min(15);
     while !name.is_char_boundary(end) {
         end -= 1;

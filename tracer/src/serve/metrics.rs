@@ -29,6 +29,8 @@ pub(super) struct MetricsView {
     reattaches: u64,
     store_keys: usize,
     overflowed_keys: u64,
+    /// Callsites left in `other` by `serve --all`'s `--max-series`.
+    pub(super) folded_series: usize,
 }
 
 impl MetricsView {
@@ -47,6 +49,7 @@ impl MetricsView {
             reattaches: s.reattaches,
             store_keys: s.store_keys,
             overflowed_keys: s.overflowed_keys,
+            folded_series: s.folded_series,
         }
     }
 
@@ -191,7 +194,7 @@ impl MetricsView {
 }
 
 /// The tracer's resident memory, from `/proc/self/statm` (pages).
-fn resident_bytes() -> u64 {
+pub(super) fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm
         .split_whitespace()
@@ -336,6 +339,47 @@ mod tests {
         let bytes = series(&text, "gotrace_alloc_bytes_total");
         assert!(bytes.contains(&("other".to_owned(), 9000)), "{bytes:?}");
         assert_eq!(selection.len(), 4);
+    }
+
+    /// `serve --all`'s share of `--max-series` caps a target's members where they are chosen:
+    /// the first ones stay, later ones are counted as folded and add up in `other`.
+    #[test]
+    fn a_capped_selection_keeps_its_first_members() {
+        let mut selection = SeriesSelection::capped(2);
+        let mut s = Snapshot {
+            mode: Some(Mode::Span),
+            profile: Some(Arc::new(profile_of(&[
+                ("main.a", 800),
+                ("main.b", 400),
+                ("main.c", 200),
+                ("main.d", 100),
+            ]))),
+            ..Snapshot::default()
+        };
+        let text = render_metrics(&mut s, &mut selection, 5);
+        let names: Vec<String> = series(&text, "gotrace_alloc_bytes_total")
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        assert_eq!(names, ["main.a", "main.b", "other"]);
+        assert_eq!(selection.folded, 2);
+        // main.d outgrows everything: it stays in other, which only grows.
+        s.profile = Some(Arc::new(profile_of(&[
+            ("main.d", 5000),
+            ("main.a", 900),
+            ("main.b", 450),
+            ("main.c", 300),
+        ])));
+        let text = render_metrics(&mut s, &mut selection, 5);
+        let bytes = series(&text, "gotrace_alloc_bytes_total");
+        assert_eq!(
+            bytes,
+            [
+                ("main.a".to_owned(), 900),
+                ("main.b".to_owned(), 450),
+                ("other".to_owned(), 5300)
+            ]
+        );
     }
 
     /// The main module's line of a library callsite is a series of its own: as labels of the

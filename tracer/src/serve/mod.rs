@@ -8,9 +8,12 @@
 //! reads the latest snapshot. No endpoint can change what is traced: the server has no handle
 //! on the collector but the snapshot.
 
+mod agent;
+mod agent_view;
 mod collector;
 mod follow;
 mod http;
+mod identity;
 mod metrics;
 mod snapshot;
 
@@ -22,22 +25,26 @@ use axum::routing::get;
 use gobin::procmaps::process_exe;
 
 use self::snapshot::{Shared, lock};
-use crate::config::{Selector, ServeConfig};
+use crate::config::{Scope, Selector, ServeConfig};
 use crate::progress;
 
 /// Runs until SIGINT or SIGTERM.
 pub fn run(config: &ServeConfig) -> anyhow::Result<()> {
     crate::privileges::check_tracing_privileges()?;
-    match &config.selector {
-        Selector::Pid(pid) => {
+    match &config.scope {
+        Scope::One(Selector::Pid(pid)) => {
             process_exe(*pid).with_context(|| format!("cannot follow process {pid}"))?;
         }
-        Selector::Exe(path) => {
+        Scope::One(Selector::Exe(path)) => {
             std::fs::metadata(path).with_context(|| format!("cannot follow {}", path.display()))?;
         }
-        Selector::Name(_) => {}
+        Scope::One(Selector::Name(_)) | Scope::All(_) => {}
     }
     let shared: Shared = Arc::default();
+    let agent = match &config.scope {
+        Scope::All(_) => Some(agent::Agent::default()),
+        Scope::One(_) => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -48,9 +55,13 @@ pub fn run(config: &ServeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr().context("cannot read the listening address")?;
     // Tests and scripts read this line to find the port of --listen 127.0.0.1:0.
-    progress!("serving http://{local}/metrics, /debug/pprof/allocs, /debug/pprof/heap and /healthz");
+    if agent.is_some() {
+        progress!("serving http://{local}/metrics, /targets, /debug/pprof/allocs, /debug/pprof/heap and /healthz");
+    } else {
+        progress!("serving http://{local}/metrics, /debug/pprof/allocs, /debug/pprof/heap and /healthz");
+    }
     let collector = {
-        let (config, shared, stop) = (config.clone(), shared.clone(), stop.clone());
+        let (config, shared, stop, agent) = (Arc::new(config.clone()), shared.clone(), stop.clone(), agent.clone());
         std::thread::Builder::new()
             .name("collector".to_owned())
             .spawn(move || {
@@ -62,7 +73,13 @@ pub fn run(config: &ServeConfig) -> anyhow::Result<()> {
                     }
                 }
                 let _gone = Gone(shared.clone());
-                collector::follow_and_trace(&config, &shared, &stop);
+                match (&config.scope, &agent) {
+                    (Scope::All(agent_config), Some(agent)) => {
+                        agent::discover_and_trace(&config, agent_config, agent, &stop);
+                    }
+                    (Scope::One(selector), _) => collector::follow_and_trace(&config, selector, &shared, &stop),
+                    (Scope::All(_), None) => {}
+                }
             })
             .context("cannot start the collector thread")?
     };
@@ -72,11 +89,13 @@ pub fn run(config: &ServeConfig) -> anyhow::Result<()> {
         .route("/debug/pprof/allocs", get(http::pprof_allocs))
         .route("/debug/pprof/heap", get(http::pprof_heap))
         .route("/healthz", get(http::healthz))
+        .route("/targets", get(http::targets))
         .with_state(http::AppState {
             shared,
             interval: config.interval,
             stopping: stopping_seen,
             waiting_deltas: Arc::new(tokio::sync::Semaphore::new(http::MAX_WAITING_DELTAS)),
+            agent,
         });
     let stop_now = stop.clone();
     runtime.block_on(async {

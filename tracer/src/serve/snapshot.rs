@@ -46,6 +46,8 @@ pub(super) struct Snapshot {
     pub last_error: Option<String>,
     pub store_keys: usize,
     pub overflowed_keys: u64,
+    /// Callsites left in `other` by `serve --all`'s `--max-series`, at the last collection.
+    pub folded_series: usize,
     /// When the collector last published; `/healthz` fails when it stops doing so.
     pub last_collection: Option<Instant>,
     /// The collector thread has ended (it only does when gotrace stops, or on a bug).
@@ -64,19 +66,41 @@ pub(super) fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Snapshot> {
 /// Cardinality is bounded: the first `top_k` callsites by bytes get series of their own, and
 /// keep them for the life of the target (so that a series never disappears while its process
 /// runs); everything else adds up in one `other` series per counter.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct SeriesSelection {
     /// Sticky membership.
     exported: HashSet<CallsiteKey>,
+    /// At most this many members (`serve --all`'s share of `--max-series`).
+    cap: usize,
+    /// Callsites that would have earned a series but for the cap, at the last selection.
+    pub folded: usize,
+}
+
+impl Default for SeriesSelection {
+    fn default() -> Self {
+        Self::capped(usize::MAX)
+    }
 }
 
 impl SeriesSelection {
+    /// A selection of at most `cap` members. Capping here, where membership is decided, keeps
+    /// it sticky: a callsite folded into `other` stays there, so `other` never shrinks because
+    /// the cap moved.
+    pub fn capped(cap: usize) -> Self {
+        Self {
+            exported: HashSet::new(),
+            cap,
+            folded: 0,
+        }
+    }
+
     /// Admits the callsites of `profile` that earn a series, and returns a report of the
     /// members (most bytes first) with the profile's totals.
     pub fn select(&mut self, profile: &Profile, target: TargetInfo, attached: usize, top_k: usize) -> Report {
         // Membership only grows, so no series disappears while its process lives: the first
         // `top_k` callsites by bytes get in, and later a callsite that outgrows the smallest
         // member, up to twice `top_k` series.
+        let mut folded = 0;
         let mut smallest = profile
             .callsites
             .iter()
@@ -92,6 +116,10 @@ impl SeriesSelection {
             if !admit {
                 break;
             }
+            if self.exported.len() >= self.cap {
+                folded += 1;
+                continue;
+            }
             self.exported.insert(callsite.key.clone());
             smallest = Some(smallest.map_or(callsite.bytes, |m| m.min(callsite.bytes)));
         }
@@ -103,8 +131,18 @@ impl SeriesSelection {
             if self.exported.len() >= top_k.saturating_mul(3) {
                 break;
             }
+            if self.exported.contains(&callsite.key) {
+                continue;
+            }
+            if self.exported.len() >= self.cap {
+                folded += 1;
+                continue;
+            }
             self.exported.insert(callsite.key.clone());
         }
+        // Counted past the cap, a callsite could be counted where the uncapped rules would have
+        // stopped: no more than the uncapped limit's worth.
+        self.folded = folded.min(top_k.saturating_mul(3).saturating_sub(self.exported.len()));
         let mut report = Report::new(target, profile, attached, 0.0, Some(0));
         report.callsites = profile
             .callsites

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use pprof_proto::Message as _;
 
+pub mod serving;
+
 /// The `gotrace` binary of this build.
 pub fn gotrace() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gotrace"))
@@ -58,8 +60,13 @@ pub struct Pprof(pub pprof_proto::Profile);
 impl Pprof {
     /// Reads and decodes the file.
     pub fn read(path: &Path) -> Self {
+        Self::decode(&std::fs::read(path).expect("pprof file"))
+    }
+
+    /// Decodes a gzipped profile.
+    pub fn decode(gzipped: &[u8]) -> Self {
         let mut bytes = Vec::new();
-        flate2::read::GzDecoder::new(std::fs::File::open(path).expect("pprof file"))
+        flate2::read::GzDecoder::new(gzipped)
             .read_to_end(&mut bytes)
             .expect("gunzip");
         Self(pprof_proto::Profile::decode(bytes.as_slice()).expect("pprof"))

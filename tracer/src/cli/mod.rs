@@ -10,13 +10,15 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracer::config::{
-    ExplainConfig, ExplainFormat, ExplainInput, InspectConfig, InspectFormat, InspectTarget, LiveMode, OutputFormat,
-    Selector, ServeConfig, TraceConfig,
+    AgentConfig, ExplainConfig, ExplainFormat, ExplainInput, InspectConfig, InspectFormat, InspectTarget, LiveMode,
+    OutputFormat, Scope, Selector, ServeConfig, TraceConfig,
 };
 use tracer::duty::DutyCycleOptions;
 use tracer::mode::Mode;
 use tracer::probes::ProbeOptions;
 use tracer::profile::Grouping;
+
+pub mod meta;
 
 /// `--span-budget`'s default: probe hits per second of the target's CPU time (see `crate::duty`).
 const DEFAULT_SPAN_BUDGET: u32 = 1000;
@@ -24,10 +26,23 @@ const DEFAULT_SPAN_BUDGET: u32 = 1000;
 /// See where a running Go program allocates heap memory: each callsite, the type it
 /// allocates, how often and how big. No recompiling, no pprof import, no restart.
 #[derive(Debug, Parser)]
-#[command(name = "gotrace", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "gotrace",
+    version,
+    disable_version_flag = true,
+    arg_required_else_help = true,
+    max_term_width = 100,
+    after_help = "Start with: gotrace doctor (can this host trace?), then gotrace inspect BINARY or \
+                  sudo gotrace attach PID. Each command has its own --help."
+)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+
+    /// Print the version, the git commit and build date, and the kernel features the probes
+    /// need, each checked against the running kernel
+    #[arg(long, short = 'V')]
+    pub version: bool,
 
     /// Print no progress on stderr (reading, attached, a status line every interval, where a
     /// file went); warnings and errors still show.
@@ -77,8 +92,9 @@ pub enum Command {
     Run(RunArgs),
 
     /// Run as a sidecar: follow one Go process (by --pid, --exe or --name), trace it with low
-    /// overhead for as long as it runs, and serve what was collected over HTTP. Runs until
-    /// SIGINT or SIGTERM.
+    /// overhead for as long as it runs, and serve what was collected over HTTP. Or, with --all,
+    /// as a node agent: follow every Go process on the host, each labelled with its pid,
+    /// executable, container and pod. Runs until SIGINT or SIGTERM.
     ///
     /// Endpoints (GET only; none can change what is traced): /metrics (Prometheus text:
     /// per-callsite byte and object counters for the top --top-k callsites plus an "other"
@@ -89,8 +105,16 @@ pub enum Command {
     /// running the same executable (or with the same name) appears; gotrace attaches to it
     /// within about a second. Processes in containers work: the binary is read through
     /// /proc/PID/root. Needs CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (or root).
+    ///
+    /// With --all, /targets lists the processes followed (JSON), every series has pid, exe,
+    /// container and pod labels, and the profiles take ?pid=N or ?container=ID (all processes
+    /// of one container, merged). Non-Go processes are left alone; new ones are found within
+    /// a second.
     #[command(after_help = "Examples:
           sudo gotrace serve --name my-service                    span or go-sampler, on 127.0.0.1:9464
+          sudo gotrace serve --all --listen 0.0.0.0:9464           every Go process on the host
+          curl -s localhost:9464/targets
+          go tool pprof -top 'http://127.0.0.1:9464/debug/pprof/allocs?pid=4242'
           sudo gotrace serve --exe /srv/app/server --listen 0.0.0.0:9464
           sudo gotrace serve --pid 4242 --mode go-sampler --set-mem-profile-rate 524288
           curl -s localhost:9464/metrics | grep gotrace_alloc_bytes_total
@@ -118,6 +142,20 @@ Verdicts: escapes, moved_to_heap, does_not_escape (with a contradiction note whe
 was used anyway), runtime, unknown. The compiler that built the target is found on PATH or in
 ~/sdk/goX.Y.Z; another release is used with a warning, since its decisions may differ.")]
     Explain(ExplainArgs),
+
+    /// Say, on one screen, whether this host can trace Go programs and what is missing: the
+    /// kernel release and features, privileges, the kernel's verdict on the probes (loaded,
+    /// then unloaded), lockdown, ptrace_scope, perf_event_paranoid and the BPF JIT. Exits 0
+    /// when tracing can work, 1 when a line says FAIL. Run it as the user (and in the
+    /// container) that will run gotrace.
+    #[command(after_help = "Examples:\n  \
+        sudo gotrace doctor\n  \
+        kubectl exec -n monitoring ds/gotrace -- gotrace doctor")]
+    Doctor,
+
+    /// Write the man pages or a shell's completions into a directory (for packagers).
+    #[command(hide = true)]
+    Generate(meta::GenerateArgs),
 }
 
 /// `--mode` (attach, run, serve).
@@ -172,7 +210,7 @@ impl From<CallsiteArg> for Grouping {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "exe", "name"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "exe", "name", "all"])))]
 pub struct ServeArgs {
     /// Follow this process; after it exits, processes running the same executable.
     #[arg(long, value_name = "PID")]
@@ -186,6 +224,30 @@ pub struct ServeArgs {
     #[arg(long, value_name = "COMM")]
     pub name: Option<String>,
 
+    /// Node agent: follow every Go process this gotrace can see (all of the host's with
+    /// hostPID), each traced in --mode from when it is found until it exits.
+    #[arg(long, conflicts_with_all = ["pid", "exe", "name"])]
+    pub all: bool,
+
+    /// With --all: never trace processes of this name (/proc/PID/comm). Repeatable.
+    #[arg(long, value_name = "COMM", requires = "all")]
+    pub exclude_name: Vec<String>,
+
+    /// With --all: never trace this executable (the path as the process sees it). Repeatable.
+    #[arg(long, value_name = "PATH", requires = "all")]
+    pub exclude_exe: Vec<PathBuf>,
+
+    /// With --all: processes traced at once. Further ones are skipped until one exits, and
+    /// counted in gotrace_agent_skipped_processes_total{reason="max_targets"}.
+    #[arg(long, value_name = "N", default_value_t = 64, requires = "all")]
+    pub max_targets: usize,
+
+    /// With --all: callsite series in /metrics over all targets. Each target may have up to
+    /// --max-series / --max-targets (and its --top-k rules); callsites beyond that stay in its
+    /// "other" series, counted in gotrace_agent_folded_series.
+    #[arg(long, value_name = "N", default_value_t = 5000, requires = "all")]
+    pub max_series: usize,
+
     /// Address to serve HTTP on. The default is loopback only: expose it deliberately.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
     pub listen: std::net::SocketAddr,
@@ -195,9 +257,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 50)]
     pub top_k: usize,
 
-    /// How often the probes' counts are collected and the served data renewed.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
-    pub interval: Duration,
+    /// How often the probes' counts are collected and the served data renewed [default: 2s;
+    /// with --all, 10s: the agent collects dozens of targets, and scrapers come every 15 s or
+    /// more].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
 
     /// Which frame names a series: first, the line that allocates; user, the first line of
     /// the program's own code (see attach --help). The other one is in
@@ -247,13 +311,30 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// Validates the options.
     pub fn resolve(self) -> anyhow::Result<ServeConfig> {
-        let selector = match (self.pid, self.exe, self.name) {
-            (Some(0), _, _) => bail!("0 is not a valid process id"),
-            (Some(pid), None, None) => Selector::Pid(pid),
-            (None, Some(exe), None) => Selector::Exe(exe),
-            (None, None, Some(name)) if !name.is_empty() => Selector::Name(name),
-            (None, None, Some(_)) => bail!("--name must not be empty"),
-            _ => bail!("give exactly one of --pid, --exe and --name"),
+        let scope = match (self.pid, self.exe, self.name, self.all) {
+            (Some(0), _, _, _) => bail!("0 is not a valid process id"),
+            (Some(pid), None, None, false) => Scope::One(Selector::Pid(pid)),
+            (None, Some(exe), None, false) => Scope::One(Selector::Exe(exe)),
+            (None, None, Some(name), false) if !name.is_empty() => Scope::One(Selector::Name(name)),
+            (None, None, Some(_), false) => bail!("--name must not be empty"),
+            (None, None, None, true) => {
+                if self.max_targets == 0 {
+                    bail!("--max-targets must be at least 1");
+                }
+                if self.max_series < self.max_targets {
+                    bail!("--max-series must be at least --max-targets (one series per target)");
+                }
+                if self.exclude_name.iter().any(String::is_empty) {
+                    bail!("--exclude-name must not be empty");
+                }
+                Scope::All(AgentConfig {
+                    exclude_names: self.exclude_name,
+                    exclude_exes: self.exclude_exe,
+                    max_targets: self.max_targets,
+                    max_series: self.max_series,
+                })
+            }
+            _ => bail!("give exactly one of --pid, --exe, --name and --all"),
         };
         if self.top_k == 0 {
             bail!("--top-k must be at least 1");
@@ -261,16 +342,27 @@ impl ServeArgs {
         if self.max_keys < 100 {
             bail!("--max-keys must be at least 100");
         }
-        if self.interval < Duration::from_millis(100) || self.interval > Duration::from_hours(1) {
+        let (default_interval, poll) = match scope {
+            Scope::One(_) => (Duration::from_secs(2), Duration::from_millis(100)),
+            Scope::All(_) => (Duration::from_secs(10), Duration::from_millis(500)),
+        };
+        let interval = self.interval.unwrap_or(default_interval);
+        if interval < Duration::from_millis(100) || interval > Duration::from_hours(1) {
             bail!("--interval must be between 100ms and 1h");
         }
+        let series_per_target = match &scope {
+            Scope::All(agent) => (agent.max_series / agent.max_targets).max(1),
+            Scope::One(_) => usize::MAX,
+        };
         Ok(ServeConfig {
-            selector,
+            scope,
             listen: self.listen,
             mode: self.mode.into(),
             set_mem_profile_rate: self.set_mem_profile_rate,
             top_k: self.top_k,
-            interval: self.interval,
+            series_per_target,
+            interval,
+            poll,
             max_keys: self.max_keys,
             probe_options: ProbeOptions {
                 stack_depth: usize::from(self.stack_depth),
@@ -803,7 +895,7 @@ mod tests {
         use clap::Parser as _;
         let period = |args: &[&str]| {
             let cli = Cli::try_parse_from([&["gotrace", "serve", "--pid", "42"][..], args].concat()).unwrap();
-            let Command::Serve(serve) = cli.command else {
+            let Some(Command::Serve(serve)) = cli.command else {
                 panic!("not serve")
             };
             serve.resolve().map(|config| {
