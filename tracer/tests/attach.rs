@@ -11,6 +11,7 @@
 mod common;
 
 use std::io::Read as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::Receiver;
@@ -492,12 +493,26 @@ fn run_passes_on_signals_and_the_program_exit_status() {
     // SIGINT to gotrace (alone, as `kill -INT` would) is passed on to the program, and
     // gotrace reports once the program has exited, with its status: killed by SIGINT, 128 + 2.
     let report_file = scratch("signalled.json");
-    let mut child = gotrace()
+    let mut command = gotrace();
+    command
         .args(["run", "--format", "json", "-o"])
         .arg(&report_file)
         .arg("--")
         .arg(&f.path)
-        .args(["rate", "100"])
+        .args(["rate", "100"]);
+    // A test run started in the background by a shell without job control (`cmd &`, `nohup`)
+    // inherits SIGINT ignored. gotrace's own handler replaces that, but the program it execs
+    // keeps it (execve(2) keeps ignored dispositions), and Go leaves an ignored SIGINT ignored
+    // (os/signal: "If the program was started with SIGHUP or SIGINT ignored ... they remain
+    // ignored"), so the forwarded signal would do nothing and this test would wait forever.
+    // SAFETY: signal(2) is async-signal-safe, the only kind of call allowed between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
