@@ -503,8 +503,9 @@ fn run_passes_on_signals_and_the_program_exit_status() {
     // A test run started in the background by a shell without job control (`cmd &`, `nohup`)
     // inherits SIGINT ignored. gotrace's own handler replaces that, but the program it execs
     // keeps it (execve(2) keeps ignored dispositions), and Go leaves an ignored SIGINT ignored
-    // (os/signal: "If the program was started with SIGHUP or SIGINT ignored ... they remain
-    // ignored"), so the forwarded signal would do nothing and this test would wait forever.
+    // (src/os/signal/doc.go: "If the Go program is started with either SIGHUP or SIGINT ignored
+    // (signal handler set to SIG_IGN), they will remain ignored."), so the forwarded signal
+    // would do nothing and this test would wait forever.
     // SAFETY: signal(2) is async-signal-safe, the only kind of call allowed between fork and exec.
     unsafe {
         command.pre_exec(|| {
