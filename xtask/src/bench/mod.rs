@@ -15,6 +15,7 @@
 mod account;
 mod accuracy;
 mod cost;
+mod latency;
 mod proc;
 mod readme;
 mod realistic;

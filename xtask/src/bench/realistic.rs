@@ -10,6 +10,7 @@ use anyhow::{Context, Result, ensure};
 use serde::Serialize;
 
 use super::account::{Account, SETTLE, Window, WindowAccount};
+use super::latency::{Latencies, PooledPercentile};
 use super::proc::{CpuSplit, Proc, cpu_seconds_exact, peak_rss_mib, steal_seconds};
 use super::side_by_side::{PairedWindow, SideBySide, SideBySideNoise};
 use super::stats::Stat;
@@ -34,6 +35,8 @@ pub(super) struct RealisticRow {
     pub(super) cpu_per_cpu_ratio: Option<f64>,
     /// The HTTP p99 latency's, traced over untraced, every run.
     pub(super) http_p99_ratio: Option<Stat>,
+    /// The HTTP p99 latency over every request of the runs pooled, traced against untraced.
+    pub(super) http_p99_pooled: Option<PooledPercentile>,
     /// The same ratios' runs: HTTP requests/s, per CPU-second; CPU-bound ops/s, per CPU-second.
     pub(super) ratio_ranges: [Option<Stat>; 4],
     /// The tracer's peak RSS over these runs, MiB.
@@ -88,6 +91,7 @@ pub(super) fn measure(repo: &Path, env: &Env, plan: &Plan) -> Result<(Vec<Realis
     let noise = SideBySideNoise {
         http_per_cpu: http.noise(2),
         http_p99: http.noise(1),
+        http_p99_pooled: http.pooled_noise(99.0),
         cpu_ops: cpu.noise(0),
         cpu_per_cpu: cpu.noise(1),
         http_steal: http.steal_percent(),
@@ -135,17 +139,17 @@ fn http_side_by_side(
         urls.push(format!("{}/json", ready.trim_start_matches("ready").trim()));
     }
     // Both instances loaded at once, each by its own wrk.
-    let load_both = |secs: u64| -> Result<[(f64, f64); 2]> {
+    let load_both = |secs: u64| -> Result<[WrkLoad; 2]> {
         std::thread::scope(|scope| {
             let loads: Vec<_> = urls
                 .iter()
                 .map(|url| scope.spawn(|| wrk(url, secs, Some(&pace))))
                 .collect();
-            let mut out = [(0.0, 0.0); 2];
-            for (slot, load) in out.iter_mut().zip(loads) {
-                *slot = load.join().map_err(|_| anyhow::anyhow!("a wrk thread panicked"))??;
+            let mut out = Vec::with_capacity(2);
+            for load in loads {
+                out.push(load.join().map_err(|_| anyhow::anyhow!("a wrk thread panicked"))??);
             }
-            Ok(out)
+            out.try_into().map_err(|_| anyhow::anyhow!("not one load per instance"))
         })
     };
     load_both(1).context("warming the HTTP services up")?;
@@ -171,7 +175,7 @@ fn http_side_by_side(
                         let cpu_before = [cpu_seconds_exact(pids[0])?, cpu_seconds_exact(pids[1])?];
                         let steal_before = steal()?;
                         let started = Instant::now();
-                        let loads = load_both(window_secs)?;
+                        let mut loads = load_both(window_secs)?;
                         let wall = started.elapsed().as_secs_f64();
                         let stolen = (steal()? - steal_before) / wall;
                         #[expect(clippy::cast_precision_loss, reason = "seconds")]
@@ -179,7 +183,7 @@ fn http_side_by_side(
                         let mut figures = Vec::new();
                         let mut cpu_rate = 0.0;
                         for (k, &pid) in pids.iter().enumerate() {
-                            let (rps, p99) = loads[(traced + k) % 2];
+                            let WrkLoad { rps, p99, .. } = loads[(traced + k) % 2];
                             let cpu = cpu_seconds_exact(pid)? - cpu_before[k];
                             ensure!(cpu > 0.0, "the service used no CPU time");
                             if k == 0 {
@@ -187,9 +191,19 @@ fn http_side_by_side(
                             }
                             figures.push(vec![rps, p99, rps * secs / cpu]);
                         }
+                        let latencies = [
+                            std::mem::take(&mut loads[traced].latencies),
+                            std::mem::take(&mut loads[1 - traced].latencies),
+                        ];
                         let untraced = figures.pop().unwrap_or_default();
                         let traced = figures.pop().unwrap_or_default();
-                        Ok((traced, untraced, stolen, cpu_rate))
+                        Ok(Measured {
+                            traced,
+                            untraced,
+                            latencies: Some(latencies),
+                            steal: stolen,
+                            target_cpu_rate: cpu_rate,
+                        })
                     },
                     plan.wrk_secs,
                 ),
@@ -260,7 +274,13 @@ fn cpu_side_by_side(
                         }
                         let (untraced, _) = figures.pop().unwrap_or_default();
                         let (traced, cpu_rate) = figures.pop().unwrap_or_default();
-                        Ok((traced, untraced, stolen, cpu_rate))
+                        Ok(Measured {
+                            traced,
+                            untraced,
+                            latencies: None,
+                            steal: stolen,
+                            target_cpu_rate: cpu_rate,
+                        })
                     },
                     plan.window_secs as u64,
                 ),
@@ -271,23 +291,31 @@ fn cpu_side_by_side(
     Ok(cpu)
 }
 
+/// What one window measured of a workload's two instances.
+struct Measured {
+    /// The traced instance's compared figures, then the untraced one's.
+    traced: Vec<f64>,
+    untraced: Vec<f64>,
+    /// Where the workload serves requests: their latencies, the traced instance's first.
+    latencies: Option<[Latencies; 2]>,
+    /// The share of the workload CPU's time the hypervisor stole.
+    steal: f64,
+    /// The traced instance's CPU seconds per second.
+    target_cpu_rate: f64,
+}
+
 /// One window of a realistic workload's two instances: attaches `tracer` to `traced_pid` (gotrace's
 /// modes timing their probes), lets it settle, measures, stops it and appends the window's
 /// account ([`WindowAccount`]) to the traced instance's figures: `settle` (skipped untraced),
 /// then `measure`, which is given the window's length in seconds (`window_secs`, or
-/// duty-cycled span's period) and returns the traced and the untraced instance's figures, the
-/// steal share and the traced instance's CPU seconds per second.
+/// duty-cycled span's period) and returns what it measured ([`Measured`]).
 fn paired_window(
     env: &Env,
     (tracer, span_period_secs): (Tracer, Option<u64>),
     traced_pid: u32,
     binary: &Path,
     note_rss: &mut impl FnMut(Tracer, Option<&Attached>),
-    (settle, measure, window_secs): (
-        impl Fn() -> Result<()>,
-        impl FnOnce(u64) -> Result<(Vec<f64>, Vec<f64>, f64, f64)>,
-        u64,
-    ),
+    (settle, measure, window_secs): (impl Fn() -> Result<()>, impl FnOnce(u64) -> Result<Measured>, u64),
 ) -> Result<PairedWindow> {
     // Duty-cycled span mode measures its rate over the first second, detaches, and attaches
     // again ~0.95 of a period later, so with the window as long as the period (and the
@@ -309,7 +337,13 @@ fn paired_window(
         settle()?;
     }
     let window = Window::start(attached.as_ref())?;
-    let (mut under_tracer, beside_it, steal, target_cpu_rate) = measure(window_secs)?;
+    let Measured {
+        traced: mut under_tracer,
+        untraced: beside_it,
+        latencies,
+        steal,
+        target_cpu_rate,
+    } = measure(window_secs)?;
     let window = window.end()?;
     note_rss(tracer, attached.as_ref());
     if let Some(attached) = attached {
@@ -326,6 +360,7 @@ fn paired_window(
     Ok(PairedWindow {
         traced: under_tracer,
         untraced: beside_it,
+        latencies,
         steal,
     })
 }
@@ -345,6 +380,7 @@ fn realistic_rows(tracers: &[Tracer], http: &SideBySide, cpu: &SideBySide, rss: 
             http_ratio: median(http.ratio(i, 0)),
             http_per_cpu_ratio: median(http.ratio(i, 2)),
             http_p99_ratio: http.ratio(i, 1),
+            http_p99_pooled: http.pooled(i, 99.0),
             cpu_ratio: median(cpu.ratio(i, 0)),
             cpu_per_cpu_ratio: median(cpu.ratio(i, 1)),
             ratio_ranges: [http.ratio(i, 0), http.ratio(i, 2), cpu.ratio(i, 0), cpu.ratio(i, 1)],
@@ -376,19 +412,40 @@ fn start_workload(binary: &Path, args: &[&str], split: Option<&CpuSplit>) -> Res
     Proc::start(&format!("workloads {}", args.join(" ")), &mut command, false)
 }
 
-/// wrk's Lua hook that paces each connection: after every response it waits 1 ms before the
-/// next request. With `-c8`, an instance of the HTTP service gets up to ~8,000 requests a
+/// wrk's Lua hooks: `delay` paces each connection: after every response it waits 1 ms before
+/// the next request. With `-c8`, an instance of the HTTP service gets up to ~8,000 requests a
 /// second and in practice ~5,000 (a quarter of a CPU each here): both instances get the same
 /// load and neither saturates, so neither's requests per CPU-second depends on how the
 /// scheduler shared the CPU out. (Two instances under unpaced wrk differed by up to ±40% in
 /// requests/s, and their requests per CPU-second followed: a service batches more per wakeup
 /// the busier it is.)
+///
+/// `done` prints wrk's latency histogram, a `latency-us VALUE COUNT` line per latency seen
+/// ([`LINE_PREFIX`](super::latency::LINE_PREFIX)), so that p99 can be taken over several windows' requests pooled
+/// ([`Latencies`]). In wrk's Lua API the `latency` object's length is how many distinct values
+/// it holds and `latency(i)` returns the i-th value in microseconds and its count (wrk's
+/// `SCRIPTING` and `src/script.c`).
 const PACE_SCRIPT: &str = "-- gotrace bench: each connection waits 1 ms after every response\n\
-                           function delay()\n   return 1\nend\n";
+                           function delay()\n   return 1\nend\n\
+                           -- and wrk's latency histogram is printed at the end\n\
+                           function done(summary, latency, requests)\n\
+                           \x20  for i = 1, #latency do\n\
+                           \x20     local micros, count = latency(i)\n\
+                           \x20     io.write(string.format(\"latency-us %d %d\\n\", micros, count))\n\
+                           \x20  end\n\
+                           end\n";
+
+/// What one `wrk` run measured: requests per second, p99 latency in ms (wrk's own), and with
+/// [`PACE_SCRIPT`] every request's latency.
+struct WrkLoad {
+    rps: f64,
+    p99: f64,
+    latencies: Latencies,
+}
 
 /// `wrk` against `url` for `secs`, each connection paced by `pace` when given
-/// ([`PACE_SCRIPT`]): requests per second and p99 latency in ms.
-fn wrk(url: &str, secs: u64, pace: Option<&Path>) -> Result<(f64, f64)> {
+/// ([`PACE_SCRIPT`]).
+fn wrk(url: &str, secs: u64, pace: Option<&Path>) -> Result<WrkLoad> {
     let mut command = Command::new("wrk");
     match pace {
         Some(script) => command.args(["-t1", "-c8", "-s"]).arg(script),
@@ -410,7 +467,12 @@ fn wrk(url: &str, secs: u64, pace: Option<&Path>) -> Result<(f64, f64)> {
         .find_map(|l| l.trim().strip_prefix("99%"))
         .and_then(|v| latency_ms(v.trim()))
         .with_context(|| format!("no 99% latency in wrk's output: {text}"))?;
-    Ok((rps, p99))
+    let latencies = match pace {
+        Some(_) => Latencies::from_wrk_output(&text)
+            .with_context(|| format!("no latency histogram in wrk's output: {text}"))?,
+        None => Latencies::default(),
+    };
+    Ok(WrkLoad { rps, p99, latencies })
 }
 
 /// `1.23ms`, `456.00us`, `1.50s` → milliseconds.

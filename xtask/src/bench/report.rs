@@ -131,7 +131,10 @@ fn realistic_table(md: &mut String, r: &Results) {
          and {} over the CPU-bound ones here, median and range), it does to both. The *untraced* \
          row's windows trace neither instance (A/A): the two came out {} apart per service \
          CPU-second, {} in p99 and {} per CPU-second (CPU-bound), median and range, the noise \
-         every change stands in; a target whose noise exceeds its limit is *undecided*. Each mode \
+         every change stands in; a target whose noise exceeds its limit is *undecided*. *Pooled* \
+         p99 is taken over every request of a mode's runs together (wrk's latency histograms \
+         merged), the traced instance's against the untraced one's; the A/A windows pooled the \
+         same way, those before each mode's, came out {} apart. Each mode \
          is measured after 2 s attached (under load), by which span mode's duty cycle has settled; \
          duty-cycled span runs with `--span-period` {}, in windows as long, so that each holds one \
          attach and one detach. In both workloads' runs {}. *Per CPU-s* divides by the instance's \
@@ -144,16 +147,22 @@ fn realistic_table(md: &mut String, r: &Results) {
         spread(r.noise.http_per_cpu.as_ref()),
         spread(r.noise.http_p99.as_ref()),
         spread(r.noise.cpu_per_cpu.as_ref()),
+        spread(r.noise.http_p99_pooled.as_ref()),
         span_period(&r.plan),
         r.cpus,
     );
     md.push_str(
-        "| mode | HTTP requests/s | per service CPU-s | change | HTTP p99 ms | change | CPU-bound ops/s | change | per CPU-s | change | gotrace peak RSS MiB |\n",
+        "| mode | HTTP requests/s | per service CPU-s | change | HTTP p99 ms | change | pooled p99 ms, change | CPU-bound ops/s | change | per CPU-s | change | gotrace peak RSS MiB |\n",
     );
-    md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for row in &r.realistic {
         if let Some(e) = &row.error {
-            let _ = writeln!(md, "| {} | {} | | | | | | | | | |", row.tracer.label(), not_measured(e));
+            let _ = writeln!(
+                md,
+                "| {} | {} | | | | | | | | | | |",
+                row.tracer.label(),
+                not_measured(e)
+            );
             continue;
         }
         let change = |ratio: Option<f64>| {
@@ -165,13 +174,19 @@ fn realistic_table(md: &mut String, r: &Results) {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.tracer.label(),
             stat(row.http_requests_per_sec.as_ref(), 0),
             stat(row.http_requests_per_cpu_sec.as_ref(), 0),
             change(row.http_per_cpu_ratio),
             stat(row.http_p99_ms.as_ref(), 2),
             change(row.http_p99_ratio.as_ref().map(|r| r.median)),
+            row.http_p99_pooled.as_ref().map_or_else(String::new, |p| format!(
+                "{:.2} against {:.2}, {}",
+                p.traced_ms,
+                p.untraced_ms,
+                percent(Some(p.ratio))
+            )),
             stat(row.cpu_ops_per_sec.as_ref(), 0),
             change(row.cpu_ratio),
             stat(row.cpu_ops_per_cpu_sec.as_ref(), 0),

@@ -5,6 +5,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::Plan;
+use super::latency::{Latencies, PooledPercentile};
 use super::stats::Stat;
 use super::tracers::Tracer;
 
@@ -14,6 +15,9 @@ use super::tracers::Tracer;
 pub(super) struct PairedWindow {
     pub(super) traced: Vec<f64>,
     pub(super) untraced: Vec<f64>,
+    /// Where the workload serves requests: each instance's request latencies in the window,
+    /// the traced instance's first, to be pooled over the runs ([`SideBySide::pooled`]).
+    pub(super) latencies: Option<[Latencies; 2]>,
     pub(super) steal: f64,
 }
 
@@ -38,6 +42,12 @@ pub(super) struct SideBySide {
     /// `[tracer][metric]`: traced over untraced in the same window; for
     /// [`Tracer::Untraced`], one untraced instance over the other.
     ratios: Vec<Vec<Vec<f64>>>,
+    /// `[tracer]`: request latencies over every run's windows, the traced instance's and the
+    /// untraced one's beside it. For [`Tracer::Untraced`], unused: see `aa_latencies`.
+    latencies: Vec<[Latencies; 2]>,
+    /// `[tracer]`: the same over the A/A windows taken before that tracer's, the instance it
+    /// then traces first (so that the A/A pools alternate instances as the traced ones do).
+    aa_latencies: Vec<[Latencies; 2]>,
     /// Every window's steal share of the workload CPU.
     steal: Vec<f64>,
     pub(super) errors: Vec<Option<String>>,
@@ -57,6 +67,8 @@ impl SideBySide {
         let mut out = Self {
             values: vec![vec![Vec::new(); metrics]; n],
             ratios: vec![vec![Vec::new(); compared]; n],
+            latencies: vec![Default::default(); n],
+            aa_latencies: vec![Default::default(); n],
             steal: Vec::new(),
             errors: vec![None; n],
         };
@@ -85,7 +97,7 @@ impl SideBySide {
                             shown(&figures.untraced),
                             figures.steal * 100.0
                         );
-                        out.add(i, &figures, compared);
+                        out.add((i, parity), &figures, compared);
                     }
                     Err(e) => {
                         eprintln!("bench: {what}: {}: {e:#}", mode.label());
@@ -97,7 +109,18 @@ impl SideBySide {
         out
     }
 
-    fn add(&mut self, tracer: usize, window: &PairedWindow, compared: usize) {
+    /// Adds the window of `tracer`, taken before `parity`'s when it is an A/A window.
+    fn add(&mut self, (tracer, parity): (usize, usize), window: &PairedWindow, compared: usize) {
+        if let Some(latencies) = &window.latencies {
+            let pools = if tracer == 0 {
+                &mut self.aa_latencies[parity]
+            } else {
+                &mut self.latencies[tracer]
+            };
+            for (pool, window) in pools.iter_mut().zip(latencies) {
+                pool.merge(window);
+            }
+        }
         for (m, v) in window.traced.iter().enumerate() {
             if tracer > 0 {
                 self.values[tracer][m].push(*v);
@@ -133,6 +156,28 @@ impl SideBySide {
         Stat::of(&apart)
     }
 
+    /// `tracer`'s `percent` percentile of latency over every request of its runs, traced
+    /// instance against the untraced one beside it. `None` for [`Tracer::Untraced`] or where
+    /// the workload serves no requests.
+    pub(super) fn pooled(&self, tracer: usize, percent: f64) -> Option<PooledPercentile> {
+        (tracer > 0)
+            .then(|| PooledPercentile::of(&self.latencies[tracer], percent))
+            .flatten()
+    }
+
+    /// How far apart two untraced instances came out in the `percent` percentile of latency
+    /// over every request of the A/A windows, pooled as the traced windows are (one pool per
+    /// tracer, of the A/A windows before its), |a / b − 1| in percent.
+    pub(super) fn pooled_noise(&self, percent: f64) -> Option<Stat> {
+        let apart: Vec<f64> = self
+            .aa_latencies
+            .iter()
+            .filter_map(|pools| PooledPercentile::of(pools, percent))
+            .map(|p| (p.ratio - 1.0).abs() * 100.0)
+            .collect();
+        Stat::of(&apart)
+    }
+
     /// The steal share of the workload CPU over the windows, in percent.
     pub(super) fn steal_percent(&self) -> Option<Stat> {
         Stat::of(&self.steal.iter().map(|s| s * 100.0).collect::<Vec<_>>())
@@ -146,6 +191,9 @@ impl SideBySide {
 pub(super) struct SideBySideNoise {
     pub(super) http_per_cpu: Option<Stat>,
     pub(super) http_p99: Option<Stat>,
+    /// The same, over every request of the A/A windows pooled as each mode's are (see
+    /// [`SideBySide::pooled_noise`]).
+    pub(super) http_p99_pooled: Option<Stat>,
     pub(super) cpu_ops: Option<Stat>,
     pub(super) cpu_per_cpu: Option<Stat>,
     pub(super) http_steal: Option<Stat>,
@@ -155,6 +203,7 @@ pub(super) struct SideBySideNoise {
 #[cfg(test)]
 mod tests {
     use super::{PairedWindow, SideBySide};
+    use crate::bench::latency::Latencies;
     use crate::bench::tracers::Tracer;
     use crate::bench::{Plan, SPAN_PERIOD_SECS};
 
@@ -192,6 +241,7 @@ mod tests {
                 Ok(PairedWindow {
                     traced: [vec![traced_figure * speed], account].concat(),
                     untraced: vec![100.0 * speed],
+                    latencies: None,
                     steal: speed / 10.0,
                 })
             },
@@ -209,5 +259,58 @@ mod tests {
         assert_eq!(traced_instances, vec![1, 1, 0, 0, 0, 0, 1, 1]);
         let steal = windows.steal_percent().expect("steal");
         assert!((steal.min - 5.0).abs() < 1e-9 && (steal.max - 10.0).abs() < 1e-9);
+        assert!(windows.pooled(1, 99.0).is_none() && windows.pooled_noise(99.0).is_none());
+    }
+
+    /// Latencies pool per mode over the runs, and the A/A windows pool by the mode they come
+    /// before.
+    #[test]
+    fn latencies_pool_per_mode_over_the_runs() {
+        let plan = Plan {
+            runs: 3,
+            window_secs: 1,
+            wrk_secs: 1,
+            span_period_secs: Some(SPAN_PERIOD_SECS),
+            classes_rounds: 1,
+            accuracy_runs: 1,
+            symbolize_runs: 1,
+        };
+        let histogram = |slow_us: u64| {
+            Latencies::from_wrk_output(&format!("latency-us 400 98\nlatency-us {slow_us} 2\n")).expect("lines")
+        };
+        let mut window = 0;
+        let windows = SideBySide::run(
+            &plan,
+            &[Tracer::Untraced, Tracer::GoSampler, Tracer::Span],
+            (1, 1),
+            "test",
+            |tracer, _| {
+                window += 1;
+                // The traced instance is 10% slower at the tail under span; each A/A window
+                // before span has its first instance 20% slower in one run of three.
+                let (traced, untraced) = match (tracer, window) {
+                    (Tracer::Span, _) => (1100, 1000),
+                    (Tracer::Untraced, 3) => (1200, 1000),
+                    _ => (1000, 1000),
+                };
+                Ok(PairedWindow {
+                    traced: vec![1.0],
+                    untraced: vec![1.0],
+                    latencies: Some([histogram(traced), histogram(untraced)]),
+                    steal: 0.0,
+                })
+            },
+        );
+        let span = windows.pooled(2, 99.0).expect("span's pool");
+        assert_eq!(span.requests, [300, 300]);
+        assert!((span.ratio - 1.1).abs() < 1e-9, "{span:?}");
+        assert!((windows.pooled(1, 99.0).expect("go-sampler's pool").ratio - 1.0).abs() < 1e-9);
+        // p99 of 300 requests is the 297th: 1 ms in both pools of every A/A.
+        let noise = windows.pooled_noise(99.0).expect("A/A pools");
+        assert_eq!(noise.runs, vec![0.0, 0.0]);
+        assert_eq!(windows.pooled(0, 99.0).map(|p| p.ratio), None);
+        // At p99.9 the 20% slower tail of one run in three shows.
+        let tail = windows.pooled_noise(99.9).expect("A/A pools");
+        assert!((tail.max - 20.0).abs() < 1e-9, "{tail:?}");
     }
 }
