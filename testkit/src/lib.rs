@@ -328,19 +328,59 @@ pub fn output(command: &mut Command) -> Output {
 
 /// `Child::wait_with_output` under [`TIMEOUT`].
 pub fn wait_output(child: Child) -> Output {
+    wait_output_within(child, TIMEOUT)
+}
+
+/// `Child::wait_with_output`, killing the child and every process descended from it after
+/// `timeout` and then failing. The descendants too: a program the child started (`gotrace run`'s
+/// target, a shell's background job) keeps the child's stdout and stderr open, and
+/// `wait_with_output` reads them to the end, so killing only the child would leave the test
+/// hanging instead of failing.
+pub fn wait_output_within(child: Child, timeout: Duration) -> Output {
     let pid = child.id();
     let (done, finished) = std::sync::mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
-        if finished.recv_timeout(TIMEOUT).is_err() {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        if finished.recv_timeout(timeout).is_err() {
+            for process in process_tree(pid) {
+                let _ = Command::new("kill").args(["-KILL", &process.to_string()]).status();
+            }
             return true;
         }
         false
     });
     let out = child.wait_with_output().expect("wait");
     let _ = done.send(());
-    assert!(!watchdog.join().expect("watchdog"), "killed after {TIMEOUT:?}: {out:?}");
+    assert!(!watchdog.join().expect("watchdog"), "killed after {timeout:?}: {out:?}");
     out
+}
+
+/// `pid` and the processes descended from it now, parents first, from each process's parent in
+/// `/proc/PID/stat` (its 4th field, after the command name in parentheses, which may itself
+/// hold spaces and parentheses: proc(5)).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let process: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{process}/stat")).ok()?;
+            let after_name = &stat[stat.rfind(')')? + 1..];
+            let parent = after_name.split_whitespace().nth(1)?.parse().ok()?;
+            Some((process, parent))
+        })
+        .collect();
+    let mut tree = vec![pid];
+    let mut next = 0;
+    while let Some(&parent) = tree.get(next) {
+        tree.extend(
+            parents
+                .iter()
+                .filter(|&&(_, p)| p == parent)
+                .map(|&(process, _)| process),
+        );
+        next += 1;
+    }
+    tree
 }
 
 /// The lines of a child's output, read on a thread of their own (so the child never blocks on
@@ -354,4 +394,33 @@ pub fn lines_of(output: impl std::io::Read + Send + 'static) -> std::sync::mpsc:
         }
     });
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A child whose background job holds its stdout open: the watchdog kills both, so the
+    /// test fails in time instead of waiting for the job (this hung a test before).
+    #[test]
+    fn the_watchdog_kills_the_childs_descendants_too() {
+        let child = Command::new("sh")
+            .args(["-c", "sleep 300 & wait"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let started = Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            super::wait_output_within(child, Duration::from_millis(500))
+        }));
+        let message = *outcome
+            .expect_err("the watchdog fails the wait")
+            .downcast::<String>()
+            .expect("a formatted message");
+        assert!(message.starts_with("killed after 500ms"), "{message}");
+        assert!(started.elapsed() < Duration::from_mins(1), "{:?}", started.elapsed());
+    }
 }
