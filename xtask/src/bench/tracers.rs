@@ -75,6 +75,7 @@ pub(super) const STOP_GRACE: Duration = Duration::from_mins(2);
 /// A tracer attached to a target, ready.
 pub(super) struct Attached {
     pub(super) proc: Proc,
+    tracer: Tracer,
 }
 
 impl Attached {
@@ -85,11 +86,25 @@ impl Attached {
     /// Detaches (SIGINT) and waits for the tracer to exit. Generously: bpftrace, on Go 1.27's
     /// ~70 size-specialised entry points, once took more than 30 s to print its map and detach
     /// on a loaded 2-core VM (a CI run failed so); nothing is measured while it does.
+    ///
+    /// bpftrace is the one tracer whose hang here is a warning, not an error: the window was
+    /// measured before the SIGINT, and a baseline we did not write hanging on its way out says
+    /// nothing about what it cost while attached. It happened once in a full bench of
+    /// 2026-12-04 (Go 1.25, one probe, run 5 of 5: no exit within 2 minutes) and not in six
+    /// tries by hand; gotrace's own modes must still exit, cleanly and in time.
     pub(super) fn stop(self) -> Result<()> {
         let name = self.proc.name.clone();
-        let status = self.proc.stop(libc::SIGINT, STOP_GRACE)?;
-        ensure!(status.success(), "{name} exited with {status}");
-        Ok(())
+        match self.proc.stop(libc::SIGINT, STOP_GRACE) {
+            Err(e) if self.tracer == Tracer::Bpftrace => {
+                eprintln!("bench: warning: {e:#}; its window was measured before it was stopped");
+                Ok(())
+            }
+            stopped => {
+                let status = stopped?;
+                ensure!(status.success(), "{name} exited with {status}");
+                Ok(())
+            }
+        }
     }
 }
 
@@ -161,5 +176,5 @@ pub(super) fn attach(
             proc
         }
     };
-    Ok(Some(Attached { proc }))
+    Ok(Some(Attached { proc, tracer }))
 }
