@@ -207,20 +207,25 @@ mod tests {
     use crate::bench::tracers::Tracer;
     use crate::bench::{Plan, SPAN_PERIOD_SECS};
 
-    /// Each window compares the traced instance with the untraced one of the same seconds,
-    /// whatever the host did to both; the A/A windows give the noise; the traced instance
-    /// alternates.
-    #[test]
-    fn side_by_side_windows_compare_the_instances_of_the_same_window() {
-        let plan = Plan {
-            runs: 2,
+    /// A plan of `runs` runs, one-second windows.
+    fn plan_of(runs: usize) -> Plan {
+        Plan {
+            runs,
             window_secs: 1,
             wrk_secs: 1,
             span_period_secs: Some(SPAN_PERIOD_SECS),
             classes_rounds: 1,
             accuracy_runs: 1,
             symbolize_runs: 1,
-        };
+        }
+    }
+
+    /// Each window compares the traced instance with the untraced one of the same seconds,
+    /// whatever the host did to both; the A/A windows give the noise; the traced instance
+    /// alternates.
+    #[test]
+    fn side_by_side_windows_compare_the_instances_of_the_same_window() {
+        let plan = plan_of(2);
         // A host twice as slow in the second run: the changes do not see it. Each run is A/A,
         // exact, A/A, span.
         let mut host = [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5].into_iter();
@@ -266,15 +271,7 @@ mod tests {
     /// before.
     #[test]
     fn latencies_pool_per_mode_over_the_runs() {
-        let plan = Plan {
-            runs: 3,
-            window_secs: 1,
-            wrk_secs: 1,
-            span_period_secs: Some(SPAN_PERIOD_SECS),
-            classes_rounds: 1,
-            accuracy_runs: 1,
-            symbolize_runs: 1,
-        };
+        let plan = plan_of(3);
         let histogram = |slow_us: u64| {
             Latencies::from_wrk_output(&format!("latency-us 400 98\nlatency-us {slow_us} 2\n")).expect("lines")
         };
