@@ -425,6 +425,9 @@ pub enum EmptyAt {
     Entry,
     /// The address exact mode's probe goes to (after the stack-bound check).
     Placement,
+    /// Where span mode's probes go (`runtime.(*mcache).refill`, `allocLarge`, `releaseAll`):
+    /// what keeping them attached and gating them in BPF would cost.
+    Span,
 }
 
 /// Empty probes on the counting entry points of one process: what a probe at those addresses
@@ -437,31 +440,44 @@ pub struct EmptyProbes {
 }
 
 impl EmptyProbes {
-    /// Attaches the empty program where exact mode's counting probes would go, or at those
-    /// functions' first instructions.
+    /// Attaches the empty program where exact mode's counting probes would go, at those
+    /// functions' first instructions, or where span mode's probes go.
     pub fn attach(binary: &GoBinary<'_>, binary_path: &Path, pid: u32, at: EmptyAt) -> anyhow::Result<Self> {
+        let offsets = Self::offsets(binary, at)?;
+        let mut ebpf = load_object()?;
+        let places = offsets.iter().map(|(function, offset)| (function.as_str(), *offset));
+        let attached = attach_program(&mut ebpf, EMPTY_PROGRAM, places, binary_path, one_process(pid)?)?;
+        Ok(Self { _ebpf: ebpf, attached })
+    }
+
+    /// The (function, file offset) pairs [`EmptyProbes::attach`] puts the empty program on.
+    pub fn offsets(binary: &GoBinary<'_>, at: EmptyAt) -> anyhow::Result<Vec<(String, u64)>> {
         let points = binary
             .probe_points()
             .context("cannot find the allocation entry points")?;
-        let counting: Vec<&ProbePoint> = points.iter().filter(|p| p.role == ProbeRole::Count).collect();
-        if counting.is_empty() {
-            bail!("the binary has no runtime.mallocgc");
+        let wanted = |role: ProbeRole| match at {
+            EmptyAt::Entry | EmptyAt::Placement => role == ProbeRole::Count,
+            EmptyAt::Span => matches!(
+                role,
+                ProbeRole::SpanRefill | ProbeRole::LargeAlloc | ProbeRole::SpanRelease
+            ),
+        };
+        let chosen: Vec<&ProbePoint> = points.iter().filter(|p| wanted(p.role)).collect();
+        if chosen.is_empty() {
+            bail!("the binary has none of the functions to probe ({at:?})");
         }
-        let offsets = counting
+        Ok(chosen
             .iter()
             .map(|p| {
                 // The function's start lies in the same segment, `probe_address - address`
                 // bytes before the probe.
                 let offset = match at {
                     EmptyAt::Entry => p.file_offset - (p.probe_address - p.address),
-                    EmptyAt::Placement => p.file_offset,
+                    EmptyAt::Placement | EmptyAt::Span => p.file_offset,
                 };
-                (p.function.as_str(), offset)
+                (p.function.clone(), offset)
             })
-            .collect::<Vec<_>>();
-        let mut ebpf = load_object()?;
-        let attached = attach_program(&mut ebpf, EMPTY_PROGRAM, offsets, binary_path, one_process(pid)?)?;
-        Ok(Self { _ebpf: ebpf, attached })
+            .collect())
     }
 }
 

@@ -40,12 +40,12 @@ use crate::process::CpuTicks;
 /// How long the probes stay attached to measure their hit rate: at the start, while the rate
 /// is within the budget, and between attempts to attach again. The cycle itself is as long as
 /// the caller says (`--span-period`, 30 s by default) because attaching and detaching costs
-/// the target far more than the hits while attached: each registration rewrites its code page
-/// (copy-on-write under its `mmap_lock`, with a TLB flush on every CPU it runs on) and each
-/// perf event's release waits for an RCU grace period. On the pinned `net/http` benchmark
-/// service, cycling once a second cost 11–17% of its requests per CPU-second, once every 30 s
-/// about 2%, while the probes' hits accounted for 0.3% (docs/sampled-overhead.md, *History:
-/// the duty cycle's period*).
+/// the target more than the hits while attached: while a perf-event uprobe is being removed,
+/// every thread of the target that hits it sleeps until the removal is done (~10 ms here;
+/// `handler_chain` in `kernel/events/uprobes.c` waits on the probe's `register_rwsem` once
+/// the perf event's filter has dropped the process). On the pinned `net/http` benchmark
+/// service a 3 s cycle added ~13% to its p99, 30 s nothing measurable
+/// (docs/sampled-overhead.md, *What a detach costs the target*).
 pub const RATE_WINDOW: Duration = Duration::from_secs(1);
 
 /// How often a thread reads the target's allocation total, so that when the target exits the
