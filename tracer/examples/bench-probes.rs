@@ -9,9 +9,11 @@
 //!   profile of N distinct stacks from cold symbol caches;
 //! - `bench-probes cycle-empty PID --via perf|multi`: attaches and detaches an empty uprobe on
 //!   span mode's functions over and over, as span mode's duty cycle does, through per-probe
-//!   perf events (gotrace's way, through aya) or one `uprobe_multi` link: what attaching and
-//!   detaching cost the target (`docs/sampled-overhead.md`, *What a detach costs the target*).
+//!   perf events (through aya, as before Linux 6.6) or one `uprobe_multi` link (as gotrace's
+//!   duty cycle on Linux 6.6+): what attaching and detaching cost the target
+//!   (`docs/sampled-overhead.md`, *What a detach costs the target*).
 
+use std::os::fd::AsFd as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -62,7 +64,7 @@ enum Command {
     CycleEmpty {
         /// The process.
         pid: u32,
-        /// perf: one perf event per probe, through aya, as gotrace attaches; multi: one
+        /// perf: one perf event per probe, through aya (before Linux 6.6); multi: one
         /// `uprobe_multi` BPF link for all of them (Linux 6.6+).
         #[arg(long, value_enum)]
         via: Via,
@@ -277,13 +279,15 @@ fn cycle_empty(pid: u32, via: Via, on_off: [Duration; 2], total: Duration) -> an
         .into_iter()
         .map(|(_, offset)| offset)
         .collect();
-    let multi_program = (via == Via::Multi).then(uprobe_multi::load_empty_program).transpose()?;
+    let multi_program = (via == Via::Multi)
+        .then(tracer::uprobe_multi::load_empty_program)
+        .transpose()?;
     let started = Instant::now();
     let (mut attaching, mut detaching, mut cycles) = (Duration::ZERO, Duration::ZERO, 0_u32);
     while started.elapsed() < total {
         let attach_started = Instant::now();
         let attached: Box<dyn std::any::Any> = match &multi_program {
-            Some(program) => Box::new(uprobe_multi::attach(program, &path, &offsets, pid)?),
+            Some(program) => Box::new(tracer::uprobe_multi::attach(program.as_fd(), &path, &offsets, pid)?),
             None => Box::new(EmptyProbes::attach(&binary, &path, pid, EmptyAt::Span)?),
         };
         attaching += attach_started.elapsed();
@@ -302,102 +306,4 @@ fn cycle_empty(pid: u32, via: Via, on_off: [Duration; 2], total: Duration) -> an
         per_cycle(detaching)
     );
     Ok(())
-}
-
-/// Just enough of the `uprobe_multi` BPF link (Linux 6.6+) to attach an empty program with it:
-/// aya 0.14 neither loads a program for that link (`expected_attach_type`
-/// `BPF_TRACE_UPROBE_MULTI`) nor creates one. The layouts are `union bpf_attr`'s
-/// (`include/uapi/linux/bpf.h`); the kernel wants every byte it does not know to be zero.
-mod uprobe_multi {
-    use std::ffi::CString;
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-    use std::os::unix::ffi::OsStrExt as _;
-    use std::path::Path;
-
-    use anyhow::Context as _;
-
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_LINK_CREATE: libc::c_long = 28;
-    const BPF_PROG_TYPE_KPROBE: u32 = 2;
-    const BPF_TRACE_UPROBE_MULTI: u32 = 48;
-
-    /// `bpf_attr` for `BPF_PROG_LOAD`, up to `expected_attach_type`.
-    #[repr(C)]
-    #[derive(Default)]
-    struct ProgLoad {
-        prog_type: u32,
-        insn_cnt: u32,
-        insns: u64,
-        license: u64,
-        log_level: u32,
-        log_size: u32,
-        log_buf: u64,
-        kern_version: u32,
-        prog_flags: u32,
-        prog_name: [u8; 16],
-        prog_ifindex: u32,
-        expected_attach_type: u32,
-    }
-
-    /// `bpf_attr` for `BPF_LINK_CREATE` with its `uprobe_multi` part.
-    #[repr(C)]
-    #[derive(Default)]
-    struct LinkCreate {
-        prog_fd: u32,
-        target_fd: u32,
-        attach_type: u32,
-        flags: u32,
-        path: u64,
-        offsets: u64,
-        ref_ctr_offsets: u64,
-        cookies: u64,
-        cnt: u32,
-        multi_flags: u32,
-        pid: u32,
-        padding: u32,
-    }
-
-    fn bpf<T>(command: libc::c_long, attr: &T) -> anyhow::Result<OwnedFd> {
-        // SAFETY: `attr` is a `bpf_attr` prefix of its own size, which the kernel reads (and,
-        // for these two commands, does not write); the pointers in it outlive the call.
-        let fd = unsafe { libc::syscall(libc::SYS_bpf, command, std::ptr::from_ref(attr), size_of::<T>()) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        let fd = i32::try_from(fd).context("the kernel returned no file descriptor")?;
-        // SAFETY: the kernel just returned this new descriptor, owned by nobody else.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-
-    /// `r0 = 0; exit`, loaded for `uprobe_multi` links.
-    pub fn load_empty_program() -> anyhow::Result<OwnedFd> {
-        // BPF_ALU64 | BPF_MOV | BPF_K into r0, imm 0; then BPF_JMP | BPF_EXIT.
-        let instructions: [u64; 2] = [0xb7, 0x95];
-        let license = c"GPL";
-        let attr = ProgLoad {
-            prog_type: BPF_PROG_TYPE_KPROBE,
-            insn_cnt: 2,
-            insns: instructions.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            expected_attach_type: BPF_TRACE_UPROBE_MULTI,
-            ..ProgLoad::default()
-        };
-        bpf(BPF_PROG_LOAD, &attr).context("cannot load an empty program for uprobe_multi (Linux 6.6+)")
-    }
-
-    /// Attaches `program` at each of `offsets` of `path`, in process `pid` only, as one link;
-    /// closing it detaches them all.
-    pub fn attach(program: &OwnedFd, path: &Path, offsets: &[u64], pid: u32) -> anyhow::Result<OwnedFd> {
-        let path_c = CString::new(path.as_os_str().as_bytes()).context("a path with a NUL byte")?;
-        let attr = LinkCreate {
-            prog_fd: u32::try_from(program.as_raw_fd()).context("a negative descriptor")?,
-            attach_type: BPF_TRACE_UPROBE_MULTI,
-            path: path_c.as_ptr() as u64,
-            offsets: offsets.as_ptr() as u64,
-            cnt: u32::try_from(offsets.len()).context("too many offsets")?,
-            pid,
-            ..LinkCreate::default()
-        };
-        bpf(BPF_LINK_CREATE, &attr).context("cannot create a uprobe_multi link")
-    }
 }

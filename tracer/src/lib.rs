@@ -53,3 +53,4 @@ pub mod serve;
 pub mod session;
 pub mod store;
 pub mod tracee;
+pub mod uprobe_multi;

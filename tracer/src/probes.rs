@@ -26,6 +26,7 @@ use tracer_common::{
 use crate::duty::{DutyCycle, DutyCycleOptions, HeapReader, Scale, Switch};
 use crate::mode::{Mode, Weighing};
 use crate::remote::HeapCounter;
+use crate::uprobe_multi::MultiPrograms;
 
 /// The process probes attach to: its Go binary (read from `binary_path`), its pid, and its
 /// address space.
@@ -134,6 +135,9 @@ pub struct Probes {
     pub mode: Mode,
     /// How many uprobes were attached.
     pub attached: usize,
+    /// Whether they went through `uprobe_multi` links (span mode's duty cycle on Linux 6.6+,
+    /// see [`crate::uprobe_multi`]) rather than one perf event each.
+    pub through_multi_links: bool,
     /// How long loading and attaching took.
     pub attach_time: Duration,
 }
@@ -187,6 +191,9 @@ impl Probes {
         config.mem_profile_rate_address = mem_profile_rate_address.unwrap_or(0);
 
         let mut ebpf = load_object()?;
+        let duty_cycle = options.span_duty_cycle.filter(|_| mode == Mode::Span);
+        // Before any map is taken out of `ebpf`.
+        let multi = duty_cycle.and_then(|_| multi_programs(&ebpf, &plan));
         let mut config_map: Array<_, ProbeConfig> = Array::try_from(
             ebpf.map_mut(CONFIG_MAP)
                 .with_context(|| format!("the eBPF object has no map {CONFIG_MAP}"))?,
@@ -205,17 +212,18 @@ impl Probes {
                 })
                 .collect(),
             links: Vec::new(),
+            multi_links: Vec::new(),
+            perf_programs_loaded: false,
+            pid,
             paused: Array::try_from(take(&mut ebpf, PAUSED_MAP)?)?,
             ebpf,
+            multi,
         };
-        for (program_name, _) in &attachments.plan {
-            load_program(&mut attachments.ebpf, program_name)?;
-        }
         attachments.attach()?;
-        let attached = attachments.links.len();
+        let attached = attachments.attached();
+        let through_multi_links = attachments.through_multi_links();
         let mut ebpf = attachments.ebpf;
         // The duty cycle's thread reads the hits through a handle of its own.
-        let duty_cycle = options.span_duty_cycle.filter(|_| mode == Mode::Span);
         let stats_for_duty = duty_cycle.map(|_| reopen_per_cpu_array(&ebpf, STATS_MAP)).transpose()?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, STATS_MAP)?)?;
         let counts = [
@@ -259,6 +267,7 @@ impl Probes {
             inuse,
             mode,
             attached,
+            through_multi_links,
             attach_time: started.elapsed(),
         })
     }
@@ -291,6 +300,10 @@ impl Probes {
                     nanoseconds: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
                 })
             });
+        let total = match attachments.multi.as_ref().and_then(|multi| multi.run_time().ok()) {
+            Some((runs, nanoseconds)) => total.plus(ProbeRunTime { runs, nanoseconds }),
+            None => total,
+        };
         (total.runs > 0).then_some(total)
     }
 
@@ -536,6 +549,15 @@ fn one_process(pid: u32) -> anyhow::Result<UProbeScope> {
     ))
 }
 
+/// The plan's programs loaded for `uprobe_multi` links, for span mode's duty cycle, which
+/// detaches them every period: through such links the target does not wait on each detach
+/// (see [`crate::uprobe_multi`]). `None` where the kernel has none (before Linux 6.6): perf
+/// events then. The programs are pointed at every map of `ebpf`, so none may be taken out yet.
+fn multi_programs(ebpf: &Ebpf, plan: &Plan<'_>) -> Option<MultiPrograms> {
+    let names: Vec<&'static str> = plan.iter().map(|(program, _)| *program).collect();
+    MultiPrograms::load(crate::ebpf::object(), ebpf, &names).ok()
+}
+
 /// Loads one program of the object into the kernel.
 fn load_program(ebpf: &mut Ebpf, program_name: &str) -> anyhow::Result<()> {
     let program: &mut UProbe = ebpf
@@ -595,14 +617,62 @@ struct Attachments {
     plan: Vec<(&'static str, Vec<(String, u64)>)>,
     binary_path: PathBuf,
     scope: UProbeScope,
-    /// The programs' links while attached.
+    /// The programs' links while attached through perf events (aya's way).
     links: Vec<(&'static str, UProbeLinkId)>,
+    /// The programs loaded for `uprobe_multi` links, where the kernel has them; `None`: perf
+    /// events. Set to `None` for good when the kernel refuses the first such link.
+    multi: Option<MultiPrograms>,
+    /// The `uprobe_multi` links while attached, one per program.
+    multi_links: Vec<OwnedFd>,
+    /// Whether aya loaded the programs, for perf events.
+    perf_programs_loaded: bool,
+    /// The process the probes are for.
+    pid: u32,
     /// [`PAUSED_MAP`]: the sampling programs count nothing while it holds 1.
     paused: Array<MapData, u32>,
 }
 
-impl Switch for Attachments {
-    fn attach(&mut self) -> anyhow::Result<()> {
+impl Attachments {
+    /// Loads the plan's programs through aya, for perf-event uprobes, unless they are loaded.
+    fn load_programs(&mut self) -> anyhow::Result<()> {
+        if !self.perf_programs_loaded {
+            for (program_name, _) in &self.plan {
+                load_program(&mut self.ebpf, program_name)?;
+            }
+            self.perf_programs_loaded = true;
+        }
+        Ok(())
+    }
+
+    /// How many uprobes are attached.
+    fn attached(&self) -> usize {
+        if self.multi_links.is_empty() {
+            self.links.len()
+        } else {
+            self.plan.iter().map(|(_, places)| places.len()).sum()
+        }
+    }
+
+    /// Whether the probes go through `uprobe_multi` links.
+    fn through_multi_links(&self) -> bool {
+        self.multi.is_some()
+    }
+
+    /// Attaches every program of the plan through one `uprobe_multi` link each.
+    fn attach_multi(&mut self, multi: &MultiPrograms) -> anyhow::Result<()> {
+        for (program_name, places) in &self.plan {
+            let program = multi
+                .program(program_name)
+                .with_context(|| format!("program {program_name} was not loaded for uprobe_multi"))?;
+            let offsets: Vec<u64> = places.iter().map(|(_, offset)| *offset).collect();
+            let link = crate::uprobe_multi::attach(program, &self.binary_path, &offsets, self.pid)?;
+            self.multi_links.push(link);
+        }
+        Ok(())
+    }
+
+    /// Attaches every program of the plan through one perf event per place.
+    fn attach_perf(&mut self) -> anyhow::Result<()> {
         for (program_name, places) in &self.plan {
             for (function, offset) in places {
                 let attached = attach_at(
@@ -612,15 +682,33 @@ impl Switch for Attachments {
                     &self.binary_path,
                     self.scope,
                 );
-                match attached {
-                    Ok(link) => self.links.push((program_name, link)),
-                    Err(e) => {
-                        // None or all: a probe attached while paused costs a trap and counts nothing.
-                        self.detach();
-                        return Err(e);
-                    }
+                self.links.push((program_name, attached?));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Switch for Attachments {
+    fn attach(&mut self) -> anyhow::Result<()> {
+        let attached = match self.multi.take() {
+            Some(multi) => {
+                let attached = self.attach_multi(&multi);
+                if attached.is_err() && self.multi_links.is_empty() {
+                    // The kernel refused a link before any was made (no `uprobe_multi` for this
+                    // process or binary): perf events from now on, as before Linux 6.6.
+                    self.load_programs().and_then(|()| self.attach_perf())
+                } else {
+                    self.multi = Some(multi);
+                    attached
                 }
             }
+            None => self.load_programs().and_then(|()| self.attach_perf()),
+        };
+        if let Err(e) = attached {
+            // None or all: a probe attached while paused costs a trap and counts nothing.
+            self.detach();
+            return Err(e);
         }
         self.paused.set(0, 0, 0).context("cannot resume the probes")
     }
@@ -644,8 +732,13 @@ impl Switch for Attachments {
         // trapping sooner. They are waited for: a probe attached again at the same place while
         // the old one is still being released was seen to miss hits (estimates 2–28% low
         // instead of a steady 12%).
+        let multi_links = std::mem::take(&mut self.multi_links);
         std::thread::scope(|scope| {
             for link in links {
+                scope.spawn(move || drop(link));
+            }
+            // One grace period for all of a link's places (`bpf_uprobe_unregister`).
+            for link in multi_links {
                 scope.spawn(move || drop(link));
             }
         });

@@ -155,8 +155,13 @@ impl Session<'_> {
         let collector = self.collector.borrow();
         let probes = collector.probes();
         progress!(
-            "attached {} probes to pid {} ({}, {}) in {} ms, {} mode; {}",
+            "attached {} probes{} to pid {} ({}, {}) in {} ms, {} mode; {}",
             probes.attached,
+            if probes.through_multi_links {
+                " (uprobe_multi links)"
+            } else {
+                ""
+            },
             self.target.pid,
             self.target.exe,
             self.target.go_version,

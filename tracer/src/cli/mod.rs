@@ -502,12 +502,13 @@ pub struct SpanBudgetArg {
     pub span_budget: u32,
 
     /// Span mode: how long one duty cycle lasts (the probes attached for the first part of
-    /// it, detached for the rest; 1s to 10m). Each detach makes the target's threads that hit
-    /// a probe meanwhile wait ~10 ms for the kernel to remove it, so short cycles add tail
-    /// latency: on the `net/http` benchmark service a 3 s cycle added ~13% to p99 (and ~1% to
-    /// its CPU per request), the default 30 s nothing measurable at p99 and ~0.5%
-    /// (docs/sampled-overhead.md). Shorter cycles spread the samples more evenly over time,
-    /// which only matters for a workload that changes within a cycle.
+    /// it, detached for the rest; 1s to 10m). Each cycle costs the target a little: on Linux
+    /// 6.6+ gotrace attaches through uprobe_multi links, whose detach blocks nothing; on older
+    /// kernels, through perf events, each detach makes the target's threads that hit a probe
+    /// meanwhile wait ~10 ms, which added ~13% to the `net/http` benchmark service's p99 at a
+    /// 3 s cycle and nothing measurable at 30 s (docs/sampled-overhead.md). Shorter cycles
+    /// spread the samples more evenly over time, which only matters for a workload that
+    /// changes within a cycle.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub span_period: Duration,
 }

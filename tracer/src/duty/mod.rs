@@ -40,11 +40,11 @@ use crate::process::CpuTicks;
 /// How long the probes stay attached to measure their hit rate: at the start, while the rate
 /// is within the budget, and between attempts to attach again. The cycle itself is as long as
 /// the caller says (`--span-period`, 30 s by default) because attaching and detaching costs
-/// the target more than the hits while attached: while a perf-event uprobe is being removed,
-/// every thread of the target that hits it sleeps until the removal is done (~10 ms here;
-/// `handler_chain` in `kernel/events/uprobes.c` waits on the probe's `register_rwsem` once
-/// the perf event's filter has dropped the process). On the pinned `net/http` benchmark
-/// service a 3 s cycle added ~13% to its p99, 30 s nothing measurable
+/// more than the hits while attached: registering a uprobe copies the target's code page and
+/// releasing it waits for an RCU grace period; and through perf events (before Linux 6.6, see
+/// `crate::uprobe_multi`) every thread of the target that hits a probe while it is being
+/// removed sleeps until the removal is done (~10 ms here), which on the pinned `net/http`
+/// benchmark service added ~13% to its p99 at a 3 s cycle and nothing measurable at 30 s
 /// (docs/sampled-overhead.md, *What a detach costs the target*).
 pub const RATE_WINDOW: Duration = Duration::from_secs(1);
 

@@ -100,8 +100,13 @@ pub(super) fn trace_target(
     let mode = prepared.mode;
     let probes = &prepared.probes;
     progress!(
-        "attached {} probes to pid {pid} ({}, {}) in {} ms, {} mode",
+        "attached {} probes{} to pid {pid} ({}, {}) in {} ms, {} mode",
         probes.attached,
+        if probes.through_multi_links {
+            " (uprobe_multi links)"
+        } else {
+            ""
+        },
         target_info.exe,
         target_info.go_version,
         probes.attach_time.as_millis(),
