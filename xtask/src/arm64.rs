@@ -416,7 +416,9 @@ live() {{
   {gotrace} serve --pid $target --listen 127.0.0.1:{SERVE_PORT} --interval 300ms >"/tmp/$1.serve.log" 2>&1 &
   serve=$!
   url=http://127.0.0.1:{SERVE_PORT}
-  fetch_until $url/metrics "/tmp/$1.metrics" 'function="main.runSites"'
+  # Until main.runSites has bytes: its series can be exported at 0 before the first sample
+  # lands in a collection (seen once under TCG, 2026-12-04).
+  fetch_until $url/metrics "/tmp/$1.metrics" '^gotrace_alloc_bytes_total{{function="main.runSites".*}} [1-9]'
   echo "{MARK} status $1-metrics $?"
   show "$1" metrics "/tmp/$1.metrics"
   timeout 60 wget -q -O "/tmp/$1.allocs" "$url/debug/pprof/allocs"
