@@ -277,7 +277,8 @@ fn span_duty_cycle_estimates_match_the_programs_own_count() {
         );
         // Where the kernel has them, the cycle goes through `uprobe_multi` links, whose detach
         // does not make the target wait (tracer/src/uprobe_multi.rs); these counts check them.
-        if linux_at_least(6, 6) {
+        let (kernel, _) = tracer::host::running_kernel().expect("the running kernel's release");
+        if kernel.at_least(tracer::host::KernelVersion(6, 6)) {
             assert!(
                 said.contains("(uprobe_multi links)"),
                 "span's duty cycle did not use uprobe_multi links on Linux 6.6+:\n{said}"
@@ -302,15 +303,4 @@ fn span_duty_cycle_estimates_match_the_programs_own_count() {
         assert!(failures.is_empty(), "{failures:#?}\n{table}");
     }
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Whether the running kernel is at least `major.minor` (from `/proc/sys/kernel/osrelease`).
-fn linux_at_least(major: u32, minor: u32) -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("the kernel release");
-    let mut numbers = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|n| n.parse::<u32>().unwrap_or(0));
-    let found = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    found >= (major, minor)
 }
